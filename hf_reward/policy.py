@@ -1,0 +1,84 @@
+"""The segmentation policy: masks sampled from per-pixel softmaxes, and their log-probabilities.
+
+A mask y is one class per pixel, drawn independently from softmax(logits / tau) at every pixel,
+so log P(y|x) is a sum over pixels. We use the *mean* over valid pixels instead of the sum: the
+gradient then keeps the same scale at any resolution, so one learning rate serves 128 x 128 and
+1024 x 2048 alike (it only divides the objective by the image's number of valid pixels).
+
+Shapes: K samples, B images, C classes, h x w logits, H x W labels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SAMPLE_RESOLUTIONS = ("logits", "labels")
+
+
+def align_to_resolution(
+    logits: torch.Tensor, labels: torch.Tensor, sample_resolution: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bring ``logits (B, C, h, w)`` and ``labels (B, H, W)`` to the resolution masks are sampled at.
+
+    ``"logits"``: labels are downsampled by nearest to h x w (SegFormer's native H/4 x W/4).
+    ``"labels"``: logits are upsampled bilinearly to H x W, as evaluation does.
+    """
+    size = logits.shape[-2:]
+    if sample_resolution == "logits":
+        if labels.shape[-2:] != size:
+            labels = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    elif sample_resolution == "labels":
+        if labels.shape[-2:] != size:
+            logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    else:
+        raise ValueError(f"sample_resolution must be one of {SAMPLE_RESOLUTIONS}, got {sample_resolution!r}")
+    return logits, labels
+
+
+def sample_masks(
+    probs: torch.Tensor, num_samples: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Draw ``num_samples`` masks ``(K, B, h, w)`` from per-pixel class probabilities ``(B, C, h, w)``.
+
+    Gumbel-max in its exponential-race form: argmax_c p_c / E_c with E_c ~ Exp(1) is the same
+    argmax as log p_c + Gumbel noise (since -log E is Gumbel), without two logarithms per entry.
+    """
+    noise = torch.empty((num_samples, *probs.shape), device=probs.device, dtype=probs.dtype)
+    noise.exponential_(generator=generator)
+    return (probs.unsqueeze(0) / noise).argmax(dim=2)
+
+
+def masked_pixel_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values (..., B, h, w)`` over the valid pixels ``(B, h, w)`` of each image -> ``(..., B)``.
+
+    Images with no valid pixel get 0 rather than 0/0.
+    """
+    total = torch.where(valid, values, 0.0).sum(dim=(-2, -1))
+    return total / valid.sum(dim=(-2, -1)).clamp(min=1)
+
+
+def mask_log_prob(log_probs: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """log P(mask) / n_valid: the mean over valid pixels of log softmax at the sampled class.
+
+    ``log_probs (B, C, h, w)``, ``masks (K, B, h, w)``, ``valid (B, h, w)`` -> ``(K, B)``.
+    """
+    picked = log_probs.unsqueeze(0).expand(masks.shape[0], -1, -1, -1, -1).gather(2, masks.unsqueeze(2)).squeeze(2)
+    return masked_pixel_mean(picked, valid)
+
+
+def entropy(probs: torch.Tensor, log_probs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean per-pixel entropy (nats) over valid pixels -> ``(B,)``."""
+    return masked_pixel_mean(-(probs * log_probs).sum(1), valid)
+
+
+def kl_divergence(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """Exact KL(softmax(logits) || softmax(ref_logits)) per pixel, averaged over valid pixels -> ``(B,)``.
+
+    Computed at the logits' resolution ``(B, C, h, w)``; ``labels (B, H, W)`` are downsampled by
+    nearest to find the valid pixels. The trust region is on the untempered policies.
+    """
+    logits, labels = align_to_resolution(logits.float(), labels, "logits")
+    log_p = torch.log_softmax(logits, dim=1)
+    log_ref = torch.log_softmax(ref_logits.float(), dim=1)
+    return masked_pixel_mean((log_p.exp() * (log_p - log_ref)).sum(1), labels != ignore_index)
