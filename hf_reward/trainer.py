@@ -66,7 +66,7 @@ class RewardSegTrainer(Trainer):
         if args.kl_coef > 0:
             # One frozen copy of the starting weights: the parameters' memory again, no grads or
             # optimizer state, plus one no-grad forward per step.
-            self.ref_model = copy.deepcopy(self.accelerator.unwrap_model(self.model)).eval().requires_grad_(False)
+            self.ref_model = copy.deepcopy(self.accelerator.unwrap_model(self.model)).requires_grad_(False)
             self.ref_model.to(self.args.device)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -99,6 +99,8 @@ class RewardSegTrainer(Trainer):
             loss = loss + args.mle_weight * mle
             metrics["mle_loss"].append(mle.detach())
         if self.ref_model is not None:
+            # Same mode as the policy (decode-head batch norm uses batch statistics), so KL is 0 at the start.
+            self.ref_model.train(model.training)
             with torch.no_grad():
                 ref_logits = self.ref_model(pixel_values=inputs["pixel_values"]).logits
             kl = policy.kl_divergence(outputs.logits, ref_logits, labels, args.ignore_index).mean()
