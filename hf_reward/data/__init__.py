@@ -1,0 +1,19 @@
+"""Datasets for semantic segmentation: loading, label maps, adapters, transforms.
+
+Example::
+
+    >>> from hf_reward.data import load_toy_streets, train_transform, collate_segmentation
+    >>> ds, id2label = load_toy_streets("train", num_images=64, size=128, transform=train_transform(96, seed=0))
+    >>> batch = collate_segmentation([ex for ex, _ in zip(ds, range(4))])
+    >>> batch["pixel_values"].shape
+    torch.Size([4, 3, 96, 96])
+"""
+
+from .labels import check_num_labels, identity_label_map, label_lookup, map_mask
+from .loading import decode_image, decode_mask, load_segmentation_dataset, prepare_segmentation_dataset
+from .toy_streets import ID2LABEL as TOY_STREETS_ID2LABEL
+from .toy_streets import load_toy_streets, make_scene, toy_streets
+from .transforms import EvalTransform, TrainTransform, collate_segmentation, eval_transform, train_transform
+from .camvid import load_camvid
+from .cityscapes import ID2LABEL as CITYSCAPES_ID2LABEL
+from .cityscapes import cityscapes_label_map, load_cityscapes

@@ -1,0 +1,245 @@
+"""One entry point for any image + mask dataset: a Hub repo id, or local parquet / imagefolder files.
+
+Raw rows are decoded here rather than by ``datasets`` so that a broken row raises an error
+naming the sample (its stream index and, when known, its file) instead of failing deep inside
+the library or, worse, yielding a wrong mask.
+
+Example::
+
+    >>> ds = load_segmentation_dataset(
+    ...     "parquet", "validation",
+    ...     data_files={"validation": "../shared/datasets/camvid/validation-*.parquet"},
+    ...     label_map={**{i: i for i in range(11)}, 11: 255},
+    ... )
+    >>> ex = next(iter(ds))
+    >>> ex["pixel_values"].shape, ex["labels"].shape
+    (torch.Size([3, 360, 480]), torch.Size([360, 480]))
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Callable, Mapping
+
+import datasets
+import numpy as np
+import PIL.Image
+from datasets.distributed import split_dataset_by_node
+
+from .labels import identity_label_map, label_lookup, map_mask
+from .transforms import eval_transform
+
+Transform = Callable[[np.ndarray, np.ndarray], dict]
+
+# Columns that commonly hold the file a row came from; used to name a bad sample.
+_FILE_COLUMNS = ("file", "file_name", "filename", "path", "image_path", "id")
+# Added to map-style datasets so that their lazy transform knows the row index.
+_INDEX_COLUMN = "_sample_index"
+
+
+def load_segmentation_dataset(
+    path: str,
+    split: str,
+    *,
+    data_files=None,
+    image_column: str = "image",
+    label_column: str = "label",
+    label_map: Mapping[int, int] | None = None,
+    num_classes: int | None = None,
+    ignore_index: int = 255,
+    streaming: bool = True,
+    transform: Transform | None = None,
+    shuffle_buffer: int | None = None,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> datasets.IterableDataset | datasets.Dataset:
+    """Load one split of an image + mask dataset, ready for a SegFormer.
+
+    Args:
+        path: a Hub repo id (``"Chris1/cityscapes"``), a local directory, or a builder name
+            (``"parquet"``, ``"imagefolder"``) used with ``data_files``.
+        split: the split to load (``"train"``, ``"validation"``, ...).
+        data_files: as for ``datasets.load_dataset``; a plain path or list is taken as ``split``.
+        image_column, label_column: the columns holding the RGB image and the mask.
+        label_map: stored mask value -> class index (or ``ignore_index`` for void). Default: the
+            identity over ``range(num_classes)``, i.e. masks already hold class indices.
+        num_classes: needed only when ``label_map`` is not given.
+        ignore_index: the label of void pixels.
+        streaming: return a lazily streamed ``IterableDataset`` (default) or a map-style ``Dataset``.
+        transform: ``(image (H, W, 3) uint8, labels (H, W) int64) -> {"pixel_values", "labels"}``,
+            e.g. :func:`train_transform`; default :func:`eval_transform` (full resolution).
+        shuffle_buffer: if set, shuffle with ``seed``: a buffer of this many rows when
+            streaming, a full shuffle otherwise. Trainer's ``set_epoch`` reshuffles every epoch.
+        rank, world_size: keep only this process's part (``split_dataset_by_node``). Use it when
+            each process reads its own stream (Trainer with ``dispatch_batches=False``).
+
+    Returns:
+        A dataset of ``{"pixel_values": (3, H, W) float32, "labels": (H, W) int64}``. A map-style
+        result transforms rows lazily on access (``with_transform``), so random augmentation
+        stays random; use it with ``TrainingArguments(remove_unused_columns=False)``.
+
+    Example::
+
+        >>> ds = load_segmentation_dataset("parquet", "train", data_files="masks/*.parquet",
+        ...                                label_column="mask", num_classes=5, streaming=False)
+        >>> ds[0]["labels"].unique()
+        tensor([  0,   3, 255])
+    """
+    if data_files is not None and not isinstance(data_files, Mapping):
+        data_files = {split: data_files}
+    raw = datasets.load_dataset(path, data_files=data_files, split=split, streaming=streaming)
+    return prepare_segmentation_dataset(
+        raw,
+        image_column=image_column,
+        label_column=label_column,
+        label_map=label_map,
+        num_classes=num_classes,
+        ignore_index=ignore_index,
+        transform=transform,
+        shuffle_buffer=shuffle_buffer,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        split=split,
+    )
+
+
+def prepare_segmentation_dataset(
+    raw: datasets.IterableDataset | datasets.Dataset,
+    *,
+    image_column: str = "image",
+    label_column: str = "label",
+    label_map: Mapping[int, int] | None = None,
+    num_classes: int | None = None,
+    ignore_index: int = 255,
+    transform: Transform | None = None,
+    shuffle_buffer: int | None = None,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    split: str | None = None,
+) -> datasets.IterableDataset | datasets.Dataset:
+    """The pipeline of :func:`load_segmentation_dataset`, applied to a dataset already loaded.
+
+    Columns may hold ``datasets.Image`` values, PIL images, arrays or ``{"bytes", "path"}``.
+
+    >>> raw = datasets.load_dataset("parquet", data_files="train.parquet", split="train", streaming=True)
+    >>> ds = prepare_segmentation_dataset(raw, num_classes=9, transform=train_transform(256, seed=0))
+    """
+    if label_map is None:
+        if num_classes is None:
+            raise ValueError("give label_map (stored value -> class index) or num_classes (masks hold class indices)")
+        label_map = identity_label_map(num_classes, ignore_index)
+    table = label_lookup(label_map, ignore_index)
+    transform = transform or eval_transform()
+    where = f" of split {split!r}" if split else ""
+
+    columns = raw.column_names  # None for a stream whose features are unknown: checked per row
+    if columns is not None:
+        _check_columns(columns, image_column, label_column)
+        # Decode ourselves, so that an undecodable image names its sample.
+        for column in (image_column, label_column):
+            if isinstance(raw.features[column], datasets.Image):
+                raw = raw.cast_column(column, datasets.Image(decode=False))
+
+    if world_size > 1:
+        raw = split_dataset_by_node(raw, rank=rank, world_size=world_size)
+
+    def process(example: dict, index: int) -> dict:
+        _check_columns(list(example), image_column, label_column)
+        name = _sample_name(example, index, image_column) + where
+        image = decode_image(example[image_column], name)
+        mask = decode_mask(example[label_column], name)
+        if image.shape[:2] != mask.shape:
+            raise ValueError(
+                f"{name}: image is {image.shape[0]}x{image.shape[1]} (HxW) but its mask is "
+                f"{mask.shape[0]}x{mask.shape[1]}; they must have the same size"
+            )
+        return transform(image, map_mask(mask, table, name))
+
+    if isinstance(raw, datasets.IterableDataset):
+        if shuffle_buffer:
+            raw = raw.shuffle(seed=seed, buffer_size=shuffle_buffer)
+        return raw.map(process, with_indices=True, remove_columns=columns)
+
+    if shuffle_buffer:
+        raw = raw.shuffle(seed=seed)
+    raw = raw.add_column(_INDEX_COLUMN, list(range(len(raw))))
+
+    def process_batch(batch: dict) -> dict:
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        out = [process(row, row[_INDEX_COLUMN]) for row in rows]
+        return {"pixel_values": [o["pixel_values"] for o in out], "labels": [o["labels"] for o in out]}
+
+    return raw.with_transform(process_batch)
+
+
+def _check_columns(columns: list[str], image_column: str, label_column: str) -> None:
+    missing = [c for c in (image_column, label_column) if c not in columns]
+    if missing:
+        raise ValueError(
+            f"column(s) {missing} not found; the dataset has columns {sorted(columns)}. "
+            f"Pass image_column= and label_column= to name the image and mask columns."
+        )
+
+
+def _sample_name(example: dict, index: int, image_column: str) -> str:
+    name = f"sample {index}"
+    value = example.get(image_column)
+    file = value.get("path") if isinstance(value, dict) else None
+    file = file or next((example[c] for c in _FILE_COLUMNS if isinstance(example.get(c), str)), None)
+    return f"{name} ({file})" if file else name
+
+
+def _open(value, name: str, what: str) -> PIL.Image.Image | np.ndarray:
+    """A PIL image or array from any of the forms a column can hold."""
+    if isinstance(value, (PIL.Image.Image, np.ndarray)):
+        return value
+    if isinstance(value, dict):  # datasets.Image(decode=False)
+        try:
+            if value.get("bytes") is not None:
+                image = PIL.Image.open(io.BytesIO(value["bytes"]))
+            else:
+                image = PIL.Image.open(value["path"])
+            image.load()
+            return image
+        except Exception as err:
+            raise ValueError(f"{name}: could not decode the {what}: {type(err).__name__}: {err}") from err
+    if isinstance(value, (list, tuple)):
+        return np.asarray(value)
+    raise ValueError(f"{name}: the {what} is a {type(value).__name__}; expected an image, array or bytes")
+
+
+def decode_image(value, name: str = "sample") -> np.ndarray:
+    """An image column value -> (H, W, 3) uint8 RGB."""
+    image = _open(value, name, "image")
+    if isinstance(image, PIL.Image.Image):
+        return np.asarray(image.convert("RGB"))
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"{name}: image array has shape {image.shape} and dtype {image.dtype}; expected (H, W, 3) uint8")
+    return image
+
+
+def decode_mask(value, name: str = "sample") -> np.ndarray:
+    """A mask column value -> (H, W) integer array of stored values.
+
+    Masks saved with several equal channels are reduced to one; channels that differ mean a
+    colour-coded mask, which has no value lookup and is refused.
+    """
+    mask = _open(value, name, "mask")
+    # P-mode masks hold indices into their palette: those indices are the stored values.
+    mask = np.asarray(mask)
+    if mask.ndim == 3:
+        if not (mask == mask[..., :1]).all():
+            raise ValueError(
+                f"{name}: mask has {mask.shape[-1]} channels that differ (a colour-coded mask?); "
+                f"store one label value per pixel"
+            )
+        mask = mask[..., 0]
+    if mask.ndim != 2:
+        raise ValueError(f"{name}: mask has shape {mask.shape}; expected (H, W)")
+    return mask
