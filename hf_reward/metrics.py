@@ -1,0 +1,166 @@
+"""Dataset-level mean IoU, streamed: one confusion matrix accumulated over the whole split.
+
+Semantics (those of the Cityscapes pixel-level evaluation and of ``evaluate``'s mean_iou):
+pixels labelled ``ignore_index`` do not count; IoU_c = TP / (TP + FP + FN) over the split; a
+class with no ground truth and no prediction has IoU NaN and is left out of the mean; mean
+accuracy averages TP / |target| over classes with ground truth; overall accuracy is
+TP / valid pixels.
+
+The matrix lives on the logits' device and nothing else is kept, so memory does not grow with
+the dataset. With Trainer, pass the metric as ``compute_metrics`` and set
+``batch_eval_metrics=True``; Trainer then calls it once per batch and reads the result on the
+last one.
+
+Example::
+
+    >>> metric = StreamingMeanIoU(num_classes=2, id2label={0: "road", 1: "car"})
+    >>> logits = torch.tensor([[[[4.0, 4.0]], [[0.0, 0.0]]]])   # (B=1, C=2, h=1, w=2): predicts road
+    >>> metric.update(logits, torch.tensor([[[0, 1]]]))         # labels (B=1, H=1, W=2)
+    >>> metric.compute()["mean_iou"], metric.compute()["iou_car"]
+    (0.25, 0.0)
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .rewards import confusion_matrix
+
+
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of logits ``(B, C, h, w)`` to ``(B, C, H, W)`` (SegFormer predicts at H/4 x W/4)."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def scores_from_confusion(cm: np.ndarray | torch.Tensor) -> dict[str, np.ndarray | float]:
+    """Dataset-level scores of a confusion matrix ``cm[target, pred]`` (C, C).
+
+    Returns ``iou`` and ``accuracy`` per class (C,) with NaN for classes that do not count, and
+    ``mean_iou``, ``mean_accuracy``, ``overall_accuracy`` floats (NaN if nothing counts).
+
+    >>> s = scores_from_confusion(np.array([[3, 1, 0], [0, 2, 0], [0, 0, 0]]))
+    >>> s["iou"], s["mean_iou"]
+    (array([0.75      , 0.66666667,        nan]), 0.7083333333333333)
+    """
+    cm = np.asarray(cm.cpu() if isinstance(cm, torch.Tensor) else cm, dtype=np.float64)
+    tp, target, pred = np.diag(cm), cm.sum(1), cm.sum(0)
+    union = target + pred - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, tp / union, np.nan)
+        accuracy = np.where(target > 0, tp / target, np.nan)
+        overall = tp.sum() / target.sum() if target.sum() > 0 else float("nan")
+
+    def nanmean(x):
+        return float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
+
+    return {
+        "iou": iou,
+        "accuracy": accuracy,
+        "mean_iou": nanmean(iou),
+        "mean_accuracy": nanmean(accuracy),
+        "overall_accuracy": float(overall),
+    }
+
+
+def _key(name: str) -> str:
+    return str(name).replace(" ", "_")
+
+
+class StreamingMeanIoU:
+    """Streaming dataset-level mIoU; a Trainer ``compute_metrics`` and a plain accumulator.
+
+    Args:
+        num_classes: C.
+        id2label: class index -> name, for the ``iou_<name>`` keys (default: the index).
+        ignore_index: target value of pixels that do not count.
+
+    Outside Trainer::
+
+        >>> metric = StreamingMeanIoU(19, CITYSCAPES_ID2LABEL)
+        >>> for batch in loader:
+        ...     metric.update(model(pixel_values=batch["pixel_values"]).logits, batch["labels"])
+        >>> metric.compute()["mean_iou"]
+
+    With Trainer::
+
+        >>> args = TrainingArguments(..., batch_eval_metrics=True)
+        >>> trainer = Trainer(model, args, compute_metrics=StreamingMeanIoU(19, CITYSCAPES_ID2LABEL), ...)
+    """
+
+    def __init__(self, num_classes: int, id2label: Mapping[int, str] | None = None, ignore_index: int = 255):
+        if id2label is not None and len(id2label) != num_classes:
+            raise ValueError(f"id2label has {len(id2label)} classes but num_classes={num_classes}")
+        self.num_classes = num_classes
+        self.id2label = {i: str(id2label[i]) if id2label is not None else str(i) for i in range(num_classes)}
+        self.ignore_index = ignore_index
+        self.confusion: torch.Tensor | None = None  # (C, C) long, cm[target, pred], on the logits' device
+
+    def reset(self) -> None:
+        self.confusion = None
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch: logits ``(B, C, h, w)``, labels ``(B, H, W)`` (class indices or ignore).
+
+        Logits are upsampled to the label size (bilinear) before the argmax.
+        """
+        logits = torch.as_tensor(logits)
+        labels = torch.as_tensor(labels)
+        if logits.dim() != 4 or logits.shape[1] != self.num_classes:
+            raise ValueError(f"logits must be (B, C={self.num_classes}, h, w), got {tuple(logits.shape)}")
+        if labels.dim() != 3:
+            raise ValueError(f"labels must be (B, H, W), got {tuple(labels.shape)}")
+        pred = upsample_logits(logits.float(), tuple(labels.shape[-2:])).argmax(1)
+        self.update_masks(pred, labels)
+
+    @torch.no_grad()
+    def update_masks(self, pred: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch of predicted class maps ``(B, H, W)`` against labels ``(B, H, W)``."""
+        pred = torch.as_tensor(pred)
+        labels = torch.as_tensor(labels).to(pred.device).long()
+        pred = pred.long()
+        if pred.shape != labels.shape:
+            raise ValueError(f"predictions {tuple(pred.shape)} and labels {tuple(labels.shape)} must have the same shape")
+        # Out-of-range values would land in another class's bins: refuse them (one host sync per
+        # batch, acceptable at evaluation).
+        bad = (labels != self.ignore_index) & ((labels < 0) | (labels >= self.num_classes))
+        if bad.any():
+            raise ValueError(
+                f"labels hold {labels[bad].unique().tolist()}: neither a class in [0, {self.num_classes}) "
+                f"nor ignore_index={self.ignore_index}"
+            )
+        if ((pred < 0) | (pred >= self.num_classes)).any():
+            raise ValueError(f"predictions must be classes in [0, {self.num_classes})")
+        # The batch as one image: a (1, C, C) matrix whatever B is.
+        cm = confusion_matrix(pred.reshape(1, -1), labels.reshape(1, -1), self.num_classes, self.ignore_index)[0]
+        self.confusion = cm if self.confusion is None else self.confusion + cm
+
+    def scores(self) -> dict[str, np.ndarray | float]:
+        """:func:`scores_from_confusion` of the matrix so far (per-class arrays and the means)."""
+        cm = self.confusion if self.confusion is not None else torch.zeros(self.num_classes, self.num_classes)
+        return scores_from_confusion(cm)
+
+    def compute(self) -> dict[str, float]:
+        """``mean_iou``, ``mean_accuracy``, ``overall_accuracy`` and ``iou_<class name>`` (NaN: class absent)."""
+        scores = self.scores()
+        out = {k: scores[k] for k in ("mean_iou", "mean_accuracy", "overall_accuracy")}
+        out.update({f"iou_{_key(name)}": float(scores["iou"][i]) for i, name in self.id2label.items()})
+        return out
+
+    def __call__(self, eval_pred, compute_result: bool = False) -> dict[str, float]:
+        """Trainer's ``compute_metrics`` with ``batch_eval_metrics=True``: accumulate, and on the
+        last batch (``compute_result=True``) return the scores and reset for the next evaluation."""
+        logits = eval_pred.predictions
+        logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+        self.update(logits, eval_pred.label_ids)
+        if not compute_result:
+            return {}
+        result = self.compute()
+        self.reset()
+        return result
