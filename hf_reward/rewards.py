@@ -29,19 +29,22 @@ import torch
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
     """Per-image confusion counts ``(B, C, C)`` (long), ``cm[b, target, pred]``.
 
-    ``pred``/``target``: (B, H, W) long. Ignored target pixels go to one spare bin that is dropped,
-    which keeps the count free of boolean indexing (no host sync on GPU).
+    ``pred``/``target``: (B, ...) integer; ``pred`` in [0, C), ``target`` in [0, C) or
+    ``ignore_index`` (other target values are not checked here; the data layer rejects them). Each image owns ``rows * C`` bins, with one row for every target value up to
+    the ignore index, so ignored pixels land in rows that are dropped afterwards: no mask, no
+    boolean indexing (no host sync on GPU), one ``bincount`` for the whole batch.
     """
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
-    batch = pred.shape[0]
-    c = num_classes
-    offsets = torch.arange(batch, device=pred.device).view(-1, *([1] * (pred.dim() - 1))) * (c * c)
-    index = offsets + target * c + pred
-    spare = batch * c * c
-    index = torch.where(target == ignore_index, spare, index)
-    counts = torch.bincount(index.reshape(-1), minlength=spare + 1)
-    return counts[:spare].view(batch, c, c)
+    batch, c = pred.shape[0], num_classes
+    if not c <= ignore_index:  # e.g. -100, or a class index: move it to row C, one extra pass
+        target = torch.where(target == ignore_index, c, target)
+        ignore_index = c
+    rows = ignore_index + 1
+    index = torch.add(pred.reshape(batch, -1), target.reshape(batch, -1), alpha=c)
+    index += torch.arange(batch, device=pred.device).unsqueeze(1) * (rows * c)
+    counts = torch.bincount(index.reshape(-1), minlength=batch * rows * c)
+    return counts.view(batch, rows, c)[:, :c]
 
 
 def _class_counts(cm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -85,3 +85,14 @@ def test_confusion_matrix_layout_and_shape_check():
     assert cm[1, 0, 0] == 1 and cm[1, 0, 2] == 1
     with pytest.raises(ValueError, match="same shape"):
         confusion_matrix(pred, target[:, :, :1], 3)
+
+
+@pytest.mark.parametrize("ignore_index", [-100, 0, 4, 255])
+def test_any_ignore_index(ignore_index):
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randint(0, 4, (3, 5, 6), generator=g)
+    target = torch.randint(0, 4, (3, 5, 6), generator=g)
+    target[torch.rand(target.shape, generator=g) < 0.3] = ignore_index
+    ref = naive_scores(pred, target, 4, ignore_index)
+    np.testing.assert_allclose(miou(pred, target, 4, ignore_index).numpy(), ref["miou"], rtol=1e-6)
+    assert confusion_matrix(pred, target, 4, ignore_index).sum() == (target != ignore_index).sum()
