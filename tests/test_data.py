@@ -75,6 +75,17 @@ def test_cityscapes_adapter_streams_parquet_with_official_train_ids(tmp_path):
     assert len(id2label) == 19 and id2label[0] == "road" and id2label[18] == "bicycle"
 
 
+def test_imagefolder_with_mask_files_in_metadata(tmp_path):
+    for i in range(2):
+        PIL.Image.fromarray(rgb(6, 8, seed=i)).save(tmp_path / f"img{i}.png")
+        PIL.Image.fromarray(np.full((6, 8), 3 * i, np.uint8)).save(tmp_path / f"mask{i}.png")
+    lines = [f'{{"file_name": "img{i}.png", "label_file_name": "mask{i}.png"}}' for i in range(2)]
+    (tmp_path / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    ds = load_segmentation_dataset("imagefolder", "train", data_files=str(tmp_path / "*"), label_map={0: 0, 3: 1})
+    got = sorted(ex["labels"].unique().tolist() for ex in ds)
+    assert got == [[0], [1]]
+
+
 # CamVid (real data) -----------------------------------------------------------------------------
 
 
