@@ -2,7 +2,6 @@
 transforms, streaming, and a clear error for each kind of bad input."""
 
 import io
-import time
 from pathlib import Path
 
 import datasets
@@ -117,17 +116,12 @@ def test_camvid_unlabelled_becomes_ignore_at_full_resolution():
 # Toy streets ------------------------------------------------------------------------------------
 
 
-def test_toy_streets_is_deterministic_and_fast():
+def test_toy_streets_is_deterministic():
     a, la = make_scene(5, (64, 96), seed=3)
     b, lb = make_scene(5, (64, 96), seed=3)
     assert (a == b).all() and (la == lb).all()
     assert not (make_scene(5, (64, 96), seed=4)[0] == a).all()
     assert not (make_scene(5, (64, 96), seed=3, split="validation")[0] == a).all()
-    make_scene(0, 128)
-    start = time.perf_counter()
-    for i in range(20):
-        make_scene(i, 128)
-    assert (time.perf_counter() - start) / 20 < 0.010  # ~2-4 ms on a shared CPU core
 
 
 def test_toy_streets_has_large_easy_and_thin_rare_classes():
