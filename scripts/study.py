@@ -13,6 +13,8 @@ Stages, each cached under ``output_dir`` so that a rerun only computes what is m
    constant learning rate, evaluating dataset-level validation mIoU every ``tune.eval_steps``.
    The arm ``mle: true`` is the control (continued cross-entropy through the model's own loss);
    every other arm is a :class:`hf_reward.RewardSegConfig` with the arm's fields.
+   ``train_only: <prefix>`` freezes every parameter whose name does not start with it
+   (``decode_head`` trains the decoder alone).
    One JSON per run in ``runs/``: final metrics, eval curve, training log, seconds per step.
 4. report: ``results.md``, one row per arm: validation mIoU per seed, mean and sd, and the
    paired difference to the control arm (same seed) with its sd.
@@ -111,10 +113,13 @@ def run_arm(cfg: dict, name: str, seed: int, data, id2label, checkpoint: Path, o
         return json.loads(result_path.read_text())
     arm = dict(cfg["arms"][name])
     mle = arm.pop("mle", False)
+    train_only = arm.pop("train_only", "")
     t = cfg["tune"]
     kwargs = common_args(out / "tmp", seed, t["batch_size"], t["max_steps"], eval_steps=t["eval_steps"],
                          weight_decay=t["weight_decay"], lr_scheduler_type="constant", **arm)
     model = SegformerForSemanticSegmentation.from_pretrained(checkpoint, use_safetensors=True)
+    for param_name, param in model.named_parameters():
+        param.requires_grad_(param_name.startswith(train_only))
     metric = StreamingMeanIoU(len(id2label), id2label)
     common = dict(model=model, train_dataset=data["train"], eval_dataset=data["validation"],
                   data_collator=collate_segmentation, compute_metrics=metric)
