@@ -1,0 +1,135 @@
+"""Building and loading SegFormer models, and checking their label map against the dataset's.
+
+Weights load from safetensors only (``use_safetensors=True``: a pickled ``pytorch_model.bin``
+is refused, since unpickling runs code) and ``trust_remote_code`` is never turned on.
+
+A model whose ``id2label`` is missing (the ``LABEL_0, LABEL_1, ...`` placeholders transformers
+fills in), ambiguous (two classes with one name) or different from the dataset's is an error:
+a silent default would train or score class 3 of the model against class 3 of the data, whatever
+each means.
+
+Example::
+
+    >>> model = build_segformer({0: "road", 1: "car"}, hidden_sizes=(16, 32, 64, 128))
+    >>> model.save_pretrained("out/model")
+    >>> model = load_segformer("out/model", {0: "road", 1: "car"})  # or a Hub repo id
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+
+def _norm(name: str) -> str:
+    return " ".join(str(name).lower().replace("_", " ").replace("-", " ").split())
+
+
+def check_id2label(model_id2label: Mapping, dataset_id2label: Mapping[int, str], source: str = "the model") -> None:
+    """Raise ``ValueError`` unless the model's classes are the dataset's, index by index.
+
+    Names compare case-insensitively, with ``_``, ``-`` and spaces alike ("traffic_light" ==
+    "Traffic light").
+
+    >>> check_id2label({0: "road", 1: "car"}, {0: "road", 1: "car"})      # passes
+    >>> check_id2label({0: "LABEL_0", 1: "LABEL_1"}, {0: "road", 1: "car"})
+    Traceback (most recent call last):
+    ValueError: the model has no id2label (only placeholder names LABEL_0, LABEL_1) ...
+    """
+    model_id2label = {int(k): v for k, v in (model_id2label or {}).items()}
+    fix = (
+        f"save it with config.id2label set to the dataset's classes {dict(dataset_id2label)}, or start from a "
+        "model with a new head for this dataset (scripts/pretrain.py --new_head)"
+    )
+    if not model_id2label or all(v == f"LABEL_{k}" for k, v in model_id2label.items()):
+        names = ", ".join(str(v) for v in list(model_id2label.values())[:3]) or "none"
+        raise ValueError(f"{source} has no id2label (only placeholder names {names}): {fix}")
+    if sorted(model_id2label) != list(range(len(model_id2label))):
+        raise ValueError(f"{source} has id2label keys {sorted(model_id2label)}; expected 0..{len(model_id2label) - 1}")
+    seen: dict[str, int] = {}
+    for i, name in sorted(model_id2label.items()):
+        if _norm(name) in seen:
+            raise ValueError(f"{source}'s id2label is ambiguous: classes {seen[_norm(name)]} and {i} are both {name!r}: {fix}")
+        seen[_norm(name)] = i
+    if len(model_id2label) != len(dataset_id2label):
+        raise ValueError(
+            f"{source} has {len(model_id2label)} classes but the dataset has {len(dataset_id2label)}: {fix}"
+        )
+    differ = [(i, model_id2label[i], dataset_id2label[i]) for i in sorted(dataset_id2label)
+              if _norm(model_id2label[i]) != _norm(dataset_id2label[i])]
+    if differ:
+        pairs = "; ".join(f"{i}: model {m!r} vs dataset {d!r}" for i, m, d in differ)
+        raise ValueError(f"{source}'s classes differ from the dataset's at {pairs}: {fix}")
+
+
+def build_segformer(
+    id2label: Mapping[int, str],
+    hidden_sizes: Sequence[int] = (32, 64, 160, 256),
+    depths: Sequence[int] = (2, 2, 2, 2),
+    decoder_hidden_size: int = 256,
+    seed: int = 0,
+) -> SegformerForSemanticSegmentation:
+    """A randomly initialised SegFormer (MiT encoder, 4 stages) for the classes ``id2label``.
+
+    Defaults are MiT-b0's sizes; the heads per stage are 1, 2, 5, 8 as in MiT, capped so each
+    divides its stage's width.
+
+    >>> model = build_segformer({0: "bg", 1: "fg"}, hidden_sizes=(8, 16, 32, 64), depths=(1, 1, 1, 1))
+    >>> model.config.num_labels
+    2
+    """
+    heads = [max(h for h in range(1, min(cap, size) + 1) if size % h == 0) for cap, size in zip((1, 2, 5, 8), hidden_sizes)]
+    config = SegformerConfig(
+        hidden_sizes=list(hidden_sizes),
+        depths=list(depths),
+        num_attention_heads=heads,
+        decoder_hidden_size=decoder_hidden_size,
+        id2label={int(k): str(v) for k, v in id2label.items()},
+        label2id={str(v): int(k) for k, v in id2label.items()},
+    )
+    torch.manual_seed(seed)
+    return SegformerForSemanticSegmentation(config)
+
+
+def load_segformer(
+    name_or_path: str,
+    id2label: Mapping[int, str],
+    *,
+    new_head: bool = False,
+    revision: str | None = None,
+) -> SegformerForSemanticSegmentation:
+    """Load a SegFormer from a local directory or a Hub repo id, safetensors only.
+
+    ``new_head=False`` (tuning, evaluation): the model's ``id2label`` must be the dataset's (see
+    :func:`check_id2label`). ``new_head=True`` (pretraining on a new label set, e.g. from an
+    encoder like ``nvidia/mit-b0``): the classifier is re-initialised for ``id2label``.
+
+    >>> model = load_segformer("nvidia/segformer-b0-finetuned-cityscapes-1024-1024", CITYSCAPES_ID2LABEL)
+    """
+    kwargs = dict(use_safetensors=True, revision=revision)
+    if new_head:
+        kwargs.update(
+            id2label={int(k): str(v) for k, v in id2label.items()},
+            label2id={str(v): int(k) for k, v in id2label.items()},
+            ignore_mismatched_sizes=True,
+        )
+    model = SegformerForSemanticSegmentation.from_pretrained(name_or_path, **kwargs)
+    if new_head:
+        # ignore_mismatched_sizes re-initialises the classifier only when the class count differs.
+        model.decode_head.classifier.reset_parameters()
+    check_id2label(model.config.id2label, id2label, source=f"model {name_or_path!r}")
+    return model
+
+
+def load_checkpoint_weights(model: torch.nn.Module, checkpoint: str) -> None:
+    """Copy the weights of a Trainer checkpoint directory into ``model`` (every key, or an error).
+
+    Trainer's own resume reads ``model.safetensors`` raw into ``load_state_dict(strict=False)``.
+    transformers 5 saves SegFormer under its legacy key names, which only ``from_pretrained``
+    converts back; the raw load then matches no key and resumes, with a mere warning, from the
+    weights the model already had. Loading through ``from_pretrained`` converts them.
+    """
+    saved = type(model).from_pretrained(checkpoint, use_safetensors=True)
+    model.load_state_dict(saved.state_dict())
