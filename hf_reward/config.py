@@ -92,7 +92,8 @@ class RewardSegConfig(TrainingArguments):
         default=False, metadata={"help": "Kept False: the trainer reads 'labels' itself."}
     )
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
-    report_to: str | list[str] = field(default="none", metadata={"help": "Integrations to report to."})
+    # TrainingArguments's exact annotation: HfArgumentParser reads `str | list[str]` as a list and parses "none" wrong.
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Integrations to report to."})
 
     def __post_init__(self):
         super().__post_init__()

@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
+from pathlib import Path
 
+import safetensors.torch
 import torch
 from transformers import Trainer
 
 from . import baselines, policy
 from .config import RewardSegConfig
 from .loss import RewardFn, pixel_cross_entropy, reinforce_loss
+from .modeling import load_checkpoint_weights
 
 
 class RewardSegTrainer(Trainer):
@@ -155,6 +158,26 @@ class RewardSegTrainer(Trainer):
         metrics["advantage_std"].append(adv.std(correction=0))
         metrics["frac_zero_advantage"].append((adv == 0).float().mean())
         metrics["entropy"].append(out.entropy.mean())
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # Trainer's raw load misses SegFormer's legacy key names (see load_checkpoint_weights).
+        load_checkpoint_weights(self.accelerator.unwrap_model(model or self.model), resume_from_checkpoint)
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        # The ema baseline and the dataset-scope matrix live outside the model; each process has
+        # its own, so one file per process, like the RNG state.
+        state = {"ema_reward": self._ema_reward, "running_confusion": self._running_confusion}
+        state = {name: value.detach().cpu().contiguous() for name, value in state.items() if value is not None}
+        if state:
+            safetensors.torch.save_file(state, Path(output_dir, f"reward_state_{self.args.process_index}.safetensors"))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        path = Path(checkpoint or "", f"reward_state_{self.args.process_index}.safetensors")
+        if checkpoint is not None and path.is_file():
+            state = safetensors.torch.load_file(path, device=str(self.args.device))
+            self._ema_reward, self._running_confusion = state.get("ema_reward"), state.get("running_confusion")
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
