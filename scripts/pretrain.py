@@ -1,0 +1,50 @@
+"""Maximum-likelihood stage (pixel cross-entropy): the model that reward tuning starts from.
+
+    accelerate launch scripts/pretrain.py                                        # toy streets, built model
+    accelerate launch scripts/pretrain.py --config configs/camvid_pretrain.yaml
+    accelerate launch scripts/pretrain.py --model_name_or_path nvidia/mit-b0 --new_head --dataset camvid ...
+
+Saves the model (safetensors) and its evaluation to ``--output_dir``; tune it with
+``scripts/tune.py --model_name_or_path <output_dir>``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hf_reward.cli import DataArguments, ModelArguments, PretrainConfig, image_processor, load_model, load_splits, parse_config
+from hf_reward.stages import mle_trainer
+
+
+@dataclass
+class PretrainArguments:
+    new_head: bool = field(
+        default=False,
+        metadata={"help": "Re-initialise the classifier of --model_name_or_path for this dataset's classes "
+                          "(a backbone such as nvidia/mit-b0, or a model trained on other classes)."},
+    )
+
+
+ARGUMENTS = (ModelArguments, DataArguments, PretrainArguments, PretrainConfig)
+
+
+def main(argv: list[str] | None = None):
+    model_args, data_args, pretrain_args, args = parse_config(ARGUMENTS, argv)
+    train, val, id2label = load_splits(data_args, seed=args.seed)
+    model = load_model(model_args, id2label, seed=args.seed, new_head=pretrain_args.new_head)
+    trainer = mle_trainer(model, args, train, val, id2label, processing_class=image_processor(data_args))
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    metrics = trainer.evaluate()
+    trainer.save_model()
+    if trainer.is_world_process_zero():
+        print(f"\nValidation mIoU after {trainer.state.global_step} steps: {100 * metrics['eval_mean_iou']:.1f}%")
+        Path(args.output_dir, "eval_results.json").write_text(json.dumps(metrics, indent=2))
+    if args.push_to_hub:
+        trainer.push_to_hub(commit_message="Maximum-likelihood pretraining with hf-reward")
+    return trainer
+
+
+if __name__ == "__main__":
+    main()
