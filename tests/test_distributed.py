@@ -1,0 +1,37 @@
+"""Two-process data-parallel tuning on CPU (gloo), launched as users launch it: scripts/tune.py under torchrun."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_scripts import TINY, _drop
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_two_processes_split_the_data_and_stay_in_sync(tmp_path):
+    prefix = tmp_path / "rank"
+    argv = ["--output_dir", str(tmp_path / "run"), *_drop(TINY, "--max_steps", "--num_overlays"), "--max_steps", "3",
+            "--num_overlays", "0"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+               str(ROOT / "tests" / "dist_probe.py"), str(prefix), *argv]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+    assert all(r["world_size"] == 2 for r in ranks)
+    # each process trained on its own images: 3 steps x 4 images, none shared
+    assert [len(r["seen"]) for r in ranks] == [12, 12]
+    assert not set(ranks[0]["seen"]) & set(ranks[1]["seen"])
+    # DDP averaged the gradients: identical parameters at the end
+    assert ranks[0]["params"] == ranks[1]["params"]
+    # the logged reward of each step is the mean of the two processes' own rewards
+    logged = [e["reward"] for e in ranks[0]["log_history"] if "reward" in e]
+    expected = [(a + b) / 2 for a, b in zip(ranks[0]["local_rewards"], ranks[1]["local_rewards"])]
+    assert len(logged) == 3 and ranks[0]["local_rewards"] != ranks[1]["local_rewards"]
+    assert logged == pytest.approx(expected, rel=1e-5)
+    assert (tmp_path / "run" / "results.md").is_file()
