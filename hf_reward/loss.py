@@ -144,6 +144,13 @@ def reinforce_loss(
         entropy = policy.entropy(probs, log_probs, valid)
         sample_confusion = rewards.confusion_matrix(masks.flatten(0, 1), targets, num_classes, ignore_index)
 
+    # Both estimators' losses are linear in the per-pixel policy: sum over b, c, pixels of
+    # stopgrad(weight[b, c, pixel]) * (log p or p). Building the weight under no_grad keeps the
+    # graph at one (B, C, h, w) product whatever K is.
+    if reward_scope == "image":
+        pixel_norm = valid / valid.sum(dim=(-2, -1), keepdim=True).clamp(min=1) / batch  # mean over pixels, images
+    else:
+        pixel_norm = valid / valid.sum().clamp(min=1)  # one mean over the batch's pixels
     if estimator == "score":
         with torch.no_grad():
             adv = baselines.advantages(
@@ -153,22 +160,21 @@ def reinforce_loss(
                 ema_value=ema_value,
                 normalize=normalize_advantages,
             )
-        carries = baselines.gradient_samples(baseline, k)
-        weight = carries.to(logits.device, logits.dtype).unsqueeze(1) / (int(carries.sum()) * batch)
-        log_p = policy.mask_log_prob(log_probs, masks, valid)  # (K, B)
-        loss = -(weight * adv * log_p).sum()
+            carries = baselines.gradient_samples(baseline, k)
+            coef = adv * carries.to(adv.device).unsqueeze(1) / int(carries.sum())  # (K, B)
+            # Each sampled class collects its samples' advantages: sum_k coef_kb * onehot(y_kb).
+            weight = torch.zeros_like(log_probs)
+            weight.scatter_add_(1, masks.transpose(0, 1), coef.T.reshape(batch, k, 1, 1).expand(-1, -1, *masks.shape[-2:]))
+            weight *= pixel_norm.unsqueeze(1)
+        loss = -(weight * log_probs).sum()
     else:
         with torch.no_grad():
             deltas = _local_deltas(masks, labels, sample_confusion.view(k, batch, num_classes, num_classes),
                                    reward_fn, ignore_index, reward_scope, running_confusion)  # (K, B, C, h, w)
             pixel_adv = deltas - (probs.unsqueeze(0) * deltas).sum(2, keepdim=True)
-            sampled_adv = pixel_adv.gather(2, masks.unsqueeze(2)).squeeze(2)
-            adv = policy.masked_pixel_mean(sampled_adv, valid)
-        pixel_loss = -(probs.unsqueeze(0) * pixel_adv).sum(2)  # (K, B, h, w)
-        if reward_scope == "image":
-            loss = policy.masked_pixel_mean(pixel_loss, valid).mean()
-        else:
-            loss = torch.where(valid, pixel_loss, 0.0).sum() / (k * valid.sum().clamp(min=1))
+            adv = policy.masked_pixel_mean(pixel_adv.gather(2, masks.unsqueeze(2)).squeeze(2), valid)
+            weight = pixel_adv.mean(0) * pixel_norm.unsqueeze(1)
+        loss = -(weight * probs).sum()
 
     return ReinforceOutput(
         loss=loss,

@@ -41,12 +41,15 @@ def sample_masks(
 ) -> torch.Tensor:
     """Draw ``num_samples`` masks ``(K, B, h, w)`` from per-pixel class probabilities ``(B, C, h, w)``.
 
-    Gumbel-max in its exponential-race form: argmax_c p_c / E_c with E_c ~ Exp(1) is the same
-    argmax as log p_c + Gumbel noise (since -log E is Gumbel), without two logarithms per entry.
+    Exact categorical sampling with ``torch.multinomial``, one row per pixel. Gumbel-max draws
+    the same distribution but needs K x C exponential variates per pixel: at 512 x 512, 19
+    classes, K = 4 it took 6.2 s on one CPU core against 0.55 s here (``scripts/bench_step.py``).
     """
-    noise = torch.empty((num_samples, *probs.shape), device=probs.device, dtype=probs.dtype)
-    noise.exponential_(generator=generator)
-    return (probs.unsqueeze(0) / noise).argmax(dim=2)
+    batch, num_classes, h, w = probs.shape
+    # NaN logits must reach the trainer's non-finite check as a NaN loss, not crash the sampler.
+    rows = probs.nan_to_num(nan=1.0).permute(0, 2, 3, 1).reshape(-1, num_classes)
+    draws = torch.multinomial(rows, num_samples, replacement=True, generator=generator)  # (B*h*w, K)
+    return draws.T.reshape(num_samples, batch, h, w)
 
 
 def masked_pixel_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -56,15 +59,6 @@ def masked_pixel_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor
     """
     total = torch.where(valid, values, 0.0).sum(dim=(-2, -1))
     return total / valid.sum(dim=(-2, -1)).clamp(min=1)
-
-
-def mask_log_prob(log_probs: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """log P(mask) / n_valid: the mean over valid pixels of log softmax at the sampled class.
-
-    ``log_probs (B, C, h, w)``, ``masks (K, B, h, w)``, ``valid (B, h, w)`` -> ``(K, B)``.
-    """
-    picked = log_probs.unsqueeze(0).expand(masks.shape[0], -1, -1, -1, -1).gather(2, masks.unsqueeze(2)).squeeze(2)
-    return masked_pixel_mean(picked, valid)
 
 
 def entropy(probs: torch.Tensor, log_probs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
