@@ -8,8 +8,10 @@ override the file::
 
 Example::
 
-    >>> model_args, data_args, args = parse_config([ModelArguments, DataArguments, TrainingArguments],
-    ...                                            ["--config", "configs/default.yaml", "--max_steps", "5"])
+    >>> model_args, data_args, tune_args, args = parse_config(
+    ...     [ModelArguments, DataArguments, TuneArguments, TuneConfig], ["--config", "configs/default.yaml", "--max_steps", "5"])
+    >>> args.max_steps, args.estimator
+    (5, 'local')
 """
 
 from __future__ import annotations
@@ -24,14 +26,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from .config import RewardSegConfig
-
-from .data import (
-    eval_transform,
-    load_camvid,
-    load_cityscapes,
-    load_toy_streets,
-    train_transform,
-)
+from .data import eval_transform, load_camvid, load_cityscapes, load_toy_streets, train_transform
 from .modeling import build_segformer, load_segformer
 
 DATASETS = ("toy_streets", "camvid", "cityscapes")
@@ -54,9 +49,6 @@ def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = N
         if unknown:
             raise ValueError(f"{known.config}: unknown keys {unknown}; every key must be an argument of the script (see --help)")
         parser.set_defaults(**values)
-        for action in parser._actions:
-            if action.dest in values:
-                action.required = False  # given by the file
     *parsed, extra = parser.parse_args_into_dataclasses(argv, look_for_args_file=False)
     del extra  # the namespace holding --config
     return tuple(parsed)
@@ -121,7 +113,7 @@ class TuneArguments:
     """scripts/tune.py's own arguments. Defaults: the embedded run."""
 
     pretrain_steps: int = field(
-        default=1000,
+        default=600,
         metadata={
             "help": "Without model_name_or_path: steps of maximum-likelihood pretraining of the built model, cached "
             "in <output_dir>/pretrained and reused while its settings stay the same."
@@ -136,11 +128,11 @@ class PretrainConfig(TrainingArguments):
     """TrainingArguments of the maximum-likelihood stage; defaults train a SegFormer from scratch on toy streets."""
 
     output_dir: str | None = _default(TrainingArguments, "output_dir", "outputs/pretrain")
-    max_steps: int = _default(TrainingArguments, "max_steps", 1000)
+    max_steps: int = _default(TrainingArguments, "max_steps", 600)
     learning_rate: float = _default(TrainingArguments, "learning_rate", 2e-3)
     lr_scheduler_type: str = _default(TrainingArguments, "lr_scheduler_type", "cosine")
     warmup_steps: float = _default(TrainingArguments, "warmup_steps", 50)
-    per_device_train_batch_size: int = _default(TrainingArguments, "per_device_train_batch_size", 16)
+    per_device_train_batch_size: int = _default(TrainingArguments, "per_device_train_batch_size", 8)
     per_device_eval_batch_size: int = _default(TrainingArguments, "per_device_eval_batch_size", 16)
     logging_steps: float = _default(TrainingArguments, "logging_steps", 50)
     save_strategy: str = _default(TrainingArguments, "save_strategy", "no")
@@ -160,7 +152,7 @@ class TuneConfig(RewardSegConfig):
     temperature: float = _default(RewardSegConfig, "temperature", 0.5)
     num_samples: int = _default(RewardSegConfig, "num_samples", 1)
     max_steps: int = _default(RewardSegConfig, "max_steps", 200)
-    per_device_train_batch_size: int = _default(RewardSegConfig, "per_device_train_batch_size", 16)
+    per_device_train_batch_size: int = _default(RewardSegConfig, "per_device_train_batch_size", 8)
     per_device_eval_batch_size: int = _default(RewardSegConfig, "per_device_eval_batch_size", 16)
     eval_strategy: str = _default(RewardSegConfig, "eval_strategy", "steps")
     eval_steps: float | None = _default(RewardSegConfig, "eval_steps", 50)

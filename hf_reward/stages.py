@@ -80,11 +80,12 @@ def pretrained_start(
     }
     settings = json.loads(json.dumps(settings))
     marker = directory / "pretrain_settings.json"
+    say = print if args.process_index == 0 else (lambda *_: None)
     if marker.is_file() and json.loads(marker.read_text()) == settings:
-        print(f"Reusing the pretrained model in {directory} (same settings).")
+        say(f"Reusing the pretrained model in {directory} (same settings).")
         return str(directory)
 
-    print(f"Maximum-likelihood pretraining for {config.max_steps} steps, saved to {directory}.")
+    say(f"Maximum-likelihood pretraining for {config.max_steps} steps, saved to {directory}.")
     model = load_model(model_args, id2label, seed=args.seed)
     trainer = mle_trainer(model, config, train, None, id2label, args.ignore_index)
     trainer.train()

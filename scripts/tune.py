@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> RewardSegTrainer:
         if shown:
             from hf_reward.plots import plot_overlays, plot_training
 
-            plot_training(trainer.state.log_history, out / "training.png")
+            # train() starts a fresh log history: the evaluation before it is the curve's step 0.
+            plot_training([{**before, "step": 0}, *trainer.state.log_history], out / "training.png")
             plot_overlays(shown, masks_before, predict_masks(trainer.model, shown), id2label, out / "overlays.png",
                           ignore_index=args.ignore_index)
             print(f"Plots: {out / 'training.png'}, {out / 'overlays.png'}")

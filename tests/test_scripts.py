@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import BlobsDataset, tiny_segformer
 
-from hf_reward import reinforce_loss
+from hf_reward import RewardSegTrainer, reinforce_loss
+from hf_reward.cli import TuneConfig, parse_config
 from hf_reward.data import TOY_STREETS_ID2LABEL
-from hf_reward.cli import parse_config
 from hf_reward.modeling import build_segformer, check_id2label, load_segformer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,10 +162,18 @@ def test_resume_reaches_the_parameters_of_an_uninterrupted_run(tmp_path, start):
     torch.testing.assert_close(params(resumed), params(full), rtol=0, atol=0)
 
 
-def test_bf16_on_cpu_tunes(tmp_path, start):
-    trainer = TUNE["main"](["--output_dir", str(tmp_path), *quick(start, "--max_steps"), "--max_steps", "1", "--bf16", "true"])
+def test_bf16_on_cpu_tunes(tmp_path):
+    """use_cpu + bf16: autocast to bfloat16 on the CPU, float32 master weights, finite rewards."""
+    model = tiny_segformer()
+    before = [p.detach().clone() for p in model.parameters()]
+    args = TuneConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, use_cpu=True, bf16=True,
+                      eval_strategy="no", save_strategy="no", logging_steps=1, disable_tqdm=True)
+    trainer = RewardSegTrainer(model=model, args=args, train_dataset=BlobsDataset(n=8))
+    trainer.train()
     logs = [e for e in trainer.state.log_history if "reward" in e]
-    assert trainer.args.bf16 and len(logs) == 1 and 0 <= logs[0]["reward"] <= 1
+    assert len(logs) == 2 and all(0 <= e["reward"] <= 1 and e["entropy"] > 0 for e in logs)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
 def test_reinforce_loss_samples_and_scores_bf16_logits_in_float32():
