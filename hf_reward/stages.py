@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from transformers import Trainer, TrainingArguments
 
-from .cli import DataArguments, ModelArguments, PretrainConfig, TuneArguments, load_model
+from .cli import DataArguments, ModelArguments, PretrainConfig, TuneArguments, load_model, load_splits
 from .config import RewardSegConfig
 from .data import collate_segmentation
 from .metrics import StreamingMeanIoU, upsample_logits
@@ -50,8 +50,7 @@ def mle_trainer(model, args: TrainingArguments, train, val, id2label: dict[int, 
 
 
 def pretrained_start(
-    model_args: ModelArguments, data_args: DataArguments, tune_args: TuneArguments, args: RewardSegConfig,
-    train, id2label: dict[int, str],
+    model_args: ModelArguments, data_args: DataArguments, tune_args: TuneArguments, args: RewardSegConfig
 ) -> str:
     """Directory of the maximum-likelihood model that a run without ``model_name_or_path`` tunes.
 
@@ -86,6 +85,9 @@ def pretrained_start(
         return str(directory)
 
     say(f"Maximum-likelihood pretraining for {config.max_steps} steps, saved to {directory}.")
+    # A stream of its own: reading the tuning stream would advance its shuffle and augmentation, and
+    # tuning after a fresh pretraining would then differ from tuning from the cached model.
+    train, _, id2label = load_splits(data_args, seed=args.seed, ignore_index=args.ignore_index)
     model = load_model(model_args, id2label, seed=args.seed)
     trainer = mle_trainer(model, config, train, None, id2label, args.ignore_index)
     trainer.train()

@@ -29,7 +29,7 @@ ARGUMENTS = (ModelArguments, DataArguments, TuneArguments, TuneConfig)
 def main(argv: list[str] | None = None) -> RewardSegTrainer:
     model_args, data_args, tune_args, args = parse_config(ARGUMENTS, argv)
     train, val, id2label = load_splits(data_args, seed=args.seed, ignore_index=args.ignore_index)
-    start = model_args.model_name_or_path or pretrained_start(model_args, data_args, tune_args, args, train, id2label)
+    start = model_args.model_name_or_path or pretrained_start(model_args, data_args, tune_args, args)
     model = load_segformer(start, id2label, revision=model_args.revision)
     trainer = RewardSegTrainer(
         model=model,
