@@ -55,6 +55,8 @@ class ReinforceOutput:
     the sampled class's advantage. greedy_rewards: ``(B,)``. entropy: ``(B,)`` mean per-pixel
     entropy of the tempered policy. sample_confusion: ``(C, C)`` float, the batch's confusion
     counts averaged over the K samples (feeds the running matrix of the ``dataset`` scope).
+    scope_rewards: ``(K,)`` for ``reward_scope`` batch / dataset, the reward of each sample's
+    scope matrix, the objective being optimised; ``None`` for the image scope.
     """
 
     loss: torch.Tensor
@@ -63,6 +65,7 @@ class ReinforceOutput:
     greedy_rewards: torch.Tensor
     entropy: torch.Tensor
     sample_confusion: torch.Tensor
+    scope_rewards: torch.Tensor | None = None
 
 
 def reinforce_loss(
@@ -151,6 +154,7 @@ def reinforce_loss(
         pixel_norm = valid / valid.sum(dim=(-2, -1), keepdim=True).clamp(min=1) / batch  # mean over pixels, images
     else:
         pixel_norm = valid / valid.sum().clamp(min=1)  # one mean over the batch's pixels
+    scope_rewards = None
     if estimator == "score":
         with torch.no_grad():
             adv = baselines.advantages(
@@ -169,8 +173,12 @@ def reinforce_loss(
         loss = -(weight * log_probs).sum()
     else:
         with torch.no_grad():
-            deltas = _local_deltas(masks, labels, sample_confusion.view(k, batch, num_classes, num_classes),
-                                   reward_fn, ignore_index, reward_scope, running_confusion)  # (K, B, C, h, w)
+            per_image = sample_confusion.view(k, batch, num_classes, num_classes)
+            deltas = _local_deltas(masks, labels, per_image, reward_fn, ignore_index, reward_scope,
+                                   running_confusion)  # (K, B, C, h, w)
+            if reward_scope != "image":
+                scope = per_image.sum(1) + (running_confusion if reward_scope == "dataset" else 0)
+                scope_rewards = rewards.FROM_CONFUSION[reward_fn](scope)
             pixel_adv = deltas - (probs.unsqueeze(0) * deltas).sum(2, keepdim=True)
             adv = policy.masked_pixel_mean(pixel_adv.gather(2, masks.unsqueeze(2)).squeeze(2), valid)
             weight = pixel_adv.mean(0) * pixel_norm.unsqueeze(1)
@@ -183,6 +191,7 @@ def reinforce_loss(
         greedy_rewards=greedy_rewards,
         entropy=entropy,
         sample_confusion=sample_confusion.view(k, batch, num_classes, num_classes).sum(1).float().mean(0),
+        scope_rewards=scope_rewards,
     )
 
 

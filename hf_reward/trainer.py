@@ -158,6 +158,8 @@ class RewardSegTrainer(Trainer):
         metrics["advantage_std"].append(adv.std(correction=0))
         metrics["frac_zero_advantage"].append((adv == 0).float().mean())
         metrics["entropy"].append(out.entropy.mean())
+        if out.scope_rewards is not None:
+            metrics["scope_reward"].append(out.scope_rewards.mean())
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         # Trainer's raw load misses SegFormer's legacy key names (see load_checkpoint_weights).

@@ -146,3 +146,19 @@ def test_custom_reward_fn_and_local_rejects_it():
         reinforce_loss(logits, labels, reward_fn=ones, num_samples=2, estimator="local")
     with pytest.raises(ValueError, match="needs estimator='local'"):
         reinforce_loss(logits, labels, reward_fn="miou", num_samples=2, reward_scope="batch")
+
+
+@pytest.mark.parametrize("scope", ["batch", "dataset"])
+def test_scope_rewards_are_the_scope_matrix_metric(scope):
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randint(0, 4, (3, 6, 6), generator=g)
+    labels = torch.randint(0, 4, (3, 6, 6), generator=g)
+    logits = 60.0 * torch.nn.functional.one_hot(pred, 4).permute(0, 3, 1, 2).float()  # samples == pred
+    running = torch.rand(4, 4, generator=g) * 50 if scope == "dataset" else None
+    out = reinforce_loss(logits, labels, reward_fn="miou", num_samples=2, estimator="local", reward_scope=scope,
+                         running_confusion=running)
+    batch_cm = confusion_matrix(pred, labels, 4).sum(0).double()
+    expected = FROM_CONFUSION["miou"](batch_cm + (running.double() if running is not None else 0))
+    torch.testing.assert_close(out.scope_rewards, expected.expand(2).float())
+    torch.testing.assert_close(out.sample_confusion, batch_cm.float())
+    assert reinforce_loss(logits, labels, reward_fn="miou", num_samples=2, estimator="local").scope_rewards is None

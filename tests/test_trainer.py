@@ -38,7 +38,8 @@ def test_training_changes_every_parameter_and_logs_metrics(tmp_path, blobs, knob
     assert not unchanged, unchanged
     logs = [entry for entry in trainer.state.log_history if "reward" in entry]
     assert len(logs) == 3
-    expected = TRAIN_METRICS | ({"mle_loss"} if knobs.get("mle_weight") else set()) | ({"kl"} if knobs.get("kl_coef") else set())
+    expected = (TRAIN_METRICS | ({"mle_loss"} if knobs.get("mle_weight") else set())
+                | ({"kl"} if knobs.get("kl_coef") else set()) | ({"scope_reward"} if knobs.get("reward_scope") else set()))
     assert expected <= set(logs[0])
     for entry in logs:
         assert 0.0 <= entry["reward"] <= 1.0 and 0.0 <= entry["greedy_reward"] <= 1.0
