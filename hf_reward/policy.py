@@ -23,11 +23,16 @@ def align_to_resolution(
 
     ``"logits"``: labels are downsampled by nearest to h x w (SegFormer's native H/4 x W/4).
     ``"labels"``: logits are upsampled bilinearly to H x W, as evaluation does.
+
+    The downsampling is ``nearest-exact``: logit i takes the label at the centre of its cell
+    (pixel 4i + 2), where evaluation's bilinear upsampling (``align_corners=False``) places it.
+    Plain ``nearest`` reads pixel 4i, 1.5 pixels off, and reward tuning then learns to shift
+    every prediction by that much against what evaluation scores.
     """
     size = logits.shape[-2:]
     if sample_resolution == "logits":
         if labels.shape[-2:] != size:
-            labels = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+            labels = F.interpolate(labels[:, None].float(), size=size, mode="nearest-exact")[:, 0].long()
     elif sample_resolution == "labels":
         if labels.shape[-2:] != size:
             logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)

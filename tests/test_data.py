@@ -178,6 +178,7 @@ def test_eval_transform_resizes_labels_by_nearest_or_keeps_them():
     out = eval_transform((32, 48))(image, labels)
     assert out["pixel_values"].shape == (3, 32, 48) and out["labels"].shape == (32, 48)
     assert set(out["labels"].unique().tolist()) <= set(np.unique(labels).tolist())
+    assert out["labels"].tolist() == labels[1::2, 1::2].tolist()  # the pixel under each output centre
     full = eval_transform((32, 48), resize_labels=False)(image, labels)
     assert full["pixel_values"].shape == (3, 32, 48) and full["labels"].tolist() == labels.tolist()
 

@@ -3,7 +3,9 @@
 A transform takes one decoded example, ``image`` (H, W, 3) uint8 and ``labels`` (H, W) int64
 class indices, and returns ``{"pixel_values": (3, H', W') float32, "labels": (H', W') int64}``.
 Images are interpolated bilinearly, labels always by nearest neighbour (a blend of two class
-indices is a third, wrong class). Plain torch: torchvision is not a dependency.
+indices is a third, wrong class), in its ``nearest-exact`` form: output pixel i takes the input
+pixel under its centre, where bilinear (``align_corners=False``) samples the image too; plain
+``nearest`` reads the top-left of the cell and shifts the mask against the image. Plain torch: torchvision is not a dependency.
 
 Example::
 
@@ -50,7 +52,7 @@ def _to_tensors(image: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, to
 def _resize(pixels: torch.Tensor, labels: torch.Tensor | None, size: tuple[int, int]):
     pixels = F.interpolate(pixels[None], size=size, mode="bilinear", align_corners=False)[0]
     if labels is not None:
-        labels = F.interpolate(labels[None, None].float(), size=size, mode="nearest")[0, 0].long()
+        labels = F.interpolate(labels[None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
     return pixels, labels
 
 
