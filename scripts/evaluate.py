@@ -11,10 +11,9 @@ class indices of the model's ``id2label``, with ``--ignore_index`` for void.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # This file is named evaluate.py: keep its directory off sys.path so that `import evaluate`
@@ -22,10 +21,10 @@ from pathlib import Path
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
-from transformers import AutoModelForSemanticSegmentation, HfArgumentParser  # noqa: E402
+from transformers import AutoModelForSemanticSegmentation  # noqa: E402
 
+from hf_reward.cli import parse_config  # noqa: E402
 from hf_reward.data import (  # noqa: E402
     check_num_labels,
     collate_segmentation,
@@ -65,20 +64,9 @@ class EvaluateArguments:
 
 def parse_args(argv: list[str] | None = None) -> EvaluateArguments:
     """Flags, with ``--config file.yaml`` supplying defaults that flags override."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config")
-    config = pre.parse_known_args(argv)[0].config
-    parser = HfArgumentParser(EvaluateArguments)
-    parser.add_argument("--config", help="YAML file of these arguments; command-line flags override it.")
-    if config:
-        values = yaml.safe_load(Path(config).read_text()) or {}
-        unknown = sorted(set(values) - {f.name for f in fields(EvaluateArguments)})
-        if unknown:
-            raise ValueError(f"{config}: unknown keys {unknown}")
-        parser.set_defaults(**values)
-    args = parser.parse_args_into_dataclasses(argv)[0]
+    (args,) = parse_config([EvaluateArguments], argv)
     if args.model is None:
-        parser.error("--model is required (on the command line or in --config)")
+        raise SystemExit("--model is required (on the command line or in --config)")
     return args
 
 
