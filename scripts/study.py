@@ -17,7 +17,8 @@ Stages, each cached under ``output_dir`` so that a rerun only computes what is m
    (``decode_head`` trains the decoder alone).
    One JSON per run in ``runs/``: final metrics, eval curve, training log, seconds per step.
 4. report: ``results.md``, one row per arm: validation mIoU per seed, mean and sd, and the
-   paired difference to the control arm (same seed) with its sd.
+   paired difference to the control arm (same seed) with its sd; ``curves.png``, validation
+   mIoU and training reward against steps.
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ def report(cfg: dict, results: dict[str, dict[int, dict]], start_miou: float, ou
         f"Starting checkpoint: validation mIoU {start_miou:.4f}. {cfg['tune']['max_steps']} steps per arm, "
         f"batch {cfg['tune']['batch_size']}, AdamW, constant lr.",
         "",
-        "| arm | settings | val mIoU per seed | mean ± sd | Δ vs control (paired) | s/step | train reward first→last 50 steps |",
+        "| arm | settings | val mIoU per seed | mean ± sd | Δ vs control (paired) | s/step | optimised reward, first → last 50 steps |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, runs in results.items():
@@ -161,7 +162,8 @@ def report(cfg: dict, results: dict[str, dict[int, dict]], start_miou: float, ou
                   for s in seeds if name != control and s in results.get(control, {})]
         delta = (f"{100 * statistics.mean(paired):+.2f} ± {100 * statistics.stdev(paired):.2f} pts"
                  if len(paired) > 1 else (f"{100 * paired[0]:+.2f} pts" if paired else "—"))
-        rewards = [[e["reward"] for e in runs[s]["train_logs"] if "reward" in e] for s in seeds]
+        key = "scope_reward" if "scope_reward" in runs[seeds[0]]["train_logs"][0] else "reward"
+        rewards = [[e[key] for e in runs[s]["train_logs"] if key in e] for s in seeds]
         trend = (f"{statistics.mean(statistics.mean(r[:5]) for r in rewards):.3f} → "
                  f"{statistics.mean(statistics.mean(r[-5:]) for r in rewards):.3f}" if rewards[0] else "—")
         settings = ", ".join(f"{k}={v}" for k, v in cfg["arms"][name].items())
@@ -171,6 +173,33 @@ def report(cfg: dict, results: dict[str, dict[int, dict]], start_miou: float, ou
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
     return text
+
+
+def plot_curves(results: dict[str, dict[int, dict]], start_miou: float, path: Path) -> None:
+    """Validation mIoU against steps (mean over seeds, shaded min-max) and the training reward per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_eval, ax_reward) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, runs in results.items():
+        curves = torch.tensor([[start_miou] + [m for _, m in runs[s]["eval_curve"]] for s in sorted(runs)])
+        steps = [0] + [step for step, _ in next(iter(runs.values()))["eval_curve"]]
+        line = ax_eval.plot(steps, curves.mean(0), marker="o", label=f"{name} ({len(runs)} seeds)")[0]
+        ax_eval.fill_between(steps, curves.min(0).values, curves.max(0).values, color=line.get_color(), alpha=0.15)
+        key = "scope_reward" if "scope_reward" in next(iter(runs.values()))["train_logs"][0] else "reward"
+        logs = [[(e["step"], e[key]) for e in runs[s]["train_logs"] if key in e] for s in sorted(runs)]
+        if logs[0]:
+            values = torch.tensor([[v for _, v in log] for log in logs]).mean(0)
+            ax_reward.plot([step for step, _ in logs[0]], values, color=line.get_color(), label=f"{name}: {key}")
+    ax_eval.set(xlabel="tuning step", ylabel="validation mIoU (dataset-level)", title="CamVid validation")
+    ax_reward.set(xlabel="tuning step", ylabel="training reward (mean over seeds)", title="Reward being optimised")
+    ax_eval.legend(fontsize=7)
+    ax_reward.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def main():
@@ -193,6 +222,7 @@ def main():
         results = {cfg["control"]: {s: run_arm(cfg, cfg["control"], s, data, id2label, checkpoint, out) for s in seeds},
                    **results}
     print(report(cfg, results, start_miou, out))
+    plot_curves(results, start_miou, out / "curves.png")
 
 
 if __name__ == "__main__":
