@@ -14,7 +14,8 @@ Stages, each cached under ``output_dir`` so that a rerun only computes what is m
    The arm ``mle: true`` is the control (continued cross-entropy through the model's own loss);
    every other arm is a :class:`hf_reward.RewardSegConfig` with the arm's fields.
    ``train_only: <prefix>`` freezes every parameter whose name does not start with it
-   (``decode_head`` trains the decoder alone).
+   (``decode_head`` trains the decoder alone); ``control: <arm>`` pairs the arm with another
+   control than the config's (e.g. cross-entropy at the same learning rate).
    One JSON per run in ``runs/``: final metrics, eval curve, training log, seconds per step.
 4. report: ``results.md``, one row per arm: validation mIoU per seed, mean and sd, and the
    paired difference to the control arm (same seed) with its sd; ``curves.png``, validation
@@ -115,6 +116,7 @@ def run_arm(cfg: dict, name: str, seed: int, data, id2label, checkpoint: Path, o
     arm = dict(cfg["arms"][name])
     mle = arm.pop("mle", False)
     train_only = arm.pop("train_only", "")
+    arm.pop("control", None)
     t = cfg["tune"]
     kwargs = common_args(out / "tmp", seed, t["batch_size"], t["max_steps"], eval_steps=t["eval_steps"],
                          weight_decay=t["weight_decay"], lr_scheduler_type="constant", **arm)
@@ -146,7 +148,6 @@ def run_arm(cfg: dict, name: str, seed: int, data, id2label, checkpoint: Path, o
 
 
 def report(cfg: dict, results: dict[str, dict[int, dict]], start_miou: float, out: Path) -> str:
-    control = cfg["control"]
     lines = [
         f"Starting checkpoint: validation mIoU {start_miou:.4f}. {cfg['tune']['max_steps']} steps per arm, "
         f"batch {cfg['tune']['batch_size']}, AdamW, constant lr.",
@@ -158,6 +159,7 @@ def report(cfg: dict, results: dict[str, dict[int, dict]], start_miou: float, ou
         seeds = sorted(runs)
         mious = [runs[s]["final"]["eval_mean_iou"] for s in seeds]
         sd = statistics.stdev(mious) if len(mious) > 1 else float("nan")
+        control = cfg["arms"][name].get("control", cfg["control"])
         paired = [runs[s]["final"]["eval_mean_iou"] - results[control][s]["final"]["eval_mean_iou"]
                   for s in seeds if name != control and s in results.get(control, {})]
         delta = (f"{100 * statistics.mean(paired):+.2f} ± {100 * statistics.stdev(paired):.2f} pts"
@@ -218,9 +220,10 @@ def main():
     arms = cli.arms.split(",") if cli.arms else list(cfg["arms"])
     seeds = [int(s) for s in cli.seeds.split(",")] if cli.seeds else cfg["seeds"]
     results = {name: {seed: run_arm(cfg, name, seed, data, id2label, checkpoint, out) for seed in seeds} for name in arms}
-    if cfg["control"] not in results:  # the paired comparison needs the control's cached runs
-        results = {cfg["control"]: {s: run_arm(cfg, cfg["control"], s, data, id2label, checkpoint, out) for s in seeds},
-                   **results}
+    controls = [c for c in dict.fromkeys([cfg["control"], *(cfg["arms"][a].get("control") for a in arms)]) if c]
+    for control in reversed(controls):  # the paired comparisons need the controls' cached runs
+        if control not in results:
+            results = {control: {s: run_arm(cfg, control, s, data, id2label, checkpoint, out) for s in seeds}, **results}
     print(report(cfg, results, start_miou, out))
     plot_curves(results, start_miou, out / "curves.png")
 

@@ -18,6 +18,7 @@ CONFIG = yaml.safe_load((ROOT / "configs/study_camvid.yaml").read_text())
 def test_every_study_arm_builds_its_training_config(name, tmp_path):
     arm = dict(CONFIG["arms"][name])
     mle, train_only = arm.pop("mle", False), arm.pop("train_only", "")
+    assert arm.pop("control", CONFIG["control"]) in CONFIG["arms"]
     assert train_only in ("", "decode_head", "segformer")
     config_class = TrainingArguments if mle else RewardSegConfig
     config = config_class(output_dir=str(tmp_path), use_cpu=True, **arm)
