@@ -19,7 +19,8 @@ class RewardSegConfig(TrainingArguments):
 
     Defaults that differ from ``TrainingArguments``, all in one place:
 
-    - ``learning_rate=3e-5``: reward tuning starts from a converged model and takes small steps.
+    - ``learning_rate=1e-4``: the AdamW rate that raised CamVid mIoU most over cross-entropy at the
+      same rate in the study (README); the reward gradient's scale does not matter to AdamW.
     - ``remove_unused_columns=False``: the trainer needs ``labels``, which SegFormer's forward
       would also accept but which Trainer must not drop for image datasets with extra columns.
     - ``logging_steps=10``, ``report_to="none"``.
@@ -86,7 +87,7 @@ class RewardSegConfig(TrainingArguments):
         },
     )
 
-    learning_rate: float = field(default=3e-5, metadata={"help": "AdamW learning rate."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate."})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "Learning-rate schedule."})
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the trainer reads 'labels' itself."}

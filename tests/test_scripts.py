@@ -42,7 +42,7 @@ def test_default_yaml_is_the_scripts_defaults():
     # and the file sets the tuning settings the embedded run is documented with
     values = yaml.safe_load((ROOT / "configs/default.yaml").read_text())
     assert {k: values[k] for k in ("estimator", "reward_scope", "temperature", "num_samples", "learning_rate")} == dict(
-        estimator="local", reward_scope="dataset", temperature=0.5, num_samples=1, learning_rate=3e-5)
+        estimator="local", reward_scope="dataset", temperature=0.5, num_samples=1, learning_rate=1e-4)
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
