@@ -145,7 +145,8 @@ def reinforce_loss(
         sample_rewards = score_masks(masks.flatten(0, 1), targets).view(k, batch)
         greedy_rewards = score_masks(logits.argmax(1), labels)
         entropy = policy.entropy(probs, log_probs, valid)
-        sample_confusion = rewards.confusion_matrix(masks.flatten(0, 1), targets, num_classes, ignore_index)
+        per_image = rewards.confusion_matrix(masks.flatten(0, 1), targets, num_classes, ignore_index).view(
+            k, batch, num_classes, num_classes)
 
     # Both estimators' losses are linear in the per-pixel policy: sum over b, c, pixels of
     # stopgrad(weight[b, c, pixel]) * (log p or p). Building the weight under no_grad keeps the
@@ -173,7 +174,6 @@ def reinforce_loss(
         loss = -(weight * log_probs).sum()
     else:
         with torch.no_grad():
-            per_image = sample_confusion.view(k, batch, num_classes, num_classes)
             deltas = _local_deltas(masks, labels, per_image, reward_fn, ignore_index, reward_scope,
                                    running_confusion)  # (K, B, C, h, w)
             if reward_scope != "image":
@@ -190,7 +190,7 @@ def reinforce_loss(
         advantages=adv,
         greedy_rewards=greedy_rewards,
         entropy=entropy,
-        sample_confusion=sample_confusion.view(k, batch, num_classes, num_classes).sum(1).float().mean(0),
+        sample_confusion=per_image.sum(1).float().mean(0),
         scope_rewards=scope_rewards,
     )
 

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import SegformerConfig, SegformerForSemanticSegmentation, Trainer, TrainingArguments
 
 from hf_reward import RewardSegConfig, RewardSegTrainer
@@ -70,11 +71,9 @@ def load_data(cfg: dict, out: Path) -> tuple[dict[str, InMemorySegmentation], di
             tensors[f"{split}_images"] = torch.stack([(ex["pixel_values"] * 255).round().to(torch.uint8) for ex in examples])
             tensors[f"{split}_labels"] = torch.stack([ex["labels"].to(torch.uint8) for ex in examples])
         save_file(tensors, cache, metadata={"id2label": json.dumps(id2label)})
-    from safetensors import safe_open
-
     with safe_open(cache, "pt") as f:
         id2label = {int(k): v for k, v in json.loads(f.metadata()["id2label"]).items()}
-    t = load_file(cache)
+        t = {name: f.get_tensor(name) for name in f.keys()}
     data = {
         "train": InMemorySegmentation(t["train_images"], t["train_labels"], flip=True),
         "validation": InMemorySegmentation(t["validation_images"], t["validation_labels"], flip=False),
