@@ -98,21 +98,6 @@ def pretrained_start(
     return str(directory)
 
 
-def evaluate_before_training(trainer: Trainer) -> dict[str, float]:
-    """``trainer.evaluate()`` that leaves the model fit for distributed training afterwards.
-
-    Trainer's evaluation prepares the bare model with accelerate in evaluation mode, which marks
-    it as prepared; ``train()`` then skips wrapping it in DistributedDataParallel, and the
-    processes would train without averaging their gradients (transformers 5.24, accelerate
-    1.15). Clearing the mark lets ``train()`` wrap it.
-    """
-    metrics = trainer.evaluate()
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if hasattr(model, "_is_accelerate_prepared"):
-        del model._is_accelerate_prepared
-    return metrics
-
-
 @torch.no_grad()
 def predict_masks(model, examples: Sequence[dict]) -> torch.Tensor:
     """Argmax masks ``(N, H, W)`` at the label size of ``examples`` (dicts of ``pixel_values``, ``labels``)."""

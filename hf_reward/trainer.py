@@ -72,6 +72,18 @@ class RewardSegTrainer(Trainer):
             self.ref_model = copy.deepcopy(self.accelerator.unwrap_model(self.model)).requires_grad_(False)
             self.ref_model.to(self.args.device)
 
+    def evaluate(self, *args, **kwargs) -> dict[str, float]:
+        metrics = super().evaluate(*args, **kwargs)
+        if not self.is_in_train:
+            # Evaluation outside training prepares the bare model with accelerate and marks it
+            # prepared; a later train() would then skip the DistributedDataParallel wrap and the
+            # processes would train without averaging gradients (transformers 5.24, accelerate
+            # 1.15). Clearing the mark lets train() wrap it.
+            model = self.accelerator.unwrap_model(self.model)
+            if hasattr(model, "_is_accelerate_prepared"):
+                del model._is_accelerate_prepared
+        return metrics
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
         outputs = model(pixel_values=inputs["pixel_values"])

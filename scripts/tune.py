@@ -21,7 +21,7 @@ from hf_reward.data import collate_segmentation
 from hf_reward.hub import model_card, push_to_hub, results_table
 from hf_reward.metrics import StreamingMeanIoU
 from hf_reward.modeling import load_segformer
-from hf_reward.stages import evaluate_before_training, predict_masks, pretrained_start
+from hf_reward.stages import predict_masks, pretrained_start
 
 ARGUMENTS = (ModelArguments, DataArguments, TuneArguments, TuneConfig)
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> RewardSegTrainer:
     shown = list(itertools.islice(val, tune_args.num_overlays))
     masks_before = predict_masks(model, shown) if shown else None
 
-    before = evaluate_before_training(trainer)
+    before = trainer.evaluate()
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     after = trainer.evaluate()
     trainer.save_model()
