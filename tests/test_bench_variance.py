@@ -1,0 +1,27 @@
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+spec = importlib.util.spec_from_file_location("bench_variance", Path(__file__).resolve().parents[1] / "scripts/bench_variance.py")
+bench_variance = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench_variance)
+
+
+def test_gradient_stats_recover_the_snr_of_known_gaussian_draws():
+    """Draws g = mu + noise with ||mu|| = 2 and trace Cov = 4 * 100 * 0.01 = 4: SNR 1."""
+    torch.manual_seed(0)
+    mu = torch.zeros(100)
+    mu[:4] = 1.0
+    noise_scale = 0.2
+    for reference in (mu, None):
+        stats = bench_variance.GradientStats(reference)
+        for _ in range(4000):
+            stats.add(mu + noise_scale * torch.randn(100), seconds=0.0)
+        assert stats.trace_cov().item() == pytest.approx(4.0, rel=0.05)
+        row = stats.row("x").split("|")
+        assert float(row[2]) == pytest.approx(1.0, rel=0.05)  # SNR, from the reference or the debiased mean
+        assert float(row[4]) == pytest.approx(0.81 / 0.19, rel=0.15)  # draws for cosine 0.9
+        if reference is not None:  # one estimate: signal 2 against noise of norm ~2 in 100 dimensions
+            assert float(row[3]) == pytest.approx(2 / (4 + 4) ** 0.5, abs=0.03)
