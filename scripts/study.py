@@ -125,13 +125,18 @@ def run_name(arm: str, lr: float, seed: int) -> str:
     return f"{arm}_lr{lr:g}_seed{seed}"
 
 
+def result_file(out: Path, arm: str, lr: float, seed: int) -> Path:
+    """Where a run's JSON is cached."""
+    return out / "runs" / f"{run_name(arm, lr, seed)}.json"
+
+
 def learning_rates(cfg: dict, arm: str) -> list[float]:
     return cfg["arms"][arm].get("learning_rates", cfg["tune"]["learning_rates"])
 
 
 def run_arm(cfg: dict, name: str, lr: float, seed: int, data, id2label, checkpoint: Path, out: Path,
             progress_bar: bool = True) -> dict:
-    result_path = out / "runs" / f"{run_name(name, lr, seed)}.json"
+    result_path = result_file(out, name, lr, seed)
     if result_path.exists():
         return json.loads(result_path.read_text())
     arm = dict(cfg["arms"][name])
@@ -189,7 +194,7 @@ def run_all(cfg: dict, runs: list[tuple[str, float, int]], checkpoint: Path, out
     results: dict[tuple[str, float], dict[int, dict]] = {}
     todo = []
     for name, lr, seed in runs:
-        path = out / "runs" / f"{run_name(name, lr, seed)}.json"
+        path = result_file(out, name, lr, seed)
         if path.exists():
             results.setdefault((name, lr), {})[seed] = json.loads(path.read_text())
         else:
