@@ -1,17 +1,18 @@
-"""hf-reward: tune Hugging Face SegFormer models on mean IoU by reward optimisation."""
+"""hf-reward: tune Hugging Face SegFormer models on the metric you report, by reward optimisation."""
 
 from .config import RewardSegConfig
-from .loss import ReinforceOutput, reinforce_loss
-from .rewards import confusion_matrix, dice, miou, pixel_accuracy
+from .loss import LossSettings, ReinforceOutput, reinforce_loss
+from .rewards import REWARDS, class_counts, confusion_matrix, get_reward
 from .trainer import RewardSegTrainer
 
 __all__ = [
     "RewardSegConfig",
     "RewardSegTrainer",
+    "LossSettings",
     "ReinforceOutput",
     "reinforce_loss",
+    "REWARDS",
+    "class_counts",
     "confusion_matrix",
-    "dice",
-    "miou",
-    "pixel_accuracy",
+    "get_reward",
 ]

@@ -13,7 +13,7 @@ Every baseline here is built from *other* samples (or none), so each is unbiased
 - ``ema``: a running mean of past steps' rewards (state carried by the caller).
 - ``none``: zero.
 
-Images with no valid pixel have NaN rewards; they get advantage 0 and are left out of every mean.
+Images with no valid pixel (``valid`` False) get advantage 0 and are left out of every mean.
 """
 
 from __future__ import annotations
@@ -21,6 +21,19 @@ from __future__ import annotations
 import torch
 
 BASELINES = ("loo", "sample", "greedy", "batch_mean", "ema", "none")
+
+
+def check_baseline(baseline: str, num_samples: int) -> None:
+    """Raise ``ValueError`` unless ``baseline`` exists and works with K = ``num_samples``."""
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+    if baseline == "loo" and num_samples < 2:
+        raise ValueError("baseline='loo' needs num_samples >= 2 (the other samples form the baseline)")
+    if baseline == "sample" and num_samples % 2:
+        raise ValueError(
+            f"baseline='sample' pairs each gradient sample with one baseline sample: num_samples must be even, "
+            f"got {num_samples}"
+        )
 
 
 def gradient_samples(baseline: str, num_samples: int) -> torch.Tensor:
@@ -42,20 +55,19 @@ def advantages(
     rewards: torch.Tensor,
     baseline: str,
     *,
+    valid: torch.Tensor | None = None,
     greedy_rewards: torch.Tensor | None = None,
     ema_value: torch.Tensor | None = None,
-    normalize: bool = False,
 ) -> torch.Tensor:
     """Baseline-subtracted rewards ``(K, B)``; 0 for samples that only serve as baseline.
 
     Args:
-        rewards: ``(K, B)`` rewards of the sampled masks; NaN marks images with no valid pixel.
+        rewards: ``(K, B)`` rewards of the sampled masks.
         baseline: one of :data:`BASELINES`.
+        valid: ``(B,)`` images that have a valid pixel (default: all).
         greedy_rewards: ``(B,)``, required for ``greedy``.
-        ema_value: scalar running mean of past rewards for ``ema``; ``None`` on the first step, when
-            the batch mean (own reward left out) stands in.
-        normalize: divide by the std of the gradient-carrying advantages. This rescales the step
-            size per batch; it is not part of the unbiased estimator.
+        ema_value: scalar running mean of past rewards for ``ema``; where it is ``None`` or NaN (no
+            batch with a valid image yet), the batch mean (own reward left out) stands in.
 
     Example::
 
@@ -63,7 +75,8 @@ def advantages(
         tensor([[-0.4000],
                 [ 0.4000]])
     """
-    valid = rewards.isfinite()
+    valid = torch.ones(rewards.shape[1], dtype=torch.bool, device=rewards.device) if valid is None else valid
+    valid = valid.unsqueeze(0).expand_as(rewards)
     r = torch.where(valid, rewards, 0.0)
     if baseline == "loo":
         base = _leave_one_out_mean(r, valid, dim=0)
@@ -73,28 +86,27 @@ def advantages(
     elif baseline == "greedy":
         if greedy_rewards is None:
             raise ValueError("baseline='greedy' needs greedy_rewards")
-        base = torch.nan_to_num(greedy_rewards, nan=0.0).unsqueeze(0)
-    elif baseline == "batch_mean" or (baseline == "ema" and ema_value is None):
+        base = greedy_rewards.unsqueeze(0)
+    elif baseline in ("batch_mean", "ema"):
         base = _leave_one_out_mean(r, valid, dim=(0, 1))
-    elif baseline == "ema":
-        base = ema_value
+        if baseline == "ema" and ema_value is not None:  # NaN: no batch with a valid image yet
+            base = torch.where(ema_value.isnan(), base, ema_value)
     elif baseline == "none":
         base = 0.0
     else:
         raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
     carries = gradient_samples(baseline, r.shape[0]).to(r.device).unsqueeze(1) & valid
-    adv = torch.where(carries, r - base, 0.0)
-    if normalize:
-        count = carries.sum()
-        mean = torch.where(carries, adv, 0.0).sum() / count.clamp(min=1)
-        var = torch.where(carries, (adv - mean) ** 2, 0.0).sum() / (count - 1).clamp(min=1)
-        adv = adv / (var.sqrt() + 1e-6)
-    return adv
+    return torch.where(carries, r - base, 0.0)
 
 
-def update_ema(ema_value: torch.Tensor | None, rewards: torch.Tensor, decay: float) -> torch.Tensor:
-    """Next running mean: ``decay * ema + (1 - decay) * mean(valid rewards)``; starts at the first mean."""
-    mean = rewards.nanmean()
+def update_ema(ema_value: torch.Tensor | None, rewards: torch.Tensor, valid: torch.Tensor, decay: float) -> torch.Tensor:
+    """Next running mean: ``decay * ema + (1 - decay) * mean(rewards of valid images)``; starts at the first mean.
+
+    ``rewards (K, B)``, ``valid (B,)``. A batch with no valid image leaves the mean as it was.
+    """
+    count = valid.sum() * rewards.shape[0]
+    mean = (rewards * valid).sum() / count.clamp(min=1)
     if ema_value is None:
-        return mean
-    return torch.where(mean.isfinite(), decay * ema_value + (1 - decay) * mean, ema_value)
+        return torch.where(count > 0, mean, torch.nan)
+    fresh = ema_value.isnan()  # no batch with a valid image yet
+    return torch.where(count > 0, torch.where(fresh, mean, decay * ema_value + (1 - decay) * mean), ema_value)

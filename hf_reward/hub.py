@@ -82,7 +82,8 @@ def model_card(
         ("learning rate", f"{args.learning_rate:g} ({getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)} schedule)"),
         ("steps", args.max_steps),
         ("batch size per device", args.per_device_train_batch_size),
-        ("mle_weight / kl_coef", f"{args.mle_weight:g} / {args.kl_coef:g}"),
+        ("loss weights: reward / ce / lovasz / kl", f"{args.reward_weight:g} / {args.ce_weight:g} / "
+                                                    f"{args.lovasz_weight:g} / {args.kl_coef:g}"),
         ("seed", args.seed),
     ]
     settings_table = "\n".join(["| setting | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in settings])

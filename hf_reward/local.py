@@ -1,4 +1,4 @@
-"""Closed-form switched rewards for the local expectation estimator.
+"""Switched rewards for the local expectation estimator, exact for any reward of the confusion counts.
 
 The local expectation gradient (Titsias & Lazaro-Gredilla 2015) takes, for every pixel i, the
 exact expectation over that pixel's own class while the other pixels stay at their sampled
@@ -6,100 +6,88 @@ classes y_{-i}:
 
     grad E[R] = E_y[ sum_i sum_c grad p_i(c) * R(y_{-i}, c) ]
 
-which needs R_{i,c} = R(y with pixel i switched to class c) for every pixel and class. For a
-reward that is a function of the confusion counts, switching pixel i from its sampled class a
-to c only moves one count: the predicted count of a drops by one and that of c rises by one, and
-the true positives of a (or c) move with them when the target t_i is a (or c). For rewards that
-are a mean over present classes of a per-class score f(tp, gt, pd) (mIoU, Dice), only f_a, f_c
-and the number of present classes change, so
+which needs R_ic = R(y with pixel i switched to class c) for every pixel and class. Switching
+pixel i, with target t, from its sampled class a to c moves one count of the confusion matrix,
+``cm[t, a] -= 1; cm[t, c] += 1``. A reward of the per-class counts (tp, gt, pd) (see
+:mod:`hf_reward.rewards`) then sees
 
-    R_{i,c} - R(y) = (N dS - S dN) / (N (N + dN)),   S = sum_k f_k,  N = #present,
+    pd -= e_a;  pd += e_c;  tp -= e_a if t == a;  tp += e_c if t == c;  gt unchanged,
 
-with dS, dN read from two small per-class tables: the change of f_k (and of k's presence) when
-one predicted pixel leaves class k, or joins it, with or without being a true positive. All
-pixels and classes come at once in O(G * C * P) elementwise work, like the softmax itself.
+so R_ic - R(y) depends on the pixel only through (a, c) and which of "t == a", "t == c",
+"neither" holds. :func:`switch_table` evaluates the reward on those 3 C^2 perturbed count
+vectors in batched calls, and :func:`switched_reward_deltas` gathers one row of the table per
+pixel: O(C^3) work per scope plus one gather over (pixels x C), the size of the logits.
 
-The tables are computed in float64 and their *differences* cast to float32, so a pixel's effect
-on a dataset-sized confusion matrix (about 1e-7) keeps its precision.
+The table is computed in float64 and its differences cast to float32, so a pixel's effect on a
+dataset-sized confusion matrix (about 1e-7) keeps its precision.
 
-Adding a closed form for a new reward: if it is a mean over present classes of a per-class
-score, add ``name: lambda tp, gt, pd: (numerator, denominator)`` to :data:`CLASS_SCORES` (a class
-counts as present when its denominator is positive) and the reward itself to
-:mod:`hf_reward.rewards`; otherwise write its delta beside the pixel-accuracy branch below and
-test it against :func:`tests.test_local` 's brute-force flip.
-
-Shapes: G groups (images, or whole batches for wider reward scopes), P pixels per group, C classes.
+Shapes: G groups (images, or whole batches for the batch and dataset scopes), P pixels per
+group, C classes.
 """
 
 from __future__ import annotations
 
 import torch
 
-CLASS_SCORES = {
-    "miou": lambda tp, gt, pd: (tp, gt + pd - tp),
-    "dice": lambda tp, gt, pd: (2 * tp, gt + pd),
-}
-LOCAL_REWARDS = (*CLASS_SCORES, "pixel_accuracy")
+from .rewards import Reward, class_counts
+
+# Perturbed count vectors evaluated per reward call, at most: (rows of the table) x C elements.
+_CHUNK_ELEMENTS = 1 << 21
+NEITHER, TARGET_IS_SAMPLED, TARGET_IS_NEW = range(3)
 
 
-def _class_score(reward: str, tp, gt, pd) -> tuple[torch.Tensor, torch.Tensor]:
-    numerator, denominator = torch.broadcast_tensors(*CLASS_SCORES[reward](tp, gt, pd))
-    present = denominator > 0
-    return torch.where(present, numerator / denominator.clamp(min=1e-12), 0.0), present.double()
+@torch.no_grad()
+def switch_table(reward: Reward, confusion: torch.Tensor) -> torch.Tensor:
+    """``table[g, kind, a, c] = R(counts with one pixel moved from a to c) - R(counts)``, ``(G, 3, C, C)`` float32.
+
+    ``confusion (G, C, C)`` [target, pred], may be fractional (a decayed running matrix).
+    ``kind`` is :data:`NEITHER`, :data:`TARGET_IS_SAMPLED` (t == a) or :data:`TARGET_IS_NEW`
+    (t == c). Entries that no pixel can reach (``kind`` 1 with tp_a = 0, say) are computed on
+    counts clamped at 0 and never gathered.
+    """
+    tp, gt, pd = class_counts(confusion)  # (G, C)
+    groups, c = tp.shape
+    base = reward(tp, gt, pd)  # (G,)
+    eye = torch.eye(c, dtype=torch.float64, device=tp.device)
+    move = eye.unsqueeze(0) - eye.unsqueeze(1)  # (a, c, k): e_c - e_a, exactly 0 where a == c
+    zero = torch.zeros_like(move)
+    tp_move = torch.stack([zero, -eye.unsqueeze(1).expand_as(move), eye.unsqueeze(0).expand_as(move)])  # (3, a, c, k)
+    rows = 3 * c  # (kind, a) pairs, each a (c, k) block of perturbed vectors
+    chunk = max(1, _CHUNK_ELEMENTS // (c * c * groups))
+    tp_move, pd_move = tp_move.reshape(rows, c, c), move.repeat(3, 1, 1)
+    out = []
+    for start in range(0, rows, chunk):
+        sl = slice(start, start + chunk)
+        tp_new = (tp[:, None, None] + tp_move[sl]).clamp(min=0)  # (G, rows, c, k)
+        pd_new = (pd[:, None, None] + pd_move[sl]).clamp(min=0)
+        gt_new = gt[:, None, None].expand_as(pd_new)
+        out.append(reward(tp_new, gt_new, pd_new) - base.view(-1, 1, 1))
+    return torch.cat(out, 1).view(groups, 3, c, c).float()
 
 
 @torch.no_grad()
 def switched_reward_deltas(
-    pred: torch.Tensor, target: torch.Tensor, confusion: torch.Tensor, reward: str, ignore_index: int = 255
+    pred: torch.Tensor, target: torch.Tensor, table: torch.Tensor, ignore_index: int = 255
 ) -> torch.Tensor:
-    """R(pixel i switched to class c) - R(sample), for every pixel and class.
+    """R(pixel i switched to class c) - R(sample), for every pixel and class: ``(G, C, P)`` float32.
 
     Args:
         pred: ``(G, P)`` long, the sampled classes.
         target: ``(G, P)`` long, ground truth with ``ignore_index`` for void.
-        confusion: ``(G, C, C)`` counts ``[target, pred]`` that the reward is computed from. They
-            must include the group's own pixels; they may hold more (other images, a running
-            dataset matrix), and may be fractional.
-        reward: one of :data:`LOCAL_REWARDS`.
+        table: ``(G, 3, C, C)`` from :func:`switch_table` on the confusion counts the reward is
+            computed from (the group's own pixels, plus other images or a running matrix).
 
-    Returns:
-        ``(G, C, P)`` float32; 0 at the sampled class, at ignored pixels and in groups with no
-        valid pixel. ``torch.where`` selects, so 0/0 in unused entries never leaks a NaN.
+    Returns 0 at the sampled class and at ignored pixels.
     """
-    if reward not in LOCAL_REWARDS:
-        raise ValueError(f"no closed-form switched reward for {reward!r}; available: {LOCAL_REWARDS}")
-    num_classes = confusion.shape[-1]
+    groups, c = table.shape[0], table.shape[-1]
     valid = target != ignore_index
     t = torch.where(valid, target, 0)
-    classes = torch.arange(num_classes, device=pred.device).view(1, -1, 1)
-    is_target = t.unsqueeze(1) == classes  # (G, C, P)
-    cm = confusion.double()
-    tp, gt, pd = cm.diagonal(dim1=-2, dim2=-1), cm.sum(-1), cm.sum(-2)  # (G, C)
-    hit = (pred == t).long()  # (G, P)
-
-    if reward == "pixel_accuracy":
-        n = gt.sum(-1).clamp(min=1e-12).view(-1, 1, 1)
-        delta = ((is_target.double() - hit.unsqueeze(1)) / n).float()
-        empty = gt.sum(-1) == 0
-    else:
-        f0, p0 = _class_score(reward, tp, gt, pd)
-        score_sum, present = f0.sum(-1), p0.sum(-1)  # S, N: (G,)
-        is_tp = torch.tensor([0.0, 1.0], dtype=torch.float64, device=cm.device)
-        tp2, gt2, pd2 = tp.unsqueeze(-1), gt.unsqueeze(-1), pd.unsqueeze(-1)  # (G, C, 1)
-        f_out, p_out = _class_score(reward, tp2 - is_tp, gt2, pd2 - 1)  # (G, C, 2): one pixel leaves k
-        f_in, p_in = _class_score(reward, tp2 + is_tp, gt2, pd2 + 1)  # one pixel joins k
-        d_out = torch.stack([f_out - f0.unsqueeze(-1), p_out - p0.unsqueeze(-1)]).float()  # (2, G, C, 2)
-        d_in = torch.stack([f_in - f0.unsqueeze(-1), p_in - p0.unsqueeze(-1)]).float()
-        # Leaving the sampled class a: table entry [a, t_i == a], per pixel.
-        leave = d_out.flatten(2).gather(2, (pred * 2 + hit).unsqueeze(0).expand(2, -1, -1))  # (2, G, P)
-        # Joining class c: table entry [c, t_i == c], per pixel and class.
-        join = torch.where(is_target, d_in[..., 1:], d_in[..., :1])  # (2, G, C, P)
-        d_score = leave[0].unsqueeze(1) + join[0]
-        d_present = leave[1].unsqueeze(1) + join[1]
-        s = score_sum.float().view(-1, 1, 1)
-        n = present.float().view(-1, 1, 1)
-        delta = (n * d_score - s * d_present) / (n * (n + d_present)).clamp(min=1e-12)
-        empty = present == 0
-
-    keep = valid.unsqueeze(1) & (pred.unsqueeze(1) != classes) & ~empty.view(-1, 1, 1)
-    return torch.where(keep, delta, 0.0)
+    hit = (pred == t).long()
+    # Row (kind, a) of the table for every pixel: kind 1 if its target is the sampled class.
+    by_row = table[:, :2].reshape(groups, 2 * c, c).transpose(1, 2)  # (G, C, 2C): [g, c, kind * C + a]
+    deltas = by_row.gather(2, (hit * c + pred).unsqueeze(1).expand(-1, c, -1))  # (G, C, P)
+    # Column t (switching to the target) comes from kind 2, wherever t is not the sampled class.
+    to_target = table[:, TARGET_IS_NEW].reshape(groups, c * c).gather(1, pred * c + t)  # (G, P)
+    deltas.scatter_(1, t.unsqueeze(1), torch.where(hit.bool(), 0.0, to_target).unsqueeze(1))
+    classes = torch.arange(c, device=pred.device).view(1, -1, 1)
+    return torch.where(valid.unsqueeze(1) & (pred.unsqueeze(1) != classes), deltas, 0.0)

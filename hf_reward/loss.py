@@ -1,35 +1,43 @@
-"""The reward-tuning loss: REINFORCE over sampled segmentation masks.
+"""The reward-tuning loss: the gradient of the expected reward of masks sampled from the model.
 
-Algorithm (one call, one batch; K samples, B images, C classes, h x w sampling resolution):
+Algorithm, one call on one batch (K samples, B images, C classes, h x w sampling resolution);
+each step is a function below, and :func:`reinforce_loss` is their composition:
 
-1. Bring logits and labels to the sampling resolution (:func:`policy.align_to_resolution`) and
-   form the tempered policy p = softmax(logits / tau) per pixel, in float32.
-2. Draw K masks per image by Gumbel-max; take the greedy (argmax) mask too.
-3. Score every mask with the reward against the ground truth: rewards ``(K, B)``, greedy ``(B,)``.
-4. Turn rewards into a loss whose gradient estimates -grad E_y[R(y)] / n_valid:
+1. :func:`sample`: bring logits and labels to the sampling resolution, form the tempered policy
+   p = softmax(logits / tau) per pixel (float32), draw K masks per image, and count each sampled
+   mask's confusion matrix ``(K, B, C, C)``.
+2. :func:`scope_confusion` (batch and dataset scopes): pool each sample's counts over the batch,
+   sum them over processes, and add the ``context`` counts the caller keeps (the dataset scope's
+   running matrix of past batches, earlier micro-batches of the optimizer step).
+3. Weights, one per pixel and class, under ``no_grad``:
 
-   ``estimator="score"`` (REINFORCE): advantages A = R - b with a baseline from
-   :mod:`hf_reward.baselines`, and
+   :func:`score_function_weights` (``estimator="score"``, REINFORCE): advantages
+   A_kb = R(y_kb) - b_kb with a baseline from :mod:`hf_reward.baselines`; each sampled class
+   collects its samples' advantages, so that sum(weight * log p) = mean_b mean_k A_kb log P(y_kb).
 
-       loss = -mean_{k carrying gradient, b} A_kb * log P(y_kb) / n_valid_b.
+   :func:`local_weights` (``estimator="local"``, local expectation gradients): for every pixel i
+   and class c the reward R_ic of the sample with pixel i switched to c (:mod:`hf_reward.local`),
+   and the weight A_ic = R_ic - sum_c' p_i(c') R_ic' on p_i(c). Each pixel's exact expectation
+   over its own class removes most of the variance that one scalar reward per image spreads
+   over thousands of pixel choices.
+4. The loss: ``-(sum(weight * log p or p) - itself detached) - objective``.
 
-   ``estimator="local"`` (local expectation gradients): for every pixel i and class c, the
-   reward with pixel i switched to c, the other pixels held at the sample
-   (:mod:`hf_reward.local`), and
+Scale. The gradient of the loss is an unbiased estimate of -grad J, in the reward's own units:
 
-       loss = -mean_k mean_b (1/n_valid_b) sum_i sum_c p_i(c) * sg(R_ic - sum_c' p_i(c') R_ic').
+- image scope: J = mean_b E[R(y_b)], the mean over the batch of each image's expected reward;
+- batch scope: J = E[R(pooled counts of the batch)];
+- dataset scope: J = (n_scope / n_batch) E[R(running + batch counts)]: a pixel's effect on a
+  matrix of n_scope pixels is about n_batch / n_scope times its effect on the batch's, and
+  the factor gives it the batch scope's scale.
 
-   Each pixel's exact expectation over its own class removes most of the variance that one
-   scalar reward per image spreads over thousands of pixel choices.
+Each pixel's share is then of the order of cross-entropy's (1/n per pixel for a mean over n
+pixels), whatever the resolution or batch size, so ``ce_weight`` and ``lovasz_weight`` of order
+1 balance the reward, and AdamW sees gradients well above its eps. With several processes or
+micro-batches per step, ``n_batch`` is this call's own valid pixels: the trainer's mean over
+micro-batches and processes then keeps that scale.
 
-With ``reward_scope="batch"`` or ``"dataset"`` (local estimator only) the reward is the mIoU of one
-confusion matrix over the whole batch, plus, for ``dataset``, a running matrix of past batches
-that the caller keeps (:class:`ReinforceOutput.sample_confusion` feeds it). Each pixel then
-gets its effect on the dataset-level metric users report. The loss is then divided by the
-batch's valid pixel count, and the ``dataset`` scope's deltas are multiplied by
-n_scope / n_batch so that its gradient has the scale of the ``batch`` scope.
-
-Rewards and advantages are computed under ``no_grad``; only log P (or p) carries gradient.
+The loss *value* is -J (the objective being maximised, detached); its gradient is the estimate.
+Rewards and weights are computed under ``no_grad``; only log p (or p) carries gradient.
 """
 
 from __future__ import annotations
@@ -39,186 +47,242 @@ from typing import Callable
 
 import torch
 
-from . import baselines, local, policy, rewards
+from . import baselines, local, policy
+from .rewards import Reward, class_counts, confusion_matrix, reward_of_masks
 
 ESTIMATORS = ("score", "local")
 REWARD_SCOPES = ("image", "batch", "dataset")
-RewardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """The knobs of :func:`reinforce_loss`; :class:`hf_reward.RewardSegConfig` builds one from its fields.
+
+    reward: a function of the per-class counts (tp, gt, pd) -> reward (:mod:`hf_reward.rewards`).
+    estimator: ``"score"`` (REINFORCE) or ``"local"`` (local expectation gradient).
+    reward_scope: ``"image"``, ``"batch"`` or ``"dataset"`` (the last two need ``"local"``).
+    num_samples: K masks per image. temperature: tau of softmax(logits / tau).
+    baseline: of the score estimator, one of :data:`hf_reward.baselines.BASELINES`.
+    sample_resolution: ``"logits"`` or ``"labels"`` (:func:`hf_reward.policy.align_to_resolution`).
+    ignore_index: label of void pixels.
+    """
+
+    reward: Reward
+    estimator: str
+    reward_scope: str
+    num_samples: int
+    temperature: float
+    baseline: str
+    sample_resolution: str
+    ignore_index: int
+
+    def __post_init__(self):
+        if not callable(self.reward):
+            raise ValueError(f"reward must be a function of (tp, gt, pd), got {self.reward!r}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        if self.reward_scope not in REWARD_SCOPES:
+            raise ValueError(f"reward_scope must be one of {REWARD_SCOPES}, got {self.reward_scope!r}")
+        if self.sample_resolution not in policy.SAMPLE_RESOLUTIONS:
+            raise ValueError(f"sample_resolution must be one of {policy.SAMPLE_RESOLUTIONS}, got {self.sample_resolution!r}")
+        if not isinstance(self.num_samples, int) or self.num_samples < 1:
+            raise ValueError(f"num_samples must be an integer >= 1, got {self.num_samples!r}")
+        if not (self.temperature > 0 and self.temperature < float("inf")):  # also rejects NaN
+            raise ValueError(f"temperature must be finite and > 0, got {self.temperature}")
+        if self.estimator == "score":
+            if self.reward_scope != "image":
+                raise ValueError(f"reward_scope={self.reward_scope!r} needs estimator='local'; the score estimator is per image")
+            baselines.check_baseline(self.baseline, self.num_samples)
+
+
+@dataclass
+class Samples:
+    """What :func:`sample` returns.
+
+    log_probs: ``(B, C, h, w)`` tempered log-policy, with gradient. labels: ``(B, h, w)`` at the
+    sampling resolution. valid: ``(B, h, w)`` non-void pixels. masks: ``(K, B, h, w)``.
+    confusion: ``(K, B, C, C)`` counts of each sampled mask.
+    """
+
+    log_probs: torch.Tensor
+    labels: torch.Tensor
+    valid: torch.Tensor
+    masks: torch.Tensor
+    confusion: torch.Tensor
 
 
 @dataclass
 class ReinforceOutput:
     """What :func:`reinforce_loss` returns.
 
-    loss: scalar. rewards: ``(K, B)`` per-image rewards of the samples (NaN for images with no
-    valid pixel). advantages: ``(K, B)``; for the local estimator, the mean over valid pixels of
-    the sampled class's advantage. greedy_rewards: ``(B,)``. entropy: ``(B,)`` mean per-pixel
-    entropy of the tempered policy. sample_confusion: ``(C, C)`` float, the batch's confusion
-    counts averaged over the K samples (feeds the running matrix of the ``dataset`` scope).
-    scope_rewards: ``(K,)`` for ``reward_scope`` batch / dataset, the reward of each sample's
-    scope matrix, the objective being optimised; ``None`` for the image scope.
+    loss: scalar, value -objective. objective: the expected reward J being maximised (detached).
+    rewards: ``(K, B)`` per-image rewards of the samples. valid_pixels: ``(B,)`` each image's
+    valid pixels at the sampling resolution; images with none get no gradient and are left out of
+    every mean (:attr:`valid_images`). greedy_rewards: ``(B,)`` per-image reward of the argmax
+    mask. entropy: ``(B,)`` mean per-pixel entropy of the tempered policy over valid pixels. advantages: ``(K, B)`` for the score estimator, else ``None``.
+    sample_confusion: ``(C, C)`` the sampled counts summed over the batch (and processes),
+    averaged over K, which the caller adds to its running matrix. scope_rewards: ``(K,)`` reward
+    of each sample's scope matrix for the batch and dataset scopes, else ``None``.
     """
 
     loss: torch.Tensor
+    objective: torch.Tensor
     rewards: torch.Tensor
-    advantages: torch.Tensor
+    valid_pixels: torch.Tensor
     greedy_rewards: torch.Tensor
     entropy: torch.Tensor
     sample_confusion: torch.Tensor
+    advantages: torch.Tensor | None = None
     scope_rewards: torch.Tensor | None = None
+
+    @property
+    def valid_images(self) -> torch.Tensor:
+        return self.valid_pixels > 0
+
+
+def sample(logits: torch.Tensor, labels: torch.Tensor, settings: LossSettings,
+           generator: torch.Generator | None = None) -> Samples:
+    """Step 1: the tempered policy at the sampling resolution, K masks from it and their confusion counts."""
+    num_classes, k = logits.shape[1], settings.num_samples
+    logits, labels = policy.align_to_resolution(logits.float(), labels, settings.sample_resolution)
+    log_probs = torch.log_softmax(logits / settings.temperature, dim=1)
+    with torch.no_grad():
+        masks = policy.sample_masks(log_probs.exp(), k, generator)
+        targets = labels.expand(k, *labels.shape).flatten(0, 1)
+        confusion = confusion_matrix(masks.flatten(0, 1), targets, num_classes, settings.ignore_index)
+    return Samples(log_probs, labels, labels != settings.ignore_index, masks,
+                   confusion.view(k, labels.shape[0], num_classes, num_classes))
+
+
+def scope_confusion(confusion: torch.Tensor, context: torch.Tensor | None = None,
+                    reduce_counts: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 2: ``(scope (K, C, C) float64, own (K, C, C) float64)`` from per-image counts ``(K, B, C, C)``.
+
+    ``own`` is each sample's counts pooled over the batch and, with ``reduce_counts`` (a sum
+    over processes), over every process's batch; ``scope = own + context``.
+    """
+    own = confusion.sum(1).double()
+    if reduce_counts is not None:
+        own = reduce_counts(own)
+    return (own if context is None else own + context.double()), own
+
+
+def score_function_weights(samples: Samples, rewards: torch.Tensor, valid_images: torch.Tensor,
+                           baseline: str, greedy_rewards: torch.Tensor,
+                           ema_value: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 3, REINFORCE: ``(weight (B, C, h, w) on log p, advantages (K, B))``.
+
+    sum(weight * log p) = mean_b mean_{k carrying gradient} A_kb log P(y_kb), b over the images with
+    a valid pixel, log P(y) summed over the valid pixels.
+    """
+    masks = samples.masks
+    k, batch = rewards.shape
+    adv = baselines.advantages(rewards, baseline, valid=valid_images, greedy_rewards=greedy_rewards, ema_value=ema_value)
+    carries = baselines.gradient_samples(baseline, k).to(adv.device)
+    coef = adv * carries.unsqueeze(1) / (int(carries.sum()) * valid_images.sum().clamp(min=1))  # (K, B)
+    weight = torch.zeros_like(samples.log_probs)
+    # Each sampled class collects its samples' coefficients: sum_k coef_kb * onehot(y_kb).
+    weight.scatter_add_(1, masks.transpose(0, 1), coef.T.reshape(batch, k, 1, 1).expand(-1, -1, *masks.shape[-2:]))
+    return weight * samples.valid.unsqueeze(1), adv
+
+
+def local_weights(samples: Samples, reward: Reward, scope: torch.Tensor | None, ignore_index: int) -> torch.Tensor:
+    """Step 3, local expectation: ``weight (B, C, h, w)`` on p, the mean over samples of the
+    per-pixel advantages A_ic = R_ic - sum_c' p_i(c') R_ic'.
+
+    ``scope`` ``(K, C, C)``: each sample's pooled matrix (batch and dataset scopes), whose reward
+    all of the batch's pixels are credited against, scaled by n_scope / n_batch (see the module
+    docstring); ``None`` for the image scope, where each image is its own group, averaged over
+    the images with a valid pixel.
+    """
+    masks, labels = samples.masks, samples.labels
+    k, batch, h, w = masks.shape
+    probs = samples.log_probs.detach().exp()
+    weight = torch.zeros_like(probs)
+    n_batch = samples.valid.sum().clamp(min=1)
+    n_images = samples.valid.flatten(1).any(1).sum().clamp(min=1)
+    for i in range(k):  # K is small (1 by default); each iteration is batched over pixels and classes
+        if scope is None:
+            table = local.switch_table(reward, samples.confusion[i])  # (B, 3, C, C)
+            deltas = local.switched_reward_deltas(masks[i].flatten(1), labels.flatten(1), table, ignore_index)
+            deltas = deltas.view(batch, -1, h, w) / n_images
+        else:
+            table = local.switch_table(reward, scope[i : i + 1])  # (1, 3, C, C)
+            deltas = local.switched_reward_deltas(masks[i].reshape(1, -1), labels.reshape(1, -1), table, ignore_index)
+            deltas = deltas.view(-1, batch, h, w).transpose(0, 1) * (scope[i].sum() / n_batch).float()
+        weight += deltas - (probs * deltas).sum(1, keepdim=True)
+    return weight * samples.valid.unsqueeze(1) / k
 
 
 def reinforce_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
+    settings: LossSettings,
     *,
-    reward_fn: str | RewardFn,
-    num_samples: int,
-    baseline: str = "loo",
-    temperature: float = 1.0,
-    ignore_index: int = 255,
-    sample_resolution: str = "logits",
-    generator: torch.Generator | None = None,
-    estimator: str = "score",
-    reward_scope: str = "image",
-    running_confusion: torch.Tensor | None = None,
+    context: torch.Tensor | None = None,
+    reduce_counts: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ema_value: torch.Tensor | None = None,
-    normalize_advantages: bool = False,
+    generator: torch.Generator | None = None,
 ) -> ReinforceOutput:
     """Sample masks from ``logits (B, C, h, w)``, reward them against ``labels (B, H, W)``, return the loss.
 
     Args:
-        reward_fn: ``"miou"``, ``"dice"``, ``"pixel_accuracy"``, or a callable
-            ``(pred (N, H, W), target (N, H, W)) -> (N,)`` (score estimator only).
-        num_samples: K masks per image.
-        baseline: see :mod:`hf_reward.baselines` (score estimator only).
-        temperature: tau of the policy softmax(logits / tau) that is sampled and trained.
-        sample_resolution: ``"logits"`` (h x w, labels downsampled by nearest) or ``"labels"``
-            (logits upsampled bilinearly to H x W).
-        generator: optional ``torch.Generator`` for the Gumbel noise.
-        estimator: ``"score"`` (REINFORCE) or ``"local"`` (local expectation, named rewards only).
-        reward_scope: ``"image"``, ``"batch"`` or ``"dataset"`` (the last two: local estimator).
-        running_confusion: ``(C, C)`` running counts of past batches for ``reward_scope="dataset"``.
+        settings: :class:`LossSettings`.
+        context: ``(C, C)`` counts that belong to the reward's scope besides this call's own masks
+            (batch and dataset scopes): the dataset scope's running matrix, earlier micro-batches
+            of the same optimizer step. ``None``: none.
+        reduce_counts: sums a tensor over processes, so that every process credits its pixels
+            against the same pooled matrix (e.g. ``lambda t: accelerator.reduce(t, "sum")``).
         ema_value: running mean reward for ``baseline="ema"``.
-        normalize_advantages: divide score-function advantages by their std.
+        generator: optional ``torch.Generator`` for the sampling.
 
     Example::
 
+        >>> from hf_reward.rewards import miou
+        >>> settings = LossSettings(reward=miou, estimator="local", reward_scope="batch", num_samples=1,
+        ...                         temperature=0.5, baseline="none", sample_resolution="logits", ignore_index=255)
         >>> logits = torch.randn(2, 3, 8, 8, requires_grad=True)
-        >>> labels = torch.randint(0, 3, (2, 32, 32))
-        >>> out = reinforce_loss(logits, labels, reward_fn="miou", num_samples=4, baseline="loo")
-        >>> out.loss.backward(); out.rewards.shape
-        torch.Size([4, 2])
+        >>> out = reinforce_loss(logits, torch.randint(0, 3, (2, 32, 32)), settings)
+        >>> out.loss.backward(); out.rewards.shape, out.scope_rewards.shape
+        (torch.Size([1, 2]), torch.Size([1]))
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    if reward_scope not in REWARD_SCOPES:
-        raise ValueError(f"reward_scope must be one of {REWARD_SCOPES}, got {reward_scope!r}")
-    if estimator == "local" and not (isinstance(reward_fn, str) and reward_fn in local.LOCAL_REWARDS):
-        raise ValueError(
-            f"estimator='local' needs a reward with closed-form switched rewards, one of {local.LOCAL_REWARDS}; "
-            f"got {reward_fn!r}. Use estimator='score' for a custom reward_fn, or add its closed form "
-            "in hf_reward/local.py (see that module's docstring)."
-        )
-    if reward_scope != "image" and estimator != "local":
-        raise ValueError(f"reward_scope={reward_scope!r} needs estimator='local'; the score estimator is per image")
-    if reward_scope == "dataset" and running_confusion is None:
-        raise ValueError("reward_scope='dataset' needs running_confusion (a (C, C) tensor, zeros at the start)")
-
+    if logits.ndim != 4 or labels.ndim != 3 or logits.shape[0] != labels.shape[0]:
+        raise ValueError(f"expected logits (B, C, h, w) and labels (B, H, W); got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    s = settings
     num_classes = logits.shape[1]
-    if isinstance(reward_fn, str):
-        named = rewards.REWARDS[reward_fn]
-        score_masks = lambda pred, target: named(pred, target, num_classes, ignore_index)  # noqa: E731
-    else:
-        score_masks = reward_fn
-
-    logits, labels = policy.align_to_resolution(logits.float(), labels, sample_resolution)
-    valid = labels != ignore_index  # (B, h, w)
-    log_probs = torch.log_softmax(logits / temperature, dim=1)
-    probs = log_probs.exp()
-    k = num_samples
-    batch = labels.shape[0]
-
+    samples = sample(logits, labels, s, generator)
     with torch.no_grad():
-        masks = policy.sample_masks(probs.detach(), k, generator)  # (K, B, h, w)
-        targets = labels.expand(k, *labels.shape).flatten(0, 1)
-        sample_rewards = score_masks(masks.flatten(0, 1), targets).view(k, batch)
-        greedy_rewards = score_masks(logits.argmax(1), labels)
-        entropy = policy.entropy(probs, log_probs, valid)
-        per_image = rewards.confusion_matrix(masks.flatten(0, 1), targets, num_classes, ignore_index).view(
-            k, batch, num_classes, num_classes)
-
-    # Both estimators' losses are linear in the per-pixel policy: sum over b, c, pixels of
-    # stopgrad(weight[b, c, pixel]) * (log p or p). Building the weight under no_grad keeps the
-    # graph at one (B, C, h, w) product whatever K is.
-    if reward_scope == "image":
-        pixel_norm = valid / valid.sum(dim=(-2, -1), keepdim=True).clamp(min=1) / batch  # mean over pixels, images
-    else:
-        pixel_norm = valid / valid.sum().clamp(min=1)  # one mean over the batch's pixels
-    scope_rewards = None
-    if estimator == "score":
-        with torch.no_grad():
-            adv = baselines.advantages(
-                sample_rewards,
-                baseline,
-                greedy_rewards=greedy_rewards,
-                ema_value=ema_value,
-                normalize=normalize_advantages,
-            )
-            carries = baselines.gradient_samples(baseline, k)
-            coef = adv * carries.to(adv.device).unsqueeze(1) / int(carries.sum())  # (K, B)
-            # Each sampled class collects its samples' advantages: sum_k coef_kb * onehot(y_kb).
-            weight = torch.zeros_like(log_probs)
-            weight.scatter_add_(1, masks.transpose(0, 1), coef.T.reshape(batch, k, 1, 1).expand(-1, -1, *masks.shape[-2:]))
-            weight *= pixel_norm.unsqueeze(1)
-        loss = -(weight * log_probs).sum()
-    else:
-        with torch.no_grad():
-            deltas = _local_deltas(masks, labels, per_image, reward_fn, ignore_index, reward_scope,
-                                   running_confusion)  # (K, B, C, h, w)
-            if reward_scope != "image":
-                scope = per_image.sum(1) + (running_confusion if reward_scope == "dataset" else 0)
-                scope_rewards = rewards.FROM_CONFUSION[reward_fn](scope)
-            pixel_adv = deltas - (probs.unsqueeze(0) * deltas).sum(2, keepdim=True)
-            adv = policy.masked_pixel_mean(pixel_adv.gather(2, masks.unsqueeze(2)).squeeze(2), valid)
-            weight = pixel_adv.mean(0) * pixel_norm.unsqueeze(1)
-        loss = -(weight * probs).sum()
-
+        valid_pixels = samples.valid.flatten(1).sum(1)
+        valid_images = valid_pixels > 0
+        rewards = s.reward(*class_counts(samples.confusion)).float()  # (K, B)
+        greedy = reward_of_masks(s.reward, samples.log_probs.argmax(1), samples.labels, num_classes, s.ignore_index)
+        entropy = policy.entropy(samples.log_probs.exp(), samples.log_probs, samples.valid)
+        advantages = scope_rewards = None
+        if s.reward_scope == "image":
+            objective = (rewards * valid_images).sum(1).mean() / valid_images.sum().clamp(min=1)
+            scope, own = None, samples.confusion.sum(1).double()
+        else:
+            scope, own = scope_confusion(samples.confusion, context, reduce_counts)
+            scope_rewards = s.reward(*class_counts(scope)).float()
+            objective = scope_rewards.mean()
+        if s.estimator == "score":
+            weight, advantages = score_function_weights(samples, rewards, valid_images, s.baseline, greedy.float(),
+                                                        ema_value)
+        else:
+            weight = local_weights(samples, s.reward, scope, s.ignore_index)
+    # REINFORCE weights log p; the local estimator weights p itself.
+    surrogate = (weight * (samples.log_probs if s.estimator == "score" else samples.log_probs.exp())).sum()
     return ReinforceOutput(
-        loss=loss,
-        rewards=sample_rewards,
-        advantages=adv,
-        greedy_rewards=greedy_rewards,
+        loss=-(surrogate - surrogate.detach()) - objective,
+        objective=objective,
+        rewards=rewards,
+        valid_pixels=valid_pixels,
+        greedy_rewards=greedy.float(),
         entropy=entropy,
-        sample_confusion=per_image.sum(1).float().mean(0),
+        sample_confusion=own.mean(0).float(),
+        advantages=advantages,
         scope_rewards=scope_rewards,
     )
-
-
-def _local_deltas(masks, labels, confusion, reward, ignore_index, scope, running_confusion) -> torch.Tensor:
-    """Switched-reward deltas ``(K, B, C, h, w)`` at the given reward scope.
-
-    ``masks (K, B, h, w)``, ``labels (B, h, w)``, ``confusion (K, B, C, C)`` per-image sample counts.
-    """
-    k, batch, h, w = masks.shape
-    num_classes = confusion.shape[-1]
-    if scope == "image":
-        targets = labels.expand(k, *labels.shape).reshape(k * batch, h * w)
-        deltas = local.switched_reward_deltas(
-            masks.reshape(k * batch, h * w), targets, confusion.flatten(0, 1).double(), reward, ignore_index
-        )
-        return deltas.view(k, batch, num_classes, h, w)
-    # One group per sample: all B images' pixels against the batch (+ running) matrix.
-    scope_confusion = confusion.sum(1).double()  # (K, C, C)
-    scale = 1.0
-    if scope == "dataset":
-        batch_pixels = scope_confusion.sum(dim=(-2, -1)).clamp(min=1)
-        scope_confusion = scope_confusion + running_confusion.double()
-        scale = (scope_confusion.sum(dim=(-2, -1)) / batch_pixels).float().view(k, 1, 1)
-    pixels = masks.reshape(k, batch * h * w)
-    targets = labels.reshape(1, batch * h * w).expand(k, -1)
-    deltas = local.switched_reward_deltas(pixels, targets, scope_confusion, reward, ignore_index) * scale
-    return deltas.view(k, num_classes, batch, h, w).transpose(1, 2)
 
 
 def pixel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:

@@ -1,9 +1,8 @@
-"""The segmentation policy: masks sampled from per-pixel softmaxes, and their log-probabilities.
+"""The segmentation policy: masks sampled from per-pixel softmaxes, and what the loss needs of them.
 
 A mask y is one class per pixel, drawn independently from softmax(logits / tau) at every pixel,
-so log P(y|x) is a sum over pixels. We use the *mean* over valid pixels instead of the sum: the
-gradient then keeps the same scale at any resolution, so one learning rate serves 128 x 128 and
-1024 x 2048 alike (it only divides the objective by the image's number of valid pixels).
+so log P(y|x) is a sum over pixels. Masks are sampled at the logits' resolution (SegFormer's
+H/4 x W/4) or at the labels', see :func:`align_to_resolution`.
 
 Shapes: K samples, B images, C classes, h x w logits, H x W labels.
 """

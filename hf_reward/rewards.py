@@ -1,96 +1,200 @@
-"""Batched segmentation rewards: per-image mIoU, pixel accuracy and Dice.
+"""Segmentation rewards as functions of the per-class confusion counts.
 
-Every reward has the signature ``reward(pred, target, num_classes, ignore_index=255) -> (B,)``
-with ``pred`` and ``target`` of shape (B, H, W), dtype long. All images are counted in one
-``bincount`` over B*C*C bins into a confusion matrix ``cm[b, t, p]`` (rows: target class t,
-columns: predicted class p); the rewards are then closed-form functions of that matrix.
+A reward is a function of three count vectors over the C classes, read off a confusion matrix
+``cm[..., target, pred]``:
 
-Semantics, shared with dataset-level evaluation (:mod:`hf_reward.metrics`):
+    tp[c] = cm[c, c]           true positives
+    gt[c] = sum_p cm[c, p]     pixels whose target is c
+    pd[c] = sum_t cm[t, c]     pixels predicted as c
 
-- pixels whose target is ``ignore_index`` are excluded from prediction and target alike;
-- a class absent from both the prediction and the target of an image does not count in that
-  image's mean (the ``evaluate`` mean_iou and Cityscapes convention);
-- an image with no valid pixel gets NaN; :func:`hf_reward.reinforce_loss` turns that into a zero
-  advantage.
+    reward(tp, gt, pd) -> (...)     with tp, gt, pd of shape (..., C), float64
+
+Every metric that users report for semantic segmentation is such a function (the named ones
+below), and this form is what makes the local estimator exact for any of them: switching one
+pixel's prediction moves one count in ``pd`` twice and at most one in ``tp``
+(:mod:`hf_reward.local`). A reward must accept any leading shape, return one value per
+matrix, and be finite on every matrix with non-negative counts, the empty one included
+(:func:`check_reward` tests this).
+
+Named rewards (:data:`REWARDS`); "present" classes are those the formula can score, and a
+class that is not present does not count in a mean (the ``evaluate`` / Cityscapes convention):
+
+- ``miou``: mean over classes with tp + fp + fn > 0 of tp / (gt + pd - tp).
+- ``dice``: mean over classes with gt + pd > 0 of 2 tp / (gt + pd).
+- ``f_beta``: mean over classes with beta^2 gt + pd > 0 of (1 + beta^2) tp / (beta^2 gt + pd);
+  ``beta=1`` is ``dice``.
+- ``pixel_accuracy``: sum tp / sum gt.
+- ``mean_accuracy``: mean over classes with gt > 0 of tp / gt (mean class recall).
+- ``fw_iou``: frequency-weighted IoU, sum_c (gt_c / sum gt) IoU_c.
+- ``cohen_kappa``: (p_o - p_e) / (1 - p_e), p_o = sum tp / n, p_e = sum_c gt_c pd_c / n^2.
+
+``miou`` and ``f_beta`` take ``class_weights (C,)``: a weighted mean over present classes
+(zeros select a class subset). An empty matrix scores 0 everywhere.
 
 Example::
 
-    >>> pred = torch.tensor([[[0, 0], [1, 1]]])
-    >>> target = torch.tensor([[[0, 1], [1, 1]]])
-    >>> miou(pred, target, num_classes=3)   # IoU(0) = 1/2, IoU(1) = 2/3, class 2 absent
-    tensor([0.5833])
+    >>> cm = torch.tensor([[1, 1, 0], [0, 2, 0], [0, 0, 0]])   # [target, pred]; class 2 absent
+    >>> miou(*class_counts(cm))                                # IoU(0) = 1/2, IoU(1) = 2/3
+    tensor(0.5833, dtype=torch.float64)
+    >>> reward = get_reward("miou", class_weights=[1.0, 3.0, 1.0])
+    >>> reward(*class_counts(cm))                              # (1/2 + 3 * 2/3) / 4
+    tensor(0.6250, dtype=torch.float64)
 """
 
 from __future__ import annotations
 
+import functools
+from typing import Callable, Sequence
+
 import torch
+
+Reward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
     """Per-image confusion counts ``(B, C, C)`` (long), ``cm[b, target, pred]``.
 
-    ``pred``/``target``: (B, ...) integer; ``pred`` in [0, C), ``target`` in [0, C) or
-    ``ignore_index`` (other target values are not checked here; the data layer rejects them). Each image owns ``rows * C`` bins, with one row for every target value up to
-    the ignore index, so ignored pixels land in rows that are dropped afterwards: no mask, no
-    boolean indexing (no host sync on GPU), one ``bincount`` for the whole batch.
+    ``pred``/``target``: ``(B, ...)`` integer. Only pixels whose target is a class in [0, C)
+    other than ``ignore_index``, and whose prediction is a class in [0, C), are counted; every
+    other value falls in a bin that is dropped, so no value can ever land in another class's or
+    another image's bins. (The trainer rejects labels that are neither a class nor
+    ``ignore_index`` before they get here.) One ``bincount`` for the whole batch and no boolean
+    indexing, so no host sync on GPU.
     """
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
     batch, c = pred.shape[0], num_classes
-    if not c <= ignore_index:  # e.g. -100, or a class index: move it to row C, one extra pass
-        target = torch.where(target == ignore_index, c, target)
-        ignore_index = c
-    rows = ignore_index + 1
-    index = torch.add(pred.reshape(batch, -1), target.reshape(batch, -1), alpha=c)
-    index += torch.arange(batch, device=pred.device).unsqueeze(1) * (rows * c)
-    counts = torch.bincount(index.reshape(-1), minlength=batch * rows * c)
-    return counts.view(batch, rows, c)[:, :c]
+    pred, target = pred.reshape(batch, -1), target.reshape(batch, -1)
+    counted = (target >= 0) & (target < c) & (target != ignore_index) & (pred >= 0) & (pred < c)
+    bins = c * c + 1  # the last bin of each image collects what is not counted
+    index = torch.where(counted, target * c + pred, c * c)
+    index = index + torch.arange(batch, device=pred.device).unsqueeze(1) * bins
+    counts = torch.bincount(index.reshape(-1), minlength=batch * bins)
+    return counts.view(batch, bins)[:, : c * c].view(batch, c, c)
 
 
-def _class_counts(cm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(true positives, target counts, predicted counts), each ``(..., C)`` float."""
+def class_counts(cm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(tp, gt, pd)``, each ``(..., C)`` float64, of confusion matrices ``cm (..., C, C)`` [target, pred]."""
     cm = cm.double()
     return cm.diagonal(dim1=-2, dim2=-1), cm.sum(-1), cm.sum(-2)
 
 
-def miou_from_confusion(cm: torch.Tensor) -> torch.Tensor:
-    """Mean IoU over present classes of ``cm (..., C, C)`` -> ``(...)``; NaN where no class is present."""
-    tp, gt, pd = _class_counts(cm)
-    union = gt + pd - tp
-    present = union > 0
-    iou = torch.where(present, tp / union.clamp(min=1), 0.0)
-    return (iou.sum(-1) / present.sum(-1)).float()
+def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class ``numerator / denominator`` where the denominator is positive (0 elsewhere), and that mask."""
+    present = denominator > 0
+    return torch.where(present, numerator / denominator.clamp(min=1e-300), 0.0), present
 
 
-def dice_from_confusion(cm: torch.Tensor) -> torch.Tensor:
-    """Mean Dice (2TP / (|target| + |pred|)) over present classes -> ``(...)``; NaN where none is present."""
-    tp, gt, pd = _class_counts(cm)
-    size = gt + pd
-    present = size > 0
-    dice = torch.where(present, 2 * tp / size.clamp(min=1), 0.0)
-    return (dice.sum(-1) / present.sum(-1)).float()
+def _mean_present(scores: torch.Tensor, present: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
+    weights = present.double() if class_weights is None else present * class_weights.to(scores)
+    total = weights.sum(-1)
+    return torch.where(total > 0, (scores * weights).sum(-1) / total.clamp(min=1e-300), 0.0)
 
 
-def pixel_accuracy_from_confusion(cm: torch.Tensor) -> torch.Tensor:
-    """Fraction of valid pixels predicted correctly -> ``(...)``; NaN where no pixel is valid."""
-    tp, gt, _ = _class_counts(cm)
-    return (tp.sum(-1) / gt.sum(-1)).float()
+def iou_per_class(tp: torch.Tensor, gt: torch.Tensor, pd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """IoU ``(..., C)`` and the mask of classes present in the target or the prediction."""
+    return _ratio(tp, gt + pd - tp)
 
 
-def miou(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
-    """Per-image mean IoU ``(B,)`` of ``pred`` against ``target`` (both (B, H, W) long)."""
-    return miou_from_confusion(confusion_matrix(pred, target, num_classes, ignore_index))
+def miou(tp, gt, pd, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean IoU over present classes, optionally weighted by ``class_weights (C,)``."""
+    return _mean_present(*iou_per_class(tp, gt, pd), class_weights)
 
 
-def dice(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
-    """Per-image mean Dice ``(B,)`` over classes present in prediction or target."""
-    return dice_from_confusion(confusion_matrix(pred, target, num_classes, ignore_index))
+def f_beta(tp, gt, pd, beta: float = 1.0, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean F-beta over present classes: recall weighs beta^2 times as much as precision."""
+    b2 = beta * beta
+    return _mean_present(*_ratio((1 + b2) * tp, b2 * gt + pd), class_weights)
 
 
-def pixel_accuracy(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
-    """Per-image pixel accuracy ``(B,)`` over valid pixels."""
-    return pixel_accuracy_from_confusion(confusion_matrix(pred, target, num_classes, ignore_index))
+def dice(tp, gt, pd) -> torch.Tensor:
+    """Mean Dice (F1) over present classes."""
+    return f_beta(tp, gt, pd, 1.0)
 
 
-REWARDS = {"miou": miou, "pixel_accuracy": pixel_accuracy, "dice": dice}
-FROM_CONFUSION = {"miou": miou_from_confusion, "pixel_accuracy": pixel_accuracy_from_confusion, "dice": dice_from_confusion}
+def pixel_accuracy(tp, gt, pd) -> torch.Tensor:
+    """Fraction of counted pixels predicted correctly."""
+    return _ratio(tp.sum(-1), gt.sum(-1))[0]
+
+
+def mean_accuracy(tp, gt, pd) -> torch.Tensor:
+    """Mean over classes with ground truth of their recall tp / gt."""
+    return _mean_present(*_ratio(tp, gt), None)
+
+
+def fw_iou(tp, gt, pd) -> torch.Tensor:
+    """Frequency-weighted IoU: each class's IoU weighted by its share of the ground truth."""
+    iou, _ = iou_per_class(tp, gt, pd)
+    return _ratio((gt * iou).sum(-1), gt.sum(-1))[0]
+
+
+def cohen_kappa(tp, gt, pd) -> torch.Tensor:
+    """Cohen's kappa of prediction against target; 0 where chance agreement is 1 (a single class)."""
+    n = gt.sum(-1)
+    observed = _ratio(tp.sum(-1), n)[0]
+    chance = _ratio((gt * pd).sum(-1), n * n)[0]
+    return _ratio(observed - chance, 1 - chance)[0]
+
+
+REWARDS: dict[str, Reward] = {
+    "miou": miou,
+    "dice": dice,
+    "f_beta": f_beta,
+    "pixel_accuracy": pixel_accuracy,
+    "mean_accuracy": mean_accuracy,
+    "fw_iou": fw_iou,
+    "cohen_kappa": cohen_kappa,
+}
+WEIGHTED_REWARDS = ("miou", "f_beta")  # the rewards that take class_weights
+
+
+def get_reward(name: str, *, beta: float = 1.0, class_weights: Sequence[float] | None = None) -> Reward:
+    """The named reward as a function of ``(tp, gt, pd)``, with its ``beta`` and ``class_weights`` bound.
+
+    >>> get_reward("f_beta", beta=2.0)(*class_counts(torch.eye(3)))
+    tensor(1., dtype=torch.float64)
+    """
+    if name not in REWARDS:
+        raise ValueError(f"reward must be one of {tuple(REWARDS)}, got {name!r}")
+    if class_weights is not None and name not in WEIGHTED_REWARDS:
+        raise ValueError(f"class_weights apply to {WEIGHTED_REWARDS}, not reward={name!r}")
+    kwargs = {}
+    if class_weights is not None:
+        kwargs["class_weights"] = torch.as_tensor(class_weights, dtype=torch.float64)
+    if name == "f_beta":
+        kwargs["beta"] = beta
+    return functools.partial(REWARDS[name], **kwargs) if kwargs else REWARDS[name]
+
+
+def check_reward(reward: Reward, num_classes: int) -> None:
+    """Raise ``ValueError`` unless ``reward`` maps counts ``(..., C)`` to finite values ``(...)``.
+
+    Tried on the empty matrix, on a matrix where every class is present, and on one where
+    a class is missing from both target and prediction, with two leading dimensions.
+    """
+    cm = torch.rand(2, 3, num_classes, num_classes, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    cm[0] = 0
+    cm[1, :, 0, :] = cm[1, :, :, 0] = 0
+    try:
+        value = reward(*class_counts(cm))
+    except Exception as err:
+        raise ValueError(f"the reward failed on counts of shape (2, 3, {num_classes}): {type(err).__name__}: {err}") from err
+    if not isinstance(value, torch.Tensor) or value.shape != (2, 3):
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"a reward maps tp, gt, pd of shape (..., C) to (...); for (2, 3, {num_classes}) it gave {shape}")
+    if not value.isfinite().all():
+        raise ValueError(
+            f"the reward is not finite on every count matrix (empty, all classes present, class 0 absent): "
+            f"{value.tolist()}; select with torch.where where a denominator can be 0"
+        )
+
+
+def reward_of_masks(reward: Reward, pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                    ignore_index: int = 255) -> torch.Tensor:
+    """Per-image reward ``(B,)`` of masks ``pred`` against ``target`` (both ``(B, H, W)`` long).
+
+    >>> reward_of_masks(miou, torch.tensor([[[0, 0], [1, 1]]]), torch.tensor([[[0, 1], [1, 1]]]), 3)
+    tensor([0.5833], dtype=torch.float64)
+    """
+    return reward(*class_counts(confusion_matrix(pred, target, num_classes, ignore_index)))
+

@@ -1,22 +1,34 @@
-"""RewardSegTrainer: a transformers Trainer whose training loss is the mIoU reward.
+"""RewardSegTrainer: a transformers Trainer whose training loss is a segmentation metric, as a reward.
 
 Per training step (see :mod:`hf_reward.loss` for the estimator):
 
-    logits = model(pixel_values)                         # (B, C, H/4, W/4)
-    loss   = reinforce_loss(logits, labels, ...)         # sampled masks, reward, baseline
-           + mle_weight * pixel cross-entropy            # optional, on the ground truth
-           + kl_coef * KL(p_theta || p_ref)              # optional trust region to the start
+    logits = model(pixel_values)                              # (B, C, H/4, W/4)
+    loss   = reward_weight * reinforce_loss(logits, labels)   # sampled masks, reward, baseline
+           + ce_weight     * pixel cross-entropy              # surrogates on the ground truth
+           + lovasz_weight * Lovász-softmax
+           + kl_coef       * KL(p_theta || p_ref)             # trust region to the starting model
 
-Evaluation runs plain cross-entropy, so ``eval_loss`` is the usual segmentation loss and
-``compute_metrics`` (e.g. :class:`hf_reward.metrics.StreamingMeanIoU`) sees the logits.
+With ``reward_scope`` batch or dataset, every process and every micro-batch of an optimizer step
+credits its pixels against one matrix: the sampled counts are summed over processes (one
+C x C all-reduce per micro-batch) and over the step's earlier micro-batches, and the dataset
+scope's running matrix decays once per optimizer step. Evaluation runs plain cross-entropy, so
+``eval_loss`` is the usual segmentation loss and ``compute_metrics`` (e.g.
+:class:`hf_reward.metrics.StreamingMeanIoU`) sees the logits.
 
-Per-step metrics stay on the device as tensors in ``self._metrics[mode]``; ``log()`` averages
-them and the mean over processes is taken then, once per logging step.
+Safety: labels that are neither a class of the model nor ``ignore_index``, and a non-finite loss,
+raise before backward (one host sync per step, which checks both); a non-finite gradient raises
+before the optimizer step (outside fp16, whose grad scaler skips such steps itself). So a
+checkpoint never holds a corrupted model.
+
+Per-step metrics stay on the device as (sum, count) tensors in ``self._metrics``; ``log()`` sums
+them over the logging window and over processes and divides once, so each metric is a mean over
+the images (or pixels) that have it.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,45 +38,57 @@ from transformers import Trainer
 
 from . import baselines, policy
 from .config import RewardSegConfig
-from .loss import RewardFn, pixel_cross_entropy, reinforce_loss
+from .loss import ReinforceOutput, pixel_cross_entropy, reinforce_loss
+from .lovasz import lovasz_softmax
 from .modeling import load_checkpoint_weights
+from .rewards import Reward, check_reward
 
 
 class RewardSegTrainer(Trainer):
-    """Tune a semantic segmentation model (SegFormer) on a sampled-mask reward.
+    """Tune a semantic segmentation model (SegFormer) on a segmentation metric, as a reward.
 
     Args:
         model: a ``SegformerForSemanticSegmentation`` (any model whose output has ``logits``
-            of shape ``(B, C, h, w)`` and that takes ``pixel_values``).
+            of shape ``(B, C, h, w)``, that takes ``pixel_values`` and has ``config.num_labels``).
         args: :class:`RewardSegConfig`.
-        reward_fn: optional callable ``(pred (N, H, W) long, target (N, H, W) long) -> (N,)``
-            replacing the named ``args.reward`` (score estimator only).
+        reward_fn: optional reward ``(tp, gt, pd) -> (...)`` of the per-class counts (see
+            :mod:`hf_reward.rewards`) replacing the named ``args.reward``; works with both estimators.
         **kwargs: passed to ``transformers.Trainer`` (datasets, data_collator, compute_metrics, ...).
 
     Example::
 
-        >>> config = RewardSegConfig(output_dir="out", max_steps=200, num_samples=4, per_device_train_batch_size=8)
+        >>> config = RewardSegConfig(output_dir="out", max_steps=200, per_device_train_batch_size=8)
         >>> trainer = RewardSegTrainer(model=model, args=config, train_dataset=train, data_collator=collate)
         >>> trainer.train()
     """
 
-    # compute_loss returns a per-batch mean; Trainer divides it by the accumulation steps.
+    # compute_loss returns a per-micro-batch mean; Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, model, args: RewardSegConfig, reward_fn: RewardFn | None = None, **kwargs):
+    def __init__(self, model, args: RewardSegConfig, reward_fn: Reward | None = None, **kwargs):
         if not isinstance(args, RewardSegConfig):
             raise TypeError(f"args must be a RewardSegConfig, got {type(args).__name__}")
-        if reward_fn is not None and args.estimator == "local":
+        num_classes = model.config.num_labels
+        if reward_fn is not None:
+            check_reward(reward_fn, num_classes)
+        weights = args.reward_class_weights
+        if weights is not None and len(weights) != num_classes:
+            raise ValueError(f"reward_class_weights has {len(weights)} weights but the model has {num_classes} classes")
+        if 0 <= args.ignore_index < num_classes:
+            raise ValueError(f"ignore_index={args.ignore_index} is one of the model's {num_classes} class indices")
+        metric_classes = getattr(kwargs.get("compute_metrics"), "num_classes", num_classes)
+        if metric_classes != num_classes:
             raise ValueError(
-                "estimator='local' needs the closed-form switched rewards of a named reward (args.reward); "
-                "a custom reward_fn has none. Use estimator='score' with reward_fn."
+                f"the model has {num_classes} classes but compute_metrics scores {metric_classes}: "
+                "the model's head does not match the dataset"
             )
         super().__init__(model=model, args=args, **kwargs)
-        self.reward_fn = reward_fn if reward_fn is not None else args.reward
-        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self.num_classes = num_classes
+        self.loss_settings = args.loss_settings(reward_fn)
+        self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)  # name -> per-step (sum, count)
         self._ema_reward: torch.Tensor | None = None
-        self._running_confusion: torch.Tensor | None = None
-        self._nonfinite_steps = 0
+        self._running_confusion: torch.Tensor | None = None  # (C, C) float64, dataset scope, every process alike
+        self._step_confusion: torch.Tensor | None = None  # this optimizer step's sampled counts so far
         self.ref_model = None
         if args.kl_coef > 0:
             # One frozen copy of the starting weights: the parameters' memory again, no grads or
@@ -72,8 +96,13 @@ class RewardSegTrainer(Trainer):
             self.ref_model = copy.deepcopy(self.accelerator.unwrap_model(self.model)).requires_grad_(False)
             self.ref_model.to(self.args.device)
 
-    def evaluate(self, *args, **kwargs) -> dict[str, float]:
-        metrics = super().evaluate(*args, **kwargs)
+    def train(self, *args, **kwargs):
+        _require_examples(self.train_dataset, "training")
+        return super().train(*args, **kwargs)
+
+    def evaluate(self, eval_dataset=None, *args, **kwargs) -> dict[str, float]:
+        _require_examples(eval_dataset if eval_dataset is not None else self.eval_dataset, "evaluation")
+        metrics = super().evaluate(eval_dataset, *args, **kwargs)
         if not self.is_in_train:
             # Evaluation outside training prepares the bare model with accelerate and marks it
             # prepared; a later train() would then skip the DistributedDataParallel wrap and the
@@ -87,91 +116,112 @@ class RewardSegTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
         outputs = model(pixel_values=inputs["pixel_values"])
-        args = self.args
+        logits, args = outputs.logits, self.args
+        bad_labels = (labels != args.ignore_index) & ((labels < 0) | (labels >= self.num_classes))
         if not model.training:
-            loss = pixel_cross_entropy(outputs.logits, labels, args.ignore_index)
+            loss = pixel_cross_entropy(logits, labels, args.ignore_index)
+            self._check_step(loss, bad_labels, labels, "evaluation")
             return (loss, outputs) if return_outputs else loss
 
-        out = reinforce_loss(
-            outputs.logits,
-            labels,
-            reward_fn=self.reward_fn,
-            num_samples=args.num_samples,
-            baseline=args.baseline,
-            temperature=args.temperature,
-            ignore_index=args.ignore_index,
-            sample_resolution=args.sample_resolution,
-            estimator=args.estimator,
-            reward_scope=args.reward_scope,
-            running_confusion=self._running_confusion_for(outputs.logits),
-            ema_value=self._ema_reward,
-            normalize_advantages=args.normalize_advantages,
-        )
-        loss = out.loss
-        metrics = self._metrics["train"]
-        if args.mle_weight > 0:
-            mle = pixel_cross_entropy(outputs.logits, labels, args.ignore_index)
-            loss = loss + args.mle_weight * mle
-            metrics["mle_loss"].append(mle.detach())
+        terms: dict[str, torch.Tensor] = {}
+        out = None
+        if args.reward_weight > 0:
+            out = reinforce_loss(logits, labels, self.loss_settings, context=self._scope_context(),
+                                 reduce_counts=self._sum_over_processes, ema_value=self._ema_reward)
+            terms["reward_loss"] = (args.reward_weight, out.loss)
+        if args.ce_weight > 0:
+            terms["ce_loss"] = (args.ce_weight, pixel_cross_entropy(logits, labels, args.ignore_index))
+        if args.lovasz_weight > 0:
+            terms["lovasz_loss"] = (args.lovasz_weight, lovasz_softmax(logits, labels, args.ignore_index))
         if self.ref_model is not None:
             # Same mode as the policy (decode-head batch norm uses batch statistics), so KL is 0 at the start.
             self.ref_model.train(model.training)
             with torch.no_grad():
                 ref_logits = self.ref_model(pixel_values=inputs["pixel_values"]).logits
-            kl = policy.kl_divergence(outputs.logits, ref_logits, labels, args.ignore_index).mean()
-            loss = loss + args.kl_coef * kl
-            metrics["kl"].append(kl.detach())
+            terms["kl"] = (args.kl_coef, policy.kl_divergence(logits, ref_logits, labels, args.ignore_index).mean())
+        loss = sum(weight * value for weight, value in terms.values())
 
-        loss = self._check_finite(model, loss)
-        self._update_state(out)
-        self._record(metrics, out, baselines.gradient_samples(args.baseline if args.estimator == "score" else "none", args.num_samples))
+        self._check_step(loss, bad_labels, labels, f"training step {self.state.global_step + 1}")
+        for name, (_, value) in terms.items():
+            if name != "reward_loss":
+                self._add_metric(name, value.detach(), 1)
+        if out is not None:
+            self._update_reward_state(out)
+            self._record(out)
         return (loss, outputs) if return_outputs else loss
 
-    def _running_confusion_for(self, logits: torch.Tensor) -> torch.Tensor | None:
-        if self.args.reward_scope != "dataset":
+    def _sum_over_processes(self, counts: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(counts, reduction="sum") if self.accelerator.num_processes > 1 else counts
+
+    def _scope_context(self) -> torch.Tensor | None:
+        """Counts that join this micro-batch's in its scope: earlier micro-batches of the step, the running matrix."""
+        if self.args.reward_scope == "image":
             return None
-        if self._running_confusion is None:
-            num_classes = logits.shape[1]
-            self._running_confusion = torch.zeros(num_classes, num_classes, device=logits.device)
-        return self._running_confusion
+        context = self._step_confusion
+        if self.args.reward_scope == "dataset" and self._running_confusion is not None:
+            context = self._running_confusion if context is None else context + self._running_confusion
+        return context
 
-    def _update_state(self, out) -> None:
-        if self.args.baseline == "ema":
-            self._ema_reward = baselines.update_ema(self._ema_reward, out.rewards, self.args.ema_decay)
-        if self._running_confusion is not None:
-            decay = self.args.dataset_confusion_decay
-            self._running_confusion = decay * self._running_confusion + out.sample_confusion
+    def _update_reward_state(self, out: ReinforceOutput) -> None:
+        args = self.args
+        if args.estimator == "score" and args.baseline == "ema":
+            self._ema_reward = baselines.update_ema(self._ema_reward, out.rewards, out.valid_images, args.ema_decay)
+        if args.reward_scope == "image":
+            return
+        counts = out.sample_confusion.double()
+        self._step_confusion = counts if self._step_confusion is None else self._step_confusion + counts
+        if self.accelerator.sync_gradients:  # the optimizer step's last micro-batch
+            if args.reward_scope == "dataset":
+                running = self._running_confusion
+                decayed = 0.0 if running is None else args.dataset_confusion_decay * running
+                self._running_confusion = decayed + self._step_confusion
+            self._step_confusion = None
 
-    def _check_finite(self, model, loss: torch.Tensor) -> torch.Tensor:
-        # One host sync per step, the same one Trainer's own logging_nan_inf_filter makes; raising
-        # here, before backward and the optimizer step, means no corrupted weights are ever saved.
-        if bool(loss.isfinite()):
-            return loss
-        step = self.state.global_step + 1
-        if not self.args.skip_nonfinite_steps:
-            raise FloatingPointError(
-                f"non-finite loss ({loss.item()}) at training step {step}: the logits or the reward produced "
-                "NaN/inf. Lower the learning rate, or set skip_nonfinite_steps=True to skip such steps."
+    def _check_step(self, loss: torch.Tensor, bad_labels: torch.Tensor, labels: torch.Tensor, where: str) -> None:
+        # One host sync per step checks both, before backward and the optimizer step: no wrong
+        # reward is used and no corrupted weights are ever saved.
+        if bool(loss.isfinite() & ~bad_labels.any()):
+            return
+        if bad_labels.any():
+            images = bad_labels.flatten(1).any(1).nonzero().flatten().tolist()
+            raise ValueError(
+                f"labels hold {labels[bad_labels].unique().tolist()} ({where}, images {images} of the batch): neither "
+                f"a class of the model in [0, {self.num_classes}) nor ignore_index={self.args.ignore_index}. Map the "
+                "dataset's values to class indices (hf_reward.data.load_segmentation_dataset's label_map), or give the "
+                "model a head for this dataset's classes"
             )
-        self._nonfinite_steps += 1
-        # A zero loss with a graph, so backward and the optimizer step run as no-ops on the gradient.
-        return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+        raise FloatingPointError(
+            f"non-finite loss ({loss.item()}) at {where}: the logits or the reward produced NaN/inf. No update was "
+            "applied; lower the learning rate, or check the data."
+        )
 
-    @staticmethod
-    def _record(metrics, out, carries: torch.Tensor) -> None:
-        valid = out.rewards.isfinite()
-        count = valid.sum().clamp(min=1)
-        rewards = torch.where(valid, out.rewards, 0.0)
-        mean = rewards.sum() / count
-        metrics["reward"].append(mean)
-        metrics["reward_std"].append((torch.where(valid, (rewards - mean) ** 2, 0.0).sum() / count).sqrt())
-        metrics["greedy_reward"].append(out.greedy_rewards.nanmean())
-        adv = out.advantages[carries]  # a CPU mask: indexing needs no device sync
-        metrics["advantage_std"].append(adv.std(correction=0))
-        metrics["frac_zero_advantage"].append((adv == 0).float().mean())
-        metrics["entropy"].append(out.entropy.mean())
+    def _get_grad_norm(self, model, grad_norm=None):
+        grad_norm = super()._get_grad_norm(model, grad_norm)
+        # fp16's grad scaler skips non-finite steps itself (and lowers its scale); otherwise a
+        # non-finite gradient with a finite loss must not reach the optimizer or a checkpoint.
+        if self.accelerator.scaler is None and not math.isfinite(float(grad_norm)):
+            raise FloatingPointError(
+                f"non-finite gradient (norm {float(grad_norm)}) at training step {self.state.global_step + 1}, with a "
+                "finite loss. No update was applied and no checkpoint written; lower the learning rate."
+            )
+        return grad_norm
+
+    def _add_metric(self, name: str, total: torch.Tensor, count) -> None:
+        self._metrics[name].append(torch.stack([total.float(), torch.as_tensor(count, device=total.device).float()]))
+
+    def _record(self, out: ReinforceOutput) -> None:
+        valid = out.valid_images
+        k = out.rewards.shape[0]
+        self._add_metric("reward", (out.rewards * valid).sum(), valid.sum() * k)
+        self._add_metric("greedy_reward", (out.greedy_rewards * valid).sum(), valid.sum())
+        self._add_metric("entropy", (out.entropy * out.valid_pixels).sum(), out.valid_pixels.sum())
         if out.scope_rewards is not None:
-            metrics["scope_reward"].append(out.scope_rewards.mean())
+            self._add_metric("scope_reward", out.scope_rewards.sum(), k)
+        if out.advantages is not None:
+            carries = baselines.gradient_samples(self.args.baseline, k).to(valid.device).unsqueeze(1) & valid
+            adv = out.advantages[carries]
+            self._add_metric("frac_zero_advantage", (adv == 0).sum(), carries.sum())
+            self._add_metric("advantage_std", adv.std(correction=0).nan_to_num(), (carries.sum() > 0))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         # Trainer's raw load misses SegFormer's legacy key names (see load_checkpoint_weights).
@@ -179,8 +229,8 @@ class RewardSegTrainer(Trainer):
 
     def _save_rng_state(self, output_dir: str) -> None:
         super()._save_rng_state(output_dir)
-        # The ema baseline and the dataset-scope matrix live outside the model; each process has
-        # its own, so one file per process, like the RNG state.
+        # The ema baseline and the dataset-scope matrix live outside the model. The matrix is the
+        # same on every process; the ema is each process's own: one file per process, like the RNG.
         state = {"ema_reward": self._ema_reward, "running_confusion": self._running_confusion}
         state = {name: value.detach().cpu().contiguous() for name, value in state.items() if value is not None}
         if state:
@@ -194,12 +244,21 @@ class RewardSegTrainer(Trainer):
             self._ema_reward, self._running_confusion = state.get("ema_reward"), state.get("running_confusion")
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "train" if self.model.training else "eval"
-        averaged = {}
-        for name, values in self._metrics[mode].items():
-            value = self.accelerator.reduce(torch.stack(values).float().mean(), reduction="mean")
-            averaged[name if mode == "train" else f"eval_{name}"] = value.item()
-        self._metrics[mode].clear()
-        if mode == "train" and self.args.skip_nonfinite_steps:
-            averaged["nonfinite_steps"] = self._nonfinite_steps
-        super().log({**logs, **averaged}, start_time)
+        if self.model.training and self._metrics:
+            names = sorted(self._metrics)
+            totals = torch.stack([torch.stack(self._metrics[name]).sum(0) for name in names])  # (M, 2)
+            totals = self._sum_over_processes(totals)
+            for name, (total, count) in zip(names, totals.tolist()):
+                if count > 0:
+                    logs[name] = total / count
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+
+def _require_examples(dataset, split: str) -> None:
+    """Raise ``ValueError`` for an empty split: accelerate would fail later with "Batch does not contain any data"."""
+    if dataset is None or isinstance(dataset, dict):
+        return
+    empty = len(dataset) == 0 if hasattr(dataset, "__len__") else next(iter(dataset), None) is None
+    if empty:
+        raise ValueError(f"the {split} dataset is empty: it yields no example. Check its source, split name and size.")

@@ -1,9 +1,7 @@
 import pytest
 import torch
 
-from hf_reward.baselines import advantages, gradient_samples, update_ema
-
-NAN = float("nan")
+from hf_reward.baselines import advantages, check_baseline, gradient_samples, update_ema
 
 
 def test_loo():
@@ -35,24 +33,33 @@ def test_greedy_batch_mean_ema_none():
         advantages(r, "mean")
 
 
-def test_nan_images_get_zero_advantage_and_are_left_out_of_means():
-    r = torch.tensor([[0.2, NAN], [0.6, NAN]])
-    for name in ("loo", "batch_mean", "none", "sample"):
-        adv = advantages(r, name, greedy_rewards=torch.tensor([0.1, NAN]))
-        assert adv.isfinite().all() and (adv[:, 1] == 0).all()
-    torch.testing.assert_close(advantages(r, "batch_mean")[:, 0], torch.tensor([0.2 - 0.6, 0.6 - 0.2]))
+def test_void_images_get_zero_advantage_and_are_left_out_of_means():
+    r = torch.tensor([[0.2, 0.0], [0.6, 0.0]])
+    valid = torch.tensor([True, False])
+    for name in ("loo", "batch_mean", "none", "sample", "greedy"):
+        adv = advantages(r, name, valid=valid, greedy_rewards=torch.tensor([0.1, 0.0]))
+        assert (adv[:, 1] == 0).all()
+    torch.testing.assert_close(advantages(r, "batch_mean", valid=valid)[:, 0], torch.tensor([0.2 - 0.6, 0.6 - 0.2]))
+    # ema with no value yet (NaN) falls back to the batch mean
+    torch.testing.assert_close(advantages(r, "ema", valid=valid, ema_value=torch.tensor(float("nan"))),
+                               advantages(r, "batch_mean", valid=valid))
 
 
-def test_normalize_divides_by_std_of_gradient_samples():
-    r = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.5, 0.5]])
-    adv = advantages(r, "loo", normalize=True)
-    assert adv.std().item() == pytest.approx(1.0, rel=1e-4)
-    torch.testing.assert_close(adv / adv.std(), advantages(r, "loo") / advantages(r, "loo").std())
+def test_check_baseline():
+    check_baseline("loo", 2)
+    with pytest.raises(ValueError, match="needs num_samples >= 2"):
+        check_baseline("loo", 1)
+    with pytest.raises(ValueError, match="must be even"):
+        check_baseline("sample", 3)
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        check_baseline("mean", 2)
 
 
 def test_update_ema():
-    ema = update_ema(None, torch.tensor([[0.2, NAN]]), 0.9)
-    assert ema.item() == pytest.approx(0.2)
-    ema = update_ema(ema, torch.tensor([[0.4, 0.6]]), 0.9)
+    valid = torch.tensor([True, False])
+    ema = update_ema(None, torch.tensor([[0.2, 0.9]]), valid, 0.9)
+    assert ema.item() == pytest.approx(0.2)  # the void image's reward is left out
+    ema = update_ema(ema, torch.tensor([[0.4, 0.6]]), torch.tensor([True, True]), 0.9)
     assert ema.item() == pytest.approx(0.9 * 0.2 + 0.1 * 0.5)
-    assert update_ema(ema, torch.tensor([[NAN]]), 0.9).item() == pytest.approx(ema.item())
+    assert update_ema(ema, torch.tensor([[0.7]]), torch.tensor([False]), 0.9).item() == pytest.approx(ema.item())
+    assert update_ema(None, torch.tensor([[0.7]]), torch.tensor([False]), 0.9).isnan()
