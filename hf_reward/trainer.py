@@ -118,9 +118,10 @@ class RewardSegTrainer(Trainer):
         outputs = model(pixel_values=inputs["pixel_values"])
         logits, args = outputs.logits, self.args
         bad_labels = (labels != args.ignore_index) & ((labels < 0) | (labels >= self.num_classes))
+        given, labels = labels, torch.where(bad_labels, args.ignore_index, labels)  # no index error before the check
         if not model.training:
             loss = pixel_cross_entropy(logits, labels, args.ignore_index)
-            self._check_step(loss, bad_labels, labels, "evaluation")
+            self._check_step(loss, bad_labels, given, "evaluation")
             return (loss, outputs) if return_outputs else loss
 
         terms: dict[str, torch.Tensor] = {}
@@ -141,7 +142,7 @@ class RewardSegTrainer(Trainer):
             terms["kl"] = (args.kl_coef, policy.kl_divergence(logits, ref_logits, labels, args.ignore_index).mean())
         loss = sum(weight * value for weight, value in terms.values())
 
-        self._check_step(loss, bad_labels, labels, f"training step {self.state.global_step + 1}")
+        self._check_step(loss, bad_labels, given, f"training step {self.state.global_step + 1}")
         for name, (_, value) in terms.items():
             if name != "reward_loss":
                 self._add_metric(name, value.detach(), 1)
