@@ -1,13 +1,15 @@
-"""Results table, model card, and pushing a tuned model to the Hub through Trainer.
+"""Results tables, the model card, and pushing a tuned model to the Hub through Trainer.
+
+``results`` below map a model's name to its ``evaluate()`` dict; calibrated models are named
+``"<name>, calibrated"``.
 
 Example::
 
-    >>> print(results_table(before, after, {0: "road", 1: "car"}))   # evaluate() dicts
-    | class | before | after | change |
-    ...
-    >>> card = model_card(base_model="nvidia/mit-b0", dataset="Chris1/cityscapes", args=config,
-    ...                   before=before, after=after, id2label=id2label)
-    >>> push_to_hub(trainer, card)
+    >>> print(summary_table({"start": {"eval_mean_iou": 0.5}, "reward tuning": {"eval_mean_iou": 0.6}}, steps=200))
+    | model | mIoU (%) | calibrated |
+    |---|---:|---:|
+    | start | 50.0 | — |
+    | reward tuning, 200 steps | 60.0 | — |
 """
 
 from __future__ import annotations
@@ -20,34 +22,62 @@ import yaml
 
 from .config import RewardSegConfig
 
+Results = Mapping[str, Mapping[str, float]]
+
 
 def _iou(metrics: Mapping[str, float], name: str) -> float:
     # StreamingMeanIoU names per-class keys iou_<name> with spaces as underscores; evaluate() adds "eval_".
     return metrics.get(f"eval_iou_{str(name).replace(' ', '_')}", float("nan"))
 
 
-def _fmt(value: float) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f}"
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else "n/a" if math.isnan(value) else f"{100 * value:.1f}"
 
 
-def results_table(before: Mapping[str, float], after: Mapping[str, float], id2label: Mapping[int, str]) -> str:
-    """Markdown table of mIoU and per-class IoU (in %) before and after, from two ``evaluate()`` dicts.
+def summary_table(results: Results, steps: int, metric: str = "mean_iou", label: str = "mIoU") -> str:
+    """One row per model (the start, then each tuned model with its steps): ``metric`` raw and calibrated, in %."""
+    rows = [name for name in results if not name.endswith(", calibrated")]
+    lines = [f"| model | {label} (%) | calibrated |", "|---|---:|---:|"]
+    for name in rows:
+        raw = results[name].get(f"eval_{metric}", math.nan)
+        calibrated = results.get(f"{name}, calibrated", {}).get(f"eval_{metric}")
+        lines.append(f"| {name if name == 'start' else f'{name}, {steps} steps'} | {_fmt(raw)} | {_fmt(calibrated)} |")
+    return "\n".join(lines)
+
+
+def per_class_table(results: Results, id2label: Mapping[int, str]) -> str:
+    """Markdown table of mIoU and per-class IoU (%) of every model in ``results``, in label order.
 
     A class absent from both prediction and ground truth of the split shows ``n/a``.
 
-    >>> print(results_table({"eval_mean_iou": 0.5, "eval_iou_car": 0.5}, {"eval_mean_iou": 0.6, "eval_iou_car": 0.6}, {0: "car"}))
-    | class | before | after | change |
-    |---|---:|---:|---:|
-    | **mIoU** | 50.0 | 60.0 | +10.0 |
-    | car | 50.0 | 60.0 | +10.0 |
+    >>> print(per_class_table({"start": {"eval_mean_iou": 0.5, "eval_iou_car": 0.5}}, {0: "car"}))
+    | class | start |
+    |---|---:|
+    | **mIoU** | 50.0 |
+    | car | 50.0 |
     """
-    rows = [("**mIoU**", before.get("eval_mean_iou", math.nan), after.get("eval_mean_iou", math.nan))]
-    rows += [(str(name), _iou(before, name), _iou(after, name)) for _, name in sorted(id2label.items())]
-    lines = ["| class | before | after | change |", "|---|---:|---:|---:|"]
-    for name, b, a in rows:
-        change = "n/a" if math.isnan(a - b) else f"{100 * (a - b):+.1f}"
-        lines.append(f"| {name} | {_fmt(b)} | {_fmt(a)} | {change} |")
+    names = list(results)
+    lines = ["| class | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    lines.append("| **mIoU** | " + " | ".join(_fmt(results[n].get("eval_mean_iou", math.nan)) for n in names) + " |")
+    for _, label in sorted(id2label.items()):
+        lines.append(f"| {label} | " + " | ".join(_fmt(_iou(results[n], label)) for n in names) + " |")
     return "\n".join(lines)
+
+
+def describe_recipe(args: RewardSegConfig) -> str:
+    """One sentence on what the loss optimised."""
+    parts = []
+    if args.reward_weight > 0:
+        scope = {"image": "per-image", "batch": "batch-level", "dataset": "dataset-level"}[args.reward_scope]
+        estimator = ("the local expectation gradient (each pixel's exact expectation over its own class)"
+                     if args.estimator == "local" else f"REINFORCE with the {args.baseline!r} baseline")
+        parts.append(f"{estimator} of the {scope} {args.reward} of masks sampled from the model's per-pixel softmax "
+                     f"at temperature {args.temperature:g}")
+    if args.ce_weight > 0:
+        parts.append(f"pixel cross-entropy (weight {args.ce_weight:g})")
+    if args.lovasz_weight > 0:
+        parts.append(f"Lovász-softmax (weight {args.lovasz_weight:g})")
+    return " plus ".join(parts)
 
 
 def model_card(
@@ -55,13 +85,14 @@ def model_card(
     base_model: str,
     dataset: str,
     args: RewardSegConfig,
-    before: Mapping[str, float],
-    after: Mapping[str, float],
+    results: Results,
     id2label: Mapping[int, str],
+    calibration: Mapping | None = None,
 ) -> str:
-    """The README.md of a reward-tuned model: base model, dataset, tuning settings, results.
+    """The README.md of a tuned model: base model, dataset, tuning settings, results, calibration.
 
-    ``base_model`` is a Hub repo id or a description of where the starting model came from.
+    ``base_model`` is a Hub repo id or a description of where the starting model came from;
+    ``calibration`` the record :func:`hf_reward.calibrate.fold_offsets` left in the model's config.
     """
     metadata = {
         "library_name": "transformers",
@@ -87,14 +118,23 @@ def model_card(
         ("seed", args.seed),
     ]
     settings_table = "\n".join(["| setting | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in settings])
+    calibrated = ""
+    if calibration:
+        offsets = ", ".join(f"{name} {value:+.2f}" for name, value in calibration["offsets"].items())
+        calibrated = (
+            "## Calibration\n\n"
+            f"Per-class logit offsets fitted on {calibration['split']} to maximise the dataset-level "
+            f"{calibration['reward']} ({100 * calibration['metric_before']:.1f} -> {100 * calibration['metric_after']:.1f} "
+            f"there) are folded into the classifier bias, so this checkpoint predicts with them: {offsets}.\n\n"
+        )
     return (
         "---\n" + yaml.safe_dump(metadata, sort_keys=False) + "---\n\n"
-        f"# SegFormer reward-tuned on mean IoU\n\n"
-        f"Tuned from **{base_model}** on **{dataset}** with hf-reward: "
-        "REINFORCE on the model's own sampled masks, rewarded by their mIoU against the ground truth.\n\n"
-        f"## Reward-tuning settings\n\n{settings_table}\n\n"
-        f"## Results\n\nDataset-level IoU (%) on the validation split, before and after reward tuning.\n\n"
-        f"{results_table(before, after, id2label)}\n\n"
+        f"# SegFormer tuned on {args.reward} with hf-reward\n\n"
+        f"Tuned from **{base_model}** on **{dataset}** with hf-reward: {describe_recipe(args)}.\n\n"
+        f"## Tuning settings\n\n{settings_table}\n\n"
+        f"## Results\n\nDataset-level validation mIoU (%), from the same start and on the same data.\n\n"
+        f"{summary_table(results, args.max_steps)}\n\nPer-class IoU (%):\n\n{per_class_table(results, id2label)}\n\n"
+        f"{calibrated}"
         "## Use\n\n"
         "```python\n"
         "from transformers import SegformerForSemanticSegmentation\n"

@@ -1,10 +1,13 @@
-"""Dataset-level mean IoU, streamed: one confusion matrix accumulated over the whole split.
+"""Dataset-level segmentation metrics, streamed: one confusion matrix accumulated over the whole split.
 
 Semantics (those of the Cityscapes pixel-level evaluation and of ``evaluate``'s mean_iou):
 pixels labelled ``ignore_index`` do not count; IoU_c = TP / (TP + FP + FN) over the split; a
 class with no ground truth and no prediction has IoU NaN and is left out of the mean; mean
 accuracy averages TP / |target| over classes with ground truth; overall accuracy is
-TP / valid pixels.
+TP / valid pixels. The other rewards of :mod:`hf_reward.rewards` (:data:`EXTRA_METRICS`) are
+reported too, computed by the same functions the trainer optimises, so the metric tuned is the
+metric evaluated (``mean_iou`` is ``miou``, ``overall_accuracy`` is ``pixel_accuracy``); a
+custom or weighted reward passed as ``reward=`` is reported as ``reward``.
 
 The matrix lives on the logits' device and nothing else is kept, so memory does not grow with
 the dataset. With Trainer, pass the metric as ``compute_metrics`` and set
@@ -28,7 +31,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .rewards import confusion_matrix
+from .rewards import REWARDS, Reward, class_counts, confusion_matrix
+
+# The named rewards besides those evaluate's mean_iou reports (mean_iou, mean_accuracy, overall_accuracy);
+# f_beta at its default beta is dice.
+EXTRA_METRICS = ("dice", "fw_iou", "cohen_kappa")
 
 
 def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -79,6 +86,8 @@ class StreamingMeanIoU:
         num_classes: C.
         id2label: class index -> name, for the ``iou_<name>`` keys (default: the index).
         ignore_index: target value of pixels that do not count.
+        reward: a reward of the counts (:mod:`hf_reward.rewards`) to report as ``reward``, e.g. the
+            custom or class-weighted one a model was tuned on.
 
     Outside Trainer::
 
@@ -93,12 +102,14 @@ class StreamingMeanIoU:
         >>> trainer = Trainer(model, args, compute_metrics=StreamingMeanIoU(19, CITYSCAPES_ID2LABEL), ...)
     """
 
-    def __init__(self, num_classes: int, id2label: Mapping[int, str] | None = None, ignore_index: int = 255):
+    def __init__(self, num_classes: int, id2label: Mapping[int, str] | None = None, ignore_index: int = 255,
+                 reward: Reward | None = None):
         if id2label is not None and len(id2label) != num_classes:
             raise ValueError(f"id2label has {len(id2label)} classes but num_classes={num_classes}")
         self.num_classes = num_classes
         self.id2label = {i: str(id2label[i]) if id2label is not None else str(i) for i in range(num_classes)}
         self.ignore_index = ignore_index
+        self.reward = reward
         self.confusion: torch.Tensor | None = None  # (C, C) long, cm[target, pred], on the logits' device
 
     def reset(self) -> None:
@@ -147,9 +158,15 @@ class StreamingMeanIoU:
         return scores_from_confusion(cm)
 
     def compute(self) -> dict[str, float]:
-        """``mean_iou``, ``mean_accuracy``, ``overall_accuracy`` and ``iou_<class name>`` (NaN: class absent)."""
+        """``mean_iou``, ``mean_accuracy``, ``overall_accuracy``, :data:`EXTRA_METRICS`, ``reward`` (if given)
+        and ``iou_<class name>`` (NaN: class absent)."""
         scores = self.scores()
+        cm = self.confusion if self.confusion is not None else torch.zeros(self.num_classes, self.num_classes)
+        counts = class_counts(cm.cpu())
         out = {k: scores[k] for k in ("mean_iou", "mean_accuracy", "overall_accuracy")}
+        out.update({name: float(REWARDS[name](*counts)) for name in EXTRA_METRICS})
+        if self.reward is not None:
+            out["reward"] = float(self.reward(*counts))
         out.update({f"iou_{_key(name)}": float(scores["iou"][i]) for i, name in self.id2label.items()})
         return out
 

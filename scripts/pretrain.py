@@ -1,4 +1,4 @@
-"""Maximum-likelihood stage (pixel cross-entropy): the model that reward tuning starts from.
+"""Cross-entropy stage: the model that reward tuning starts from.
 
     accelerate launch scripts/pretrain.py                                        # toy streets, built model
     accelerate launch scripts/pretrain.py --config configs/camvid_pretrain.yaml
@@ -14,12 +14,24 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hf_reward.cli import DataArguments, ModelArguments, PretrainConfig, image_processor, load_model, load_splits, parse_config
-from hf_reward.stages import mle_trainer
+from hf_reward.app import (
+    DataArguments,
+    ModelArguments,
+    PretrainConfig,
+    image_processor,
+    load_model,
+    load_splits,
+    model_classes,
+    parse_config,
+    run_script,
+    segmentation_trainer,
+)
 
 
 @dataclass
 class PretrainArguments:
+    """the cross-entropy stage's own option"""
+
     new_head: bool = field(
         default=False,
         metadata={"help": "Re-initialise the classifier of --model_name_or_path for this dataset's classes "
@@ -32,9 +44,10 @@ ARGUMENTS = (ModelArguments, DataArguments, PretrainArguments, PretrainConfig)
 
 def main(argv: list[str] | None = None):
     model_args, data_args, pretrain_args, args = parse_config(ARGUMENTS, argv)
-    train, val, id2label = load_splits(data_args, seed=args.seed)
+    train, val, id2label = load_splits(data_args, seed=args.seed, ignore_index=args.ignore_index,
+                                       id2label=None if pretrain_args.new_head else model_classes(model_args))
     model = load_model(model_args, id2label, seed=args.seed, new_head=pretrain_args.new_head)
-    trainer = mle_trainer(model, args, train, val, id2label, processing_class=image_processor(data_args))
+    trainer = segmentation_trainer(model, args, train, val, id2label, processing_class=image_processor(data_args))
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     metrics = trainer.evaluate()
     trainer.save_model()
@@ -42,9 +55,9 @@ def main(argv: list[str] | None = None):
         print(f"\nValidation mIoU after {trainer.state.global_step} steps: {100 * metrics['eval_mean_iou']:.1f}%")
         Path(args.output_dir, "eval_results.json").write_text(json.dumps(metrics, indent=2))
     if args.push_to_hub:
-        trainer.push_to_hub(commit_message="Maximum-likelihood pretraining with hf-reward")
+        trainer.push_to_hub(commit_message="Cross-entropy training with hf-reward")
     return trainer
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -1,4 +1,14 @@
+"""Shared test helpers: tiny random SegFormers, a learnable toy dataset, the scripts, tiny script arguments.
+
+Nothing here reaches the network: ``HF_HUB_OFFLINE=1`` is set before transformers is imported.
+Tests marked ``slow`` (subprocesses, several processes, whole script runs) run in CI; a developer
+runs the rest with ``python -m pytest -m "not slow"``.
+"""
+
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -6,15 +16,25 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import SegformerConfig, SegformerForSemanticSegmentation  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
+CAMVID = ROOT.parent / "shared" / "datasets" / "camvid"
 
-def tiny_segformer(num_labels: int = 4, seed: int = 0) -> SegformerForSemanticSegmentation:
+# A run of seconds: 32x32 toy streets, a 30k-parameter SegFormer, 2 pretraining and 2 tuning steps.
+TINY = ("--hidden_sizes 8 16 32 64 --decoder_hidden_size 16 --toy_size 32 --crop_size 32 32 --toy_train_images 64 "
+        "--toy_eval_images 4 --shuffle_buffer 8 --pretrain_steps 2 --max_steps 2 --per_device_train_batch_size 4 "
+        "--per_device_eval_batch_size 4 --eval_steps 1 --logging_steps 1 --save_steps 2 --num_overlays 2 --use_cpu "
+        "--calibration_images 8 --disable_tqdm true --seed 0").split()
+
+
+def tiny_segformer(num_labels: int = 4, seed: int = 0, id2label: dict | None = None) -> SegformerForSemanticSegmentation:
     """A 7k-parameter random SegFormer (2 stages), deterministic: no dropout, no drop path."""
+    id2label = id2label or {i: f"class{i}" for i in range(num_labels)}
     torch.manual_seed(seed)
     config = SegformerConfig(
         num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16], num_attention_heads=[1, 1],
-        patch_sizes=[7, 3], strides=[4, 2], mlp_ratios=[2, 2], decoder_hidden_size=16, num_labels=num_labels,
+        patch_sizes=[7, 3], strides=[4, 2], mlp_ratios=[2, 2], decoder_hidden_size=16, num_labels=len(id2label),
         drop_path_rate=0.0, classifier_dropout_prob=0.0, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-        id2label={i: f"class{i}" for i in range(num_labels)}, label2id={f"class{i}": i for i in range(num_labels)},
+        id2label=dict(id2label), label2id={v: k for k, v in id2label.items()},
     )
     return SegformerForSemanticSegmentation(config)
 
@@ -37,6 +57,41 @@ class BlobsDataset(torch.utils.data.Dataset):
         return {"pixel_values": self.images[i], "labels": self.labels[i]}
 
 
+def load_script(name: str):
+    """``scripts/<name>.py`` as a module (its dataclasses resolve their annotations through ``sys.modules``)."""
+    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def drop(argv, *flags):
+    """``argv`` without ``flags`` and their values."""
+    out, skip = [], False
+    for a in argv:
+        if a in flags:
+            skip = True
+            continue
+        if skip and not a.startswith("--"):
+            continue
+        skip = False
+        out.append(a)
+    return out
+
+
 @pytest.fixture
 def blobs():
     return BlobsDataset()
+
+
+@pytest.fixture(scope="session")
+def toy_start(tmp_path_factory):
+    """A saved toy-streets SegFormer to tune, so that a test skips pretraining."""
+    from hf_reward.data import TOY_STREETS_ID2LABEL
+    from hf_reward.modeling import build_segformer
+
+    path = tmp_path_factory.mktemp("start")
+    build_segformer(TOY_STREETS_ID2LABEL, hidden_sizes=(8, 16, 32, 64), depths=(1, 1, 1, 1),
+                    decoder_hidden_size=16).save_pretrained(path)
+    return path

@@ -2,9 +2,10 @@
 
     torchrun --nproc_per_node 2 tests/dist_probe.py OUT_JSON_PREFIX [tune.py arguments...]
 
-Writes ``OUT_JSON_PREFIX<rank>.json``: a fingerprint of every training image, the local
-(this process's) reward of every step, the final parameters' hash, and the logged history.
-Used by tests/test_distributed.py.
+Writes ``OUT_JSON_PREFIX<rank>.json``: a fingerprint of every training image, this process's own
+per-step reward and sampled confusion counts (before they are summed over processes), the final
+running confusion matrix, the final parameters' hash and the logged history. Used by
+tests/test_distributed.py.
 """
 
 import hashlib
@@ -16,8 +17,9 @@ from pathlib import Path
 
 from hf_reward import RewardSegTrainer
 
-seen, local_rewards = [], []
-compute_loss, record = RewardSegTrainer.compute_loss, RewardSegTrainer._record
+seen, local_rewards, local_counts = [], [], []
+compute_loss, add_metric, sum_over = (RewardSegTrainer.compute_loss, RewardSegTrainer._add_metric,
+                                      RewardSegTrainer._sum_over_processes)
 
 
 def recording_compute_loss(self, model, inputs, *args, **kwargs):
@@ -26,13 +28,21 @@ def recording_compute_loss(self, model, inputs, *args, **kwargs):
     return compute_loss(self, model, inputs, *args, **kwargs)
 
 
-def recording_record(metrics, out, carries):
-    record(metrics, out, carries)
-    local_rewards.append(float(metrics["reward"][-1]))  # before log() averages over processes
+def recording_add_metric(self, name, total, count):
+    if name == "reward":  # before log() sums over processes
+        local_rewards.append(float(total / count))
+    add_metric(self, name, total, count)
+
+
+def recording_sum_over(self, counts):
+    if counts.dim() == 3:  # the sampled counts (K, C, C), not the logged metrics
+        local_counts.append(counts.mean(0).tolist())
+    return sum_over(self, counts)
 
 
 RewardSegTrainer.compute_loss = recording_compute_loss
-RewardSegTrainer._record = staticmethod(recording_record)
+RewardSegTrainer._add_metric = recording_add_metric
+RewardSegTrainer._sum_over_processes = recording_sum_over
 
 prefix, argv = sys.argv[1], sys.argv[2:]
 trainer = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "tune.py"), run_name="tune")["main"](argv)
@@ -41,6 +51,8 @@ Path(f"{prefix}{os.environ['RANK']}.json").write_text(json.dumps({
     "world_size": trainer.args.world_size,
     "seen": seen,
     "local_rewards": local_rewards,
+    "local_counts": local_counts,
+    "running_confusion": trainer._running_confusion.tolist(),
     "params": hashlib.sha1(params).hexdigest(),
     "log_history": trainer.state.log_history,
 }))

@@ -4,18 +4,17 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
+import numpy as np
 import pytest
-from test_scripts import TINY, _drop
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, TINY, drop
 
 
-def test_two_processes_split_the_data_and_stay_in_sync(tmp_path):
+@pytest.mark.slow
+def test_two_processes_split_the_data_share_one_dataset_scope_and_stay_in_sync(tmp_path):
     prefix = tmp_path / "rank"
-    argv = ["--output_dir", str(tmp_path / "run"), *_drop(TINY, "--max_steps", "--num_overlays"), "--max_steps", "3",
-            "--num_overlays", "0"]
+    argv = ["--output_dir", str(tmp_path / "run"), *drop(TINY, "--max_steps", "--num_overlays"), "--max_steps", "3",
+            "--num_overlays", "0", "--control", "false", "--calibrate", "false"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
                str(ROOT / "tests" / "dist_probe.py"), str(prefix), *argv]
@@ -34,4 +33,11 @@ def test_two_processes_split_the_data_and_stay_in_sync(tmp_path):
     expected = [(a + b) / 2 for a, b in zip(ranks[0]["local_rewards"], ranks[1]["local_rewards"])]
     assert len(logged) == 3 and ranks[0]["local_rewards"] != ranks[1]["local_rewards"]
     assert logged == pytest.approx(expected, rel=1e-5)
+    # one dataset scope: both processes hold the running matrix that one process seeing both batches would,
+    # 0.9-decayed once per step over the sum of both processes' sampled counts
+    counts = [np.array(r["local_counts"]) for r in ranks]
+    assert not np.array_equal(counts[0], counts[1])
+    one_process = sum(0.9 ** (2 - step) * (counts[0][step] + counts[1][step]) for step in range(3))
+    for r in ranks:
+        np.testing.assert_allclose(np.array(r["running_confusion"]), one_process, rtol=1e-12)
     assert (tmp_path / "run" / "results.md").is_file()

@@ -7,7 +7,6 @@ cache (``models--<user>--<repo>/snapshots/<commit>/``, ``refs/main``), the layou
 
 import fnmatch
 import re
-import runpy
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,14 +14,13 @@ from types import SimpleNamespace
 import huggingface_hub
 import pytest
 import transformers.trainer
-from test_scripts import TINY, _drop
+from conftest import TINY, drop, load_script
 
 from hf_reward import RewardSegConfig
-from hf_reward.cli import ModelArguments, load_model
+from hf_reward.app import ModelArguments, UsageError, load_model
 from hf_reward.data import TOY_STREETS_ID2LABEL
-from hf_reward.hub import model_card, results_table
+from hf_reward.hub import model_card, per_class_table, summary_table
 
-ROOT = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -58,43 +56,60 @@ def hub(tmp_path, monkeypatch):
     return fake
 
 
-def test_tune_pushes_a_model_that_loads_by_repo_id_offline(tmp_path, hub):
-    tune = runpy.run_path(str(ROOT / "scripts/tune.py"), run_name="tune")
-    argv = ["--output_dir", str(tmp_path / "run"), *_drop(TINY, "--num_overlays"), "--num_overlays", "0",
-            "--push_to_hub", "true", "--hub_model_id", "alice/tiny-miou", "--hub_strategy", "end"]
-    trainer = tune["main"](argv)
+@pytest.mark.slow
+def test_tune_pushes_a_calibrated_model_that_loads_by_repo_id_offline(tmp_path, hub):
+    argv = ["--output_dir", str(tmp_path / "run"), *drop(TINY, "--num_overlays"), "--num_overlays", "0",
+            "--control", "false", "--push_to_hub", "true", "--hub_model_id", "alice/tiny-miou", "--hub_strategy", "end"]
+    trainer = load_script("tune").main(argv)
     assert hub.uploads[-1] == ("alice/tiny-miou", "Reward tuning with hf-reward")
     snapshot = hub.cache / "models--alice--tiny-miou" / "snapshots" / COMMIT
     assert (snapshot / "model.safetensors").is_file() and not list(snapshot.glob("checkpoint-*"))
     card = (snapshot / "README.md").read_text()
     assert "| reward | miou |" in card and "| estimator | local |" in card and "| steps | 2 |" in card
-    assert re.search(r"\| \*\*mIoU\*\* \| [\d.]+ \| [\d.]+ \|", card) and "| pole |" in card
+    assert re.search(r"\| reward tuning, 2 steps \| [\d.]+ \| [\d.]+ \|", card) and "| pole |" in card
+    assert "## Calibration" in card and "folded into the classifier bias" in card
 
     # the scripts' loading path, by repo id, from the cache only
     model = load_model(ModelArguments(model_name_or_path="alice/tiny-miou"), TOY_STREETS_ID2LABEL)
     for (name, pushed), tuned in zip(model.state_dict().items(), trainer.model.state_dict().values()):
         assert pushed.equal(tuned), name
-    with pytest.raises(OSError):
+    assert model.config.calibration["reward"] == "miou"
+    with pytest.raises(UsageError, match="alice/not-pushed"):
         load_model(ModelArguments(model_name_or_path="alice/not-pushed"), TOY_STREETS_ID2LABEL)
 
 
-def test_model_card_records_settings_and_results():
-    args = RewardSegConfig(output_dir="unused", estimator="score", baseline="loo", num_samples=4, reward="miou",
+def test_model_card_records_settings_results_and_calibration():
+    args = RewardSegConfig(output_dir="unused", estimator="score", reward_scope="image", baseline="loo", num_samples=4,
                            sample_resolution="labels", learning_rate=1e-5, max_steps=300)
     id2label = {0: "road", 1: "traffic light", 2: "rider"}
-    before = {"eval_mean_iou": 0.5, "eval_iou_road": 0.9, "eval_iou_traffic_light": 0.1, "eval_iou_rider": float("nan")}
-    after = {"eval_mean_iou": 0.55, "eval_iou_road": 0.9, "eval_iou_traffic_light": 0.2, "eval_iou_rider": float("nan")}
+    results = {
+        "start": {"eval_mean_iou": 0.5, "eval_iou_road": 0.9, "eval_iou_traffic_light": 0.1, "eval_iou_rider": float("nan")},
+        "reward tuning": {"eval_mean_iou": 0.55, "eval_iou_road": 0.9, "eval_iou_traffic_light": 0.2,
+                          "eval_iou_rider": float("nan")},
+        "reward tuning, calibrated": {"eval_mean_iou": 0.6},
+    }
+    calibration = {"offsets": {"road": -0.5, "traffic light": 1.25, "rider": 0.0}, "split": "train", "reward": "miou",
+                   "metric_before": 0.4, "metric_after": 0.45}
     card = model_card(base_model="nvidia/segformer-b0-finetuned-cityscapes-1024-1024", dataset="Chris1/cityscapes",
-                      args=args, before=before, after=after, id2label=id2label)
+                      args=args, results=results, id2label=id2label, calibration=calibration)
     front = card.split("---")[1]
     assert "base_model: nvidia/segformer-b0-finetuned-cityscapes-1024-1024" in front and "- Chris1/cityscapes" in front
+    assert "REINFORCE with the 'loo' baseline of the per-image miou" in card
     for row in ("| reward | miou |", "| estimator | score |", "| baseline | loo |", "| samples per image (K) | 4 |",
                 "| sampling resolution | labels |", "| learning rate | 1e-05 (constant schedule) |", "| steps | 300 |",
-                "| **mIoU** | 50.0 | 55.0 | +5.0 |", "| traffic light | 10.0 | 20.0 | +10.0 |", "| rider | n/a | n/a | n/a |"):
+                "| start | 50.0 | — |", "| reward tuning, 300 steps | 55.0 | 60.0 |",
+                "| traffic light | 10.0 | 20.0 | n/a |", "| rider | n/a | n/a | n/a |",
+                "road -0.50, traffic light +1.25, rider +0.00", "(40.0 -> 45.0 there)"):
         assert row in card, row
 
 
-def test_results_table_rows_follow_the_label_order():
-    table = results_table({"eval_mean_iou": 0.25, "eval_iou_b": 0.5, "eval_iou_a": 0.0},
-                          {"eval_mean_iou": 0.5, "eval_iou_b": 0.5, "eval_iou_a": 0.5}, {0: "b", 1: "a"})
-    assert table.splitlines()[2:] == ["| **mIoU** | 25.0 | 50.0 | +25.0 |", "| b | 50.0 | 50.0 | +0.0 |", "| a | 0.0 | 50.0 | +50.0 |"]
+def test_per_class_rows_follow_the_label_order():
+    table = per_class_table({"a": {"eval_mean_iou": 0.25, "eval_iou_b": 0.5, "eval_iou_a": 0.0},
+                             "b": {"eval_mean_iou": 0.5, "eval_iou_b": 0.5, "eval_iou_a": 0.5}}, {0: "b", 1: "a"})
+    assert table.splitlines()[2:] == ["| **mIoU** | 25.0 | 50.0 |", "| b | 50.0 | 50.0 |", "| a | 0.0 | 50.0 |"]
+
+
+def test_summary_table_of_another_metric():
+    table = summary_table({"start": {"eval_mean_accuracy": 0.5}, "start, calibrated": {"eval_mean_accuracy": 0.7}},
+                          steps=10, metric="mean_accuracy", label="mean accuracy")
+    assert table.splitlines() == ["| model | mean accuracy (%) | calibrated |", "|---|---:|---:|", "| start | 50.0 | 70.0 |"]

@@ -10,11 +10,11 @@ import evaluate
 import numpy as np
 import torch
 
-from hf_reward.metrics import StreamingMeanIoU
+from hf_reward.metrics import EXTRA_METRICS, StreamingMeanIoU
 
 _DESCRIPTION = """
-Mean intersection-over-union over a whole dataset: one confusion matrix accumulated over all
-images; IoU_c = TP / (TP + FP + FN); pixels whose reference is `ignore_index` do not count; a
+Mean intersection-over-union (and the other metrics hf-reward tunes: Dice, frequency-weighted
+IoU, Cohen's kappa) over a whole dataset: one confusion matrix accumulated over all images; IoU_c = TP / (TP + FP + FN); pixels whose reference is `ignore_index` do not count; a
 class absent from both predictions and references is NaN and left out of the mean (the
 Cityscapes and `evaluate` mean_iou convention).
 """
@@ -26,7 +26,7 @@ Args:
     num_labels (int): number of classes C.
     ignore_index (int): reference value of pixels that do not count (default 255).
 Returns:
-    mean_iou (float), mean_accuracy (float), overall_accuracy (float),
+    mean_iou (float), mean_accuracy (float), overall_accuracy (float), dice, fw_iou, cohen_kappa (floats),
     per_category_iou (C,) array, per_category_accuracy (C,) array (NaN: class does not count).
 Example:
     >>> metric = evaluate.load("path/to/hf_reward/mean_iou")
@@ -51,11 +51,9 @@ class MeanIoU(evaluate.Metric):
         for pred, ref in zip(predictions, references):
             # One image at a time: images may differ in size.
             metric.update_masks(torch.as_tensor(np.asarray(pred))[None], torch.as_tensor(np.asarray(ref))[None])
-        scores = metric.scores()
+        scores, computed = metric.scores(), metric.compute()
         return {
-            "mean_iou": scores["mean_iou"],
-            "mean_accuracy": scores["mean_accuracy"],
-            "overall_accuracy": scores["overall_accuracy"],
+            **{name: computed[name] for name in ("mean_iou", "mean_accuracy", "overall_accuracy", *EXTRA_METRICS)},
             "per_category_iou": scores["iou"],
             "per_category_accuracy": scores["accuracy"],
         }

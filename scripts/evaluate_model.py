@@ -1,0 +1,91 @@
+"""Evaluate a segmentation checkpoint on a dataset split: dataset-level mIoU, the other metrics, per-class IoU.
+
+    python scripts/evaluate_model.py --model_name_or_path outputs/default        # as its tuning run scored it
+    python scripts/evaluate_model.py --model_name_or_path <dir or repo id> --dataset camvid --eval_size 180 240
+
+The data arguments are those of ``scripts/tune.py`` (``--dataset``, ``--data_path``,
+``--eval_split``, ``--eval_size``, ...). A model saved by ``scripts/tune.py`` records the ones it
+was scored with, and they are the defaults here, so evaluating it as it is reproduces the number
+its run reported; ``--config`` and flags override them. Weights load from safetensors only, and
+the model's class names must be the dataset's, in order.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from hf_reward.app import (
+    DataArguments,
+    ModelArguments,
+    UsageError,
+    load_model,
+    load_splits,
+    model_config,
+    parse_config,
+    run_script,
+)
+from hf_reward.data import collate_segmentation
+from hf_reward.metrics import EXTRA_METRICS, StreamingMeanIoU
+
+
+@dataclass
+class EvaluateArguments:
+    """how to run the evaluation and where its scores go"""
+
+    batch_size: int = field(default=8, metadata={"help": "Images per forward pass."})
+    ignore_index: int = field(default=255, metadata={"help": "Label value of void pixels."})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, ... ; auto picks cuda when available."})
+    output_json: str | None = field(default=None, metadata={"help": "Also write the metrics to this JSON file."})
+
+
+ARGUMENTS = (ModelArguments, DataArguments, EvaluateArguments)
+
+
+def format_table(scores: dict, computed: dict, id2label: dict[int, str]) -> str:
+    """Per-class IoU and accuracy, then the dataset-level metrics, in %."""
+    width = max(len("pixel accuracy"), *(len(n) for n in id2label.values()))
+    lines = [f"{'class':<{width}}  {'IoU':>7}  {'acc':>7}", "-" * (width + 18)]
+    for i, name in id2label.items():
+        lines.append(f"{name:<{width}}  {scores['iou'][i] * 100:7.2f}  {scores['accuracy'][i] * 100:7.2f}")
+    lines.append("-" * (width + 18))
+    rows = [("mean IoU", "mean_iou"), ("mean accuracy", "mean_accuracy"), ("pixel accuracy", "overall_accuracy"),
+            *((name.replace("_", " "), name) for name in EXTRA_METRICS)]
+    lines += [f"{label:<{width}}  {computed[key] * 100:7.2f}" for label, key in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    model_args, data_args, eval_args = parse_config(ARGUMENTS, argv)
+    if not model_args.model_name_or_path:
+        raise UsageError("--model_name_or_path is required: a local directory or a Hub repo id")
+    config = model_config(model_args)
+    classes = {int(k): v for k, v in config.id2label.items()}
+    record = getattr(config, "hf_reward_evaluation", None)
+    if record:  # the tuning run's evaluation settings, under whatever --config and flags say
+        model_args, data_args, eval_args = parse_config(ARGUMENTS, argv, defaults=record)
+    _, dataset, id2label = load_splits(data_args, ignore_index=eval_args.ignore_index, id2label=classes)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if eval_args.device == "auto" else eval_args.device)
+    model = load_model(model_args, id2label).to(device).eval()
+
+    metric = StreamingMeanIoU(len(id2label), id2label, ignore_index=eval_args.ignore_index)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=eval_args.batch_size, collate_fn=collate_segmentation)
+    with torch.inference_mode(), tqdm(total=data_args.max_eval_samples, unit="img",
+                                      desc=f"{data_args.dataset}/{data_args.eval_split}") as bar:
+        for batch in loader:
+            metric.update(model(pixel_values=batch["pixel_values"].to(device)).logits, batch["labels"].to(device))
+            bar.update(len(batch["labels"]))
+
+    result = metric.compute()
+    print(format_table(metric.scores(), result, id2label))
+    if eval_args.output_json:
+        Path(eval_args.output_json).write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    run_script(main)
