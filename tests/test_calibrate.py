@@ -1,0 +1,187 @@
+import copy
+import gc
+
+import pytest
+import torch
+from conftest import BlobsDataset, tiny_segformer
+from transformers import SegformerForSemanticSegmentation
+
+from hf_reward.calibrate import (
+    Calibration,
+    LogitCache,
+    _candidate_confusions,
+    _grid,
+    _switch_histogram,
+    collect_logits,
+    fit_offsets,
+    fold_offsets,
+)
+from hf_reward.metrics import StreamingMeanIoU, upsample_logits
+from hf_reward.rewards import class_counts, cohen_kappa, confusion_matrix, get_reward, mean_accuracy, miou
+
+C = 4
+REWARDS = {
+    "miou": miou,
+    "weighted_miou": get_reward("miou", class_weights=[1.0, 3.0, 0.5, 2.0]),
+    "mean_accuracy": mean_accuracy,
+    "cohen_kappa": cohen_kappa,
+}
+
+
+def random_case(lattice: bool, seed: int = 0, images: int = 3):
+    """Batches of logits (2, C, 4, 5) and labels (2, 16, 20), with ignored pixels (255, -1, C), class 3
+    never in the target and class 2 never predicted without offsets. ``lattice``: logits in quarters,
+    so that the bilinear weights (multiples of 1/8) give exact ties, with each other and with the grid."""
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(images):
+        if lattice:
+            z = torch.randint(-6, 7, (2, C, 4, 5), generator=g) / 4
+        else:
+            z = torch.randn(2, C, 4, 5, generator=g)
+        z[:, 2] -= 3.5
+        y = torch.randint(0, C - 1, (2, 16, 20), generator=g)
+        noise = torch.rand(y.shape, generator=g)
+        y[noise < 0.1], y[noise > 0.97], y[(noise > 0.95) & (noise <= 0.97)] = 255, -1, C
+        batches.append((z, y))
+    return batches
+
+
+def brute_confusion(batches, offsets):
+    return sum(
+        confusion_matrix(upsample_logits(z, tuple(y.shape[-2:])).add(offsets.view(1, -1, 1, 1)).argmax(1), y, C).sum(0)
+        for z, y in batches
+    )
+
+
+def brute_metric(reward, batches, offsets):
+    return float(reward(*class_counts(brute_confusion(batches, offsets))))
+
+
+@pytest.mark.parametrize("lattice", [False, True])
+def test_one_class_update_matches_brute_force_for_every_grid_value(lattice):
+    batches = random_case(lattice)
+    assert brute_confusion(batches, torch.zeros(C))[:, 2].sum() == 0  # class 2 is not predicted at b = 0
+    step, max_offset = (0.25, 2.0) if lattice else (0.05, 3.0)
+    grid = _grid(step, max_offset)
+    others = grid[torch.randint(0, len(grid), (C,), generator=torch.Generator().manual_seed(1))]
+    for c in range(C):
+        hist = sum(_switch_histogram(z, y, others, c, grid, 255) for z, y in batches)
+        cms = _candidate_confusions(hist, c)
+        scores = miou(*class_counts(cms))
+        for k, value in enumerate(grid):
+            offsets = others.clone()
+            offsets[c] = value
+            assert torch.equal(cms[k], brute_confusion(batches, offsets)), (c, k)
+            assert float(scores[k]) == brute_metric(miou, batches, offsets)
+
+
+@pytest.mark.filterwarnings("ignore:offsets of classes")  # mean accuracy (recall) would predict class 0 everywhere
+@pytest.mark.parametrize("name", list(REWARDS))
+@pytest.mark.parametrize("lattice", [False, True])
+def test_fit_is_a_coordinatewise_optimum_and_never_worse(name, lattice):
+    reward = REWARDS[name]
+    batches = random_case(lattice, seed=2)
+    step, max_offset = 0.25, 2.0
+    result = fit_offsets(batches, reward, step=step, max_offset=max_offset, max_sweeps=10, progress=False)
+    grid = _grid(step, max_offset)
+    assert result.converged and all(any(b == grid) for b in result.offsets)
+    assert result.metric_before == brute_metric(reward, batches, torch.zeros(C))
+    assert result.metric_after == brute_metric(reward, batches, result.offsets)
+    assert torch.equal(result.confusion_before, brute_confusion(batches, torch.zeros(C)))
+    assert torch.equal(result.confusion_after, brute_confusion(batches, result.offsets))
+    metrics = [result.metric_before, *result.history]
+    assert all(a <= b for a, b in zip(metrics, metrics[1:])) and metrics[-1] == result.metric_after
+    assert result.metric_after > result.metric_before
+    for c in range(C):
+        for value in grid:
+            moved = result.offsets.clone()
+            moved[c] = value
+            assert brute_metric(reward, batches, moved) <= result.metric_after, (c, float(value))
+
+
+def test_perfect_predictions_keep_zero_offsets():
+    batches = random_case(lattice=False)
+    perfect = [(10.0 * torch.nn.functional.one_hot(y.clamp(0, C - 1), C).permute(0, 3, 1, 2).float(), y)
+               for _, y in batches]
+    kept = [z.clone() for z, _ in perfect]
+    result = fit_offsets(perfect, progress=False)
+    assert all(torch.equal(z, k) for (z, _), k in zip(perfect, kept))  # at label size: not upsampled, not copied
+    assert torch.equal(result.offsets, torch.zeros(C))
+    assert result.metric_before == result.metric_after == 1.0 and result.history == [1.0] and result.converged
+
+
+def calibrate_tiny(cache_dir=None):
+    model = tiny_segformer(num_labels=C)
+    with torch.no_grad():  # a random head's logits lie ~1e-4 apart, far below the grid's step
+        model.decode_head.classifier.weight.mul_(2000.0)
+
+    loader = torch.utils.data.DataLoader(BlobsDataset(n=8, num_labels=C), batch_size=4)
+    cache = collect_logits(model, loader, cache_dir=cache_dir, progress=False)
+    return model, loader, cache
+
+
+def predict(model, loader):
+    model.eval()  # the decode head's batch norm
+    with torch.no_grad():
+        return [upsample_logits(model(pixel_values=b["pixel_values"]).logits, b["labels"].shape[-2:]) for b in loader]
+
+
+def test_fold_gives_the_calibrated_predictions_and_saves(tmp_path):
+    model, loader, cache = calibrate_tiny()
+    result = fit_offsets(cache, progress=False)
+    assert result.metric_after > result.metric_before
+    before = predict(model, loader)
+
+    zero = Calibration(torch.zeros(C), "miou", 0.0, 0.0, [], True, None, None, 0.05, 5.0)
+    unchanged = copy.deepcopy(model)
+    fold_offsets(unchanged, zero, split="train")
+    assert all(torch.equal(p, q) for p, q in zip(predict(unchanged, loader), before))
+
+    fold_offsets(model, result, split="train")
+    after = predict(model, loader)
+    metric = StreamingMeanIoU(C)
+    for logits, shifted, batch in zip(before, after, loader):
+        expected = logits + result.offsets.view(1, -1, 1, 1)
+        # Folded, the offset is added before the upsampling, not after: equal up to float rounding,
+        # so only pixels whose two best classes are within 1e-5 may differ.
+        top2 = expected.topk(2, dim=1).values
+        clear = (top2[:, 0] - top2[:, 1]) > 1e-5
+        assert clear.float().mean() > 0.99
+        assert torch.equal(shifted.argmax(1)[clear], expected.argmax(1)[clear])
+        metric.update_masks(shifted.argmax(1), batch["labels"])
+    # The fit saw fp16 logits; the model scores with its float32 ones.
+    assert metric.compute()["mean_iou"] == pytest.approx(result.metric_after, abs=1e-3)
+
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    loaded = SegformerForSemanticSegmentation.from_pretrained(tmp_path, use_safetensors=True)
+    assert all(torch.equal(p.argmax(1), q.argmax(1)) for p, q in zip(predict(loaded, loader), after))
+    record = loaded.config.calibration
+    assert record["offsets"] == {f"class{i}": pytest.approx(float(b)) for i, b in enumerate(result.offsets)}
+    assert record["split"] == "train" and record["reward"] == "miou"
+    assert record["metric_after"] == result.metric_after and record["metric_before"] == result.metric_before
+
+
+def test_disk_cache_gives_the_same_offsets_as_ram(tmp_path):
+    _, _, ram = calibrate_tiny()
+    _, _, disk = calibrate_tiny(cache_dir=tmp_path)
+    logits, labels = torch.randn(C, 3, 5), torch.tensor([[0, 1, 255, 7, 3]] * 12)
+    for cache in (ram, disk):  # an image of another size, with ignored and out-of-range labels
+        cache.append(logits, labels)
+    assert len(ram) == len(disk) == 9
+    for (z, y), (z2, y2) in zip(ram, disk):
+        assert z.dtype == z2.dtype == torch.float16 and torch.equal(z, z2) and torch.equal(y, y2)
+    assert y.tolist() == [[[0, 1, C, C, 3]] * 12]
+    reward = get_reward("miou", class_weights=[1.0, 2.0, 1.0, 1.0])
+    a, b = fit_offsets(ram, reward, progress=False), fit_offsets(disk, reward, progress=False)
+    assert torch.equal(a.offsets, b.offsets) and a.history == b.history
+    assert a.reward == "miou(class_weights=[1.0, 2.0, 1.0, 1.0])"
+    del disk, cache, b
+    gc.collect()
+    assert not any(tmp_path.iterdir())  # the cache's files go with it
+
+
+def test_fit_rejects_a_one_pass_iterator():
+    with pytest.raises(TypeError, match="not an iterator"):
+        fit_offsets(iter(random_case(lattice=False)), progress=False)
