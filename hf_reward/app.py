@@ -31,6 +31,7 @@ from typing import Callable, Sequence, get_type_hints
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.utils import logging as transformers_logging
 
 from .config import RewardSegConfig
 from .data import eval_transform, load_camvid, load_cityscapes, load_segmentation_dataset, load_toy_streets, train_transform
@@ -42,6 +43,19 @@ from .trainer import RewardSegTrainer
 CAMVID_PATH = "../shared/datasets/camvid"  # where the project machines hold CamVid, from the repository root
 CITYSCAPES_REPO = "Chris1/cityscapes"  # the Hub parquet mirror of Cityscapes
 NAMED_DATASETS = ("toy_streets", "camvid", "cityscapes")
+
+
+# transformers draws a bar for every weight load and save, dozens in a run, each of a fraction of a second.
+_QUIET_BARS = ("Loading weights", "Writing model shards")
+
+
+def _quiet_bars(factory, args, kwargs):
+    if kwargs.get("desc") in _QUIET_BARS:
+        kwargs = {**kwargs, "disable": True}
+    return factory(*args, **kwargs)
+
+
+transformers_logging.set_tqdm_hook(_quiet_bars)
 
 
 class UsageError(Exception):
@@ -329,11 +343,11 @@ def model_classes(model_args: ModelArguments) -> dict[int, str] | None:
 
 def image_processor(data_args: DataArguments):
     """The preprocessing of evaluation, saved with the model so that users of the repo get it too."""
-    # Imported here: without torchvision, transformers warns on import that it falls back to PIL.
-    from transformers import SegformerImageProcessor
+    # The PIL implementation: the default one needs torchvision, which this project does not.
+    from transformers import SegformerImageProcessorPil
 
     size = data_args.eval_size
-    return SegformerImageProcessor(
+    return SegformerImageProcessorPil(
         do_resize=size is not None, size={"height": size[0], "width": size[1]} if size else None, do_reduce_labels=False
     )
 

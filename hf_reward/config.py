@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
 from transformers import TrainingArguments
 
 from .baselines import BASELINES
@@ -23,6 +24,7 @@ class RewardSegConfig(TrainingArguments):
     - ``remove_unused_columns=False``: the trainer reads ``labels`` itself, and image datasets
       often carry other columns that Trainer must not drop.
     - ``logging_steps=10``, ``report_to="none"``.
+    - ``dataloader_pin_memory`` off where there is no GPU (pinned memory only serves copies to one).
 
     The loss is ``reward_weight * reward loss + ce_weight * cross-entropy + lovasz_weight *
     Lovász-softmax + kl_coef * KL``. The reward loss has the scale of the reward itself (its
@@ -102,6 +104,8 @@ class RewardSegConfig(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False
         for name in ("reward_beta", "dataset_confusion_decay", "ema_decay", "reward_weight", "ce_weight",
                      "lovasz_weight", "kl_coef", "temperature"):
             if not math.isfinite(getattr(self, name)):

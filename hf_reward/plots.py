@@ -40,7 +40,8 @@ TOY_STREETS_COLOURS = {
 VOID_COLOUR = (0, 0, 0)
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot, drawing to files only."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -63,7 +64,7 @@ def palette(id2label: Mapping[int, str]) -> np.ndarray:
     for table in (CAMVID_COLOURS, TOY_STREETS_COLOURS, _cityscapes_colours()):
         if table and all(name in table for name in names):
             return np.array([table[name] for name in names], dtype=float) / 255
-    plt = _pyplot()
+    plt = pyplot()
     colours = np.array(plt.get_cmap("tab20").colors)[: len(names)]
     extra = np.random.default_rng(0).uniform(0, 1, (max(len(names) - len(colours), 0), 3))
     return np.concatenate([colours, extra])
@@ -110,7 +111,7 @@ def plot_training(runs: Mapping[str, Sequence[Mapping]], path: str | Path, start
     mIoU, drawn at step 0 of every curve. ``calibrated``: name -> mIoU after calibration, drawn
     as a dashed level in the run's colour.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_reward, ax_miou) = plt.subplots(1, 2, figsize=(11, 3.8))
     for i, (name, history) in enumerate(runs.items()):
         colour = plt.get_cmap("tab10")(i)
@@ -146,7 +147,7 @@ def plot_overlays(examples: Sequence[Mapping[str, torch.Tensor]], predictions: M
     ``examples`` hold normalised ``pixel_values (3, h, w)`` and ``labels (H, W)``; ``predictions``
     map a name to masks ``(N, H, W)``. Void pixels are black.
     """
-    plt = _pyplot()
+    plt = pyplot()
     colours = np.concatenate([palette(id2label), np.array([VOID_COLOUR]) / 255])
     mean, std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
     columns = [("image", None), ("ground truth", None), *predictions.items()]

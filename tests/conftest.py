@@ -58,7 +58,10 @@ class BlobsDataset(torch.utils.data.Dataset):
 
 
 def load_script(name: str):
-    """``scripts/<name>.py`` as a module (its dataclasses resolve their annotations through ``sys.modules``)."""
+    """``scripts/<name>.py`` as a module (its dataclasses resolve their annotations through ``sys.modules``), with
+    ``scripts/`` on the path as when it runs, for the modules it imports beside it."""
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
     spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

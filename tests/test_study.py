@@ -1,75 +1,71 @@
-import importlib.util
-from pathlib import Path
+"""scripts/study.py and study_report.py: the dev split, selection on dev, the paired verdict, and a tiny study."""
+
+import json
 
 import pytest
-import torch
 import yaml
-from conftest import BlobsDataset, tiny_segformer
-from transformers import TrainingArguments
+from conftest import CAMVID, ROOT, load_script
 
-from hf_reward import RewardSegConfig
-
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("study", ROOT / "scripts/study.py")
-study = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(study)
-CONFIG = yaml.safe_load((ROOT / "configs/study_camvid.yaml").read_text())
+STUDY, REPORT = load_script("study"), load_script("study_report")
+ID2LABEL = {0: "road", 1: "car"}
 
 
-@pytest.mark.parametrize("name", list(CONFIG["arms"]))
-def test_every_study_arm_builds_its_training_config(name, tmp_path):
-    arm = dict(CONFIG["arms"][name])
-    plain_trainer = arm.pop("mle", False) | arm.pop("lovasz", False)
-    for lr in arm.pop("learning_rates", CONFIG["tune"]["learning_rates"]):
-        config = (TrainingArguments if plain_trainer else RewardSegConfig)(
-            output_dir=str(tmp_path), use_cpu=True, learning_rate=lr, **arm)
-        assert config.learning_rate == lr
-    assert CONFIG["arms"][CONFIG["control"]] == {"mle": True}
+def test_dev_split_is_the_first_frames_of_each_sequence():
+    files = ["B_00030.png", "A_f00900.png", "A_f00930.png", "B_00000.png", "A_f00960.png", "A_f00870.png",
+             "B_00060.png", "B_00090.png", "A_f00990.png", "A_f01020.png"]
+    # A: 870 900 930 960 990 1020 -> first 20% is 1 frame (870, row 5); B: 0 30 60 90 -> 1 frame (0, row 3)
+    assert STUDY.dev_rows(files, 0.2) == [3, 5]
+    # 50%: A's 870, 900, 930 (rows 5, 1, 2) and B's 0, 30 (rows 3, 0)
+    assert STUDY.dev_rows(files, 0.5) == [0, 1, 2, 3, 5]
 
 
-def test_report_pairs_each_arm_with_the_control_by_seed(tmp_path):
-    def run(miou, rewards=()):
-        logs = [{"loss": 0.1, "step": 10 * (i + 1), **({"reward": r} if rewards else {})} for i, r in enumerate(rewards or [0])]
-        final = {"eval_mean_iou": miou, "eval_iou_road": miou + 0.1, "eval_iou_sky": miou - 0.1}
-        return {"final": final, "train_logs": logs, "seconds_per_step": 1.0, "eval_curve": [(100, miou)]}
-
-    cfg = {"control": "ce", "tune": {"max_steps": 100, "batch_size": 8},
-           "arms": {"ce": {"mle": True}, "rl": {"x": 1}}}
-    results = {("ce", 1e-4): {0: run(0.40), 1: run(0.42)}, ("ce", 3e-4): {0: run(0.30), 1: run(0.30)},
-               ("rl", 1e-4): {0: run(0.41, [0.3] * 2 + [0.5] * 2), 1: run(0.44, [0.3] * 4)},
-               ("rl", 3e-4): {0: run(0.43), 1: run(0.44)}}
-    text = study.report(cfg, results, 0.39, tmp_path)
-    row = next(line for line in text.splitlines() if line.startswith("| rl | x=1 | 0.0001 "))
-    assert "0.4250 ± 0.0212" in row  # mean and sd of 0.41, 0.44
-    assert "| +1.50 ± 0.71 | +1.50 ± 0.71 | no |" in row  # paired +1 and +2 points; not > 2 sd
-    assert "0.300 → 0.400" in row  # first and last two logged rewards, averaged over seeds
-    row = next(line for line in text.splitlines() if line.startswith("| rl | x=1 | 0.0003 "))
-    assert "| +13.50 ± 0.71 | +2.50 ± 0.71 | yes |" in row  # against ce at 3e-4, and at its best lr (1e-4)
-    assert study.best_arm(cfg, results) == ("rl", 3e-4)
-    assert "| ce | 0.0001 | 0.510 | 0.310 |" in text  # per-class IoU of the best control, mean over seeds
-    assert "| rl | 0.0003 | 0.535 | 0.335 |" in text  # and of the best reward arm
-    assert (tmp_path / "results.md").read_text() == text
+def fake_run(arm, horizon, lr, seed, dev, val, val_cal):
+    metrics = lambda d, v: {"eval_dev_mean_iou": d, "eval_validation_mean_iou": v,  # noqa: E731
+                            "eval_validation_iou_road": v, "eval_validation_iou_car": v}
+    return {"arm": arm, "horizon": horizon, "learning_rate": lr, "seed": seed, "raw": metrics(dev, val - 0.01),
+            "calibrated": metrics(dev, val_cal), "seconds_per_step": 0.5, "eval_curve": [], "train_logs": []}
 
 
-def test_runs_each_kind_of_arm_and_caches_it(tmp_path, monkeypatch):
-    checkpoint = tmp_path / "checkpoint"
-    tiny_segformer().save_pretrained(checkpoint)
-    data = {"train": BlobsDataset(8), "validation": BlobsDataset(4, seed=1)}
-    id2label = {i: f"class{i}" for i in range(4)}
-    cfg = {"control": "ce", "tune": {"max_steps": 10, "batch_size": 4, "eval_steps": 10, "weight_decay": 0.0,
-                                     "learning_rates": [1e-3]},
-           "arms": {"ce": {"mle": True}, "lovasz": {"lovasz": True},
-                    "local": {"estimator": "local", "num_samples": 1, "learning_rates": [1e-2]}}}
-    results = {}
-    for name in cfg["arms"]:
-        lr = study.learning_rates(cfg, name)[0]
-        results[(name, lr)] = {0: study.run_arm(cfg, name, lr, 0, data, id2label, checkpoint, tmp_path)}
-        assert (tmp_path / "runs" / f"{name}_lr{lr:g}_seed0.json").exists()
-        final = results[(name, lr)][0]["final"]
-        assert 0 <= final["eval_mean_iou"] <= 1 and "eval_iou_class0" in final
-        assert torch.isfinite(torch.tensor([e["loss"] for e in results[(name, lr)][0]["train_logs"]])).all()
-    assert "reward" in results[("local", 1e-2)][0]["train_logs"][0]
-    monkeypatch.setattr(study.Trainer, "train", lambda self: pytest.fail("a cached run was recomputed"))
-    assert study.run_arm(cfg, "lovasz", 1e-3, 0, data, id2label, checkpoint, tmp_path) == results[("lovasz", 1e-3)][0]
-    study.plot_curves(results, 0.2, tmp_path / "curves.png")
-    assert (tmp_path / "curves.png").stat().st_size > 0
+def test_report_chooses_on_dev_and_pairs_with_the_control_by_seed(tmp_path):
+    cfg = {"bar": 1.0, "control": "ce", "seeds": [0, 1, 2], "horizons": {"short": {}}}
+    start = {"raw": {"eval_dev_mean_iou": 0.3, "eval_validation_mean_iou": 0.4},
+             "calibrated": {"eval_dev_mean_iou": 0.32, "eval_validation_mean_iou": 0.42, "eval_validation_iou_road": 0.5,
+                            "eval_validation_iou_car": 0.34}}
+    results = []
+    for seed in range(3):
+        results += [fake_run("ce", "short", 1e-4, seed, 0.30, 0.40, 0.420 + 0.001 * seed),
+                    fake_run("ce", "short", 3e-5, seed, 0.31, 0.40, 0.400),  # better on dev: chosen
+                    fake_run("arm", "short", 1e-4, seed, 0.40, 0.45, 0.450 + 0.001 * seed),  # chosen, clears the bar
+                    fake_run("arm", "short", 3e-4, seed, 0.20, 0.60, 0.600)]  # best on validation, not chosen
+    picks = REPORT.chosen(REPORT.group(results))
+    assert picks == {("ce", "short"): 3e-5, ("arm", "short"): 1e-4}
+    text = REPORT.report(cfg, start, results, ID2LABEL, tmp_path, minutes=1.0)
+    row = next(line for line in text.splitlines() if line.startswith("| arm | short | 0.0001 |"))
+    assert "| yes |" in row and "+3.10 ± 0.10" in row and "+5.00 ± 0.10" in row and row.count("| yes |") == 2
+    unchosen = next(line for line in text.splitlines() if line.startswith("| arm | short | 0.0003 |"))
+    assert "| yes |" not in unchosen  # the validation-best setting was not chosen, so it has no verdict
+    assert (tmp_path / "results.md").is_file() and (tmp_path / "curves.png").is_file()
+
+
+@pytest.mark.slow
+def test_a_tiny_study_runs_every_stage_and_caches_them(tmp_path):
+    cfg = yaml.safe_load((ROOT / "configs/study_camvid.yaml").read_text())
+    cfg.update(output_dir=str(tmp_path / "study"), data_root=str(CAMVID), size=[32, 44], seeds=[0],
+               model={"hidden_sizes": [8, 16, 16, 16], "depths": [1, 1, 1, 1], "decoder_hidden_size": 16},
+               pretrain={**cfg["pretrain"], "max_steps": 4},
+               horizons={"short": {"max_steps": 2, "lr_scheduler_type": "constant", "eval_steps": 1}},
+               arms={"ce": {"reward_weight": 0.0, "ce_weight": 1.0, "learning_rates": [1e-4], "horizons": ["short"]},
+                     "local": {"learning_rates": [1e-4], "horizons": ["short"]}})
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    STUDY.main(["--config", str(config), "--jobs", "1"])
+    out = tmp_path / "study"
+    runs = sorted(p.name for p in (out / "runs").glob("*.json"))
+    assert runs == ["ce_hshort_lr0.0001_seed0.json", "local_hshort_lr0.0001_seed0.json"]
+    local = json.loads((out / "runs" / runs[1]).read_text())
+    assert {"eval_dev_mean_iou", "eval_validation_mean_iou"} <= set(local["calibrated"]) and len(local["offsets"]) == 11
+    assert any("scope_reward" in e for e in local["train_logs"])
+    assert "| local | short | 0.0001 | yes |" in (out / "results.md").read_text()
+    mtime = (out / "runs" / runs[0]).stat().st_mtime
+    STUDY.main(["--config", str(config), "--jobs", "1"])  # everything cached: nothing runs again
+    assert (out / "runs" / runs[0]).stat().st_mtime == mtime
