@@ -6,9 +6,8 @@ on the project machines that is ``../shared/datasets/camvid`` from the repositor
 
 Example::
 
-    >>> ds, id2label = load_camvid("validation", root="../shared/datasets/camvid")
-    >>> len(id2label), id2label[0]
-    (11, 'sky')
+    ds, id2label = load_camvid("validation", root="../shared/datasets/camvid")
+    len(id2label), id2label[0]  # (11, 'sky')
 """
 
 from __future__ import annotations
@@ -37,7 +36,9 @@ def load_camvid(
 ) -> tuple[datasets.IterableDataset | datasets.Dataset, dict[int, str]]:
     """CamVid ready for a model, and its ``id2label``; ``pipeline`` as for :func:`load_segmentation_dataset`.
 
-    >>> ds, id2label = load_camvid("train", transform=train_transform(256, seed=0), shuffle_buffer=64)
+    Example::
+
+        ds, id2label = load_camvid("train", transform=train_transform(256, seed=0), shuffle_buffer=64)
     """
     root = Path(root)
     files = sorted(root.glob(f"{split}-*.parquet"))

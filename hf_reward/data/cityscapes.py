@@ -7,9 +7,8 @@ with 3 equal channels).
 
 Example::
 
-    >>> ds, id2label = load_cityscapes("validation", transform=eval_transform((512, 1024)))
-    >>> id2label[0], id2label[18], len(id2label)
-    ('road', 'bicycle', 19)
+    ds, id2label = load_cityscapes("validation", transform=eval_transform((512, 1024)))
+    id2label[0], id2label[18], len(id2label)  # ('road', 'bicycle', 19)
 """
 
 from __future__ import annotations
@@ -48,8 +47,10 @@ def load_cityscapes(
     ``path``/``data_files`` as for :func:`load_segmentation_dataset` (the Hub mirror by default,
     or ``"parquet"`` with local files); ``pipeline`` takes its other keyword arguments.
 
-    >>> ds, id2label = load_cityscapes("train", path="parquet", data_files="cityscapes/train-*.parquet",
-    ...                                transform=train_transform(512, seed=0), shuffle_buffer=256)
+    Example::
+
+        ds, id2label = load_cityscapes("train", path="parquet", data_files="cityscapes/train-*.parquet",
+                                       transform=train_transform(512, seed=0), shuffle_buffer=256)
     """
     ds = load_segmentation_dataset(
         path,

@@ -6,14 +6,13 @@ the library or, worse, yielding a wrong mask.
 
 Example::
 
-    >>> ds = load_segmentation_dataset(
-    ...     "parquet", "validation",
-    ...     data_files={"validation": "../shared/datasets/camvid/validation-*.parquet"},
-    ...     label_map={**{i: i for i in range(11)}, 11: 255},
-    ... )
-    >>> ex = next(iter(ds))
-    >>> ex["pixel_values"].shape, ex["labels"].shape
-    (torch.Size([3, 360, 480]), torch.Size([360, 480]))
+    ds = load_segmentation_dataset(
+        "parquet", "validation",
+        data_files={"validation": "../shared/datasets/camvid/validation-*.parquet"},
+        label_map={**{i: i for i in range(11)}, 11: 255},
+    )
+    ex = next(iter(ds))
+    ex["pixel_values"].shape, ex["labels"].shape  # (torch.Size([3, 360, 480]), torch.Size([360, 480]))
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from typing import Callable, Mapping
 import datasets
 import numpy as np
 import PIL.Image
-from datasets.distributed import split_dataset_by_node
 
 from .labels import identity_label_map, label_lookup, map_mask
 from .transforms import eval_transform
@@ -51,8 +49,6 @@ def load_segmentation_dataset(
     transform: Transform | None = None,
     shuffle_buffer: int | None = None,
     seed: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
 ) -> datasets.IterableDataset | datasets.Dataset:
     """Load one split of an image + mask dataset, ready for a SegFormer.
 
@@ -71,8 +67,6 @@ def load_segmentation_dataset(
             e.g. :func:`train_transform`; default :func:`eval_transform` (full resolution).
         shuffle_buffer: if set, shuffle with ``seed``: a buffer of this many rows when
             streaming, a full shuffle otherwise. Trainer's ``set_epoch`` reshuffles every epoch.
-        rank, world_size: keep only this process's part (``split_dataset_by_node``). Use it when
-            each process reads its own stream (Trainer with ``dispatch_batches=False``).
 
     Returns:
         A dataset of ``{"pixel_values": (3, H, W) float32, "labels": (H, W) int64}``. A map-style
@@ -81,10 +75,9 @@ def load_segmentation_dataset(
 
     Example::
 
-        >>> ds = load_segmentation_dataset("parquet", "train", data_files="masks/*.parquet",
-        ...                                label_column="mask", num_classes=5, streaming=False)
-        >>> ds[0]["labels"].unique()
-        tensor([  0,   3, 255])
+        ds = load_segmentation_dataset("parquet", "train", data_files="masks/*.parquet",
+                                       label_column="mask", num_classes=5, streaming=False)
+        ds[0]["labels"].unique()  # tensor([  0,   3, 255])
     """
     if data_files is not None and not isinstance(data_files, Mapping):
         data_files = {split: data_files}
@@ -99,8 +92,6 @@ def load_segmentation_dataset(
         transform=transform,
         shuffle_buffer=shuffle_buffer,
         seed=seed,
-        rank=rank,
-        world_size=world_size,
         split=split,
     )
 
@@ -116,16 +107,16 @@ def prepare_segmentation_dataset(
     transform: Transform | None = None,
     shuffle_buffer: int | None = None,
     seed: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
     split: str | None = None,
 ) -> datasets.IterableDataset | datasets.Dataset:
     """The pipeline of :func:`load_segmentation_dataset`, applied to a dataset already loaded.
 
     Columns may hold ``datasets.Image`` values, PIL images, arrays or ``{"bytes", "path"}``.
 
-    >>> raw = datasets.load_dataset("parquet", data_files="train.parquet", split="train", streaming=True)
-    >>> ds = prepare_segmentation_dataset(raw, num_classes=9, transform=train_transform(256, seed=0))
+    Example::
+
+        raw = datasets.load_dataset("parquet", data_files="train.parquet", split="train", streaming=True)
+        ds = prepare_segmentation_dataset(raw, num_classes=9, transform=train_transform(256, seed=0))
     """
     if label_map is None:
         if num_classes is None:
@@ -142,9 +133,6 @@ def prepare_segmentation_dataset(
         for column in (image_column, label_column):
             if isinstance(raw.features[column], datasets.Image):
                 raw = raw.cast_column(column, datasets.Image(decode=False))
-
-    if world_size > 1:
-        raw = split_dataset_by_node(raw, rank=rank, world_size=world_size)
 
     def process(example: dict, index: int) -> dict:
         _check_columns(list(example), image_column, label_column)
@@ -220,7 +208,9 @@ def decode_image(value, name: str = "sample") -> np.ndarray:
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=-1)
     if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"{name}: image array has shape {image.shape} and dtype {image.dtype}; expected (H, W, 3) uint8")
+        raise ValueError(
+            f"{name}: image array has shape {image.shape} and dtype {image.dtype}; expected (H, W, 3) uint8"
+        )
     return image
 
 

@@ -5,7 +5,8 @@ class indices, and returns ``{"pixel_values": (3, H', W') float32, "labels": (H'
 Images are interpolated bilinearly, labels always by nearest neighbour (a blend of two class
 indices is a third, wrong class), in its ``nearest-exact`` form: output pixel i takes the input
 pixel under its centre, where bilinear (``align_corners=False``) samples the image too; plain
-``nearest`` reads the top-left of the cell and shifts the mask against the image. Plain torch: torchvision is not a dependency.
+``nearest`` reads the top-left of the cell and shifts the mask against the image. Plain torch:
+torchvision is not a dependency.
 
 Example::
 
@@ -154,6 +155,7 @@ class EvalTransform:
 def train_transform(crop_size: int | Sequence[int] = 512, **kwargs) -> TrainTransform:
     """Training augmentation; see :class:`TrainTransform` for the keyword arguments.
 
+    >>> from transformers import SegformerImageProcessor
     >>> t = train_transform(crop_size=(256, 512), image_processor=SegformerImageProcessor(), seed=0)
     """
     return TrainTransform(crop_size, **kwargs)
@@ -171,7 +173,8 @@ def eval_transform(size: int | Sequence[int] | None = None, **kwargs) -> EvalTra
 def collate_segmentation(batch: Sequence[dict]) -> dict[str, torch.Tensor]:
     """Stack examples into ``{"pixel_values": (B, 3, H, W) float, "labels": (B, H, W) long}``.
 
-    >>> collate_segmentation([{"pixel_values": torch.zeros(3, 4, 4), "labels": torch.zeros(4, 4, dtype=torch.long)}])["labels"].shape
+    >>> example = {"pixel_values": torch.zeros(3, 4, 4), "labels": torch.zeros(4, 4, dtype=torch.long)}
+    >>> collate_segmentation([example])["labels"].shape
     torch.Size([1, 4, 4])
     """
     shapes = {tuple(ex["labels"].shape) for ex in batch}
