@@ -224,6 +224,15 @@ class RewardSegTrainer(Trainer):
             self._add_metric("frac_zero_advantage", (adv == 0).sum(), carries.sum())
             self._add_metric("advantage_std", adv.std(correction=0).nan_to_num(), (carries.sum() > 0))
 
+    def _run_epoch(self, *, epoch, train_dataloader, **kwargs):
+        # Random augmentation is keyed by the epoch (hf_reward.data). accelerate 1.15 passes the DataLoader's
+        # set_epoch on to a map-style dataset only when no sampler in between has one: not in an epoch resumed
+        # mid-way, not across processes. So tell the dataset here, before this epoch's workers copy it.
+        set_epoch = getattr(train_dataloader.dataset, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
+        return super()._run_epoch(epoch=epoch, train_dataloader=train_dataloader, **kwargs)
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         # Trainer's raw load misses SegFormer's legacy key names (see load_checkpoint_weights).
         load_checkpoint_weights(self.accelerator.unwrap_model(model or self.model), resume_from_checkpoint)

@@ -149,7 +149,7 @@ def test_toy_streets_streaming_and_map_style_give_the_same_examples():
 def test_train_transform_is_seeded_and_pads_labels_with_ignore():
     image, labels = make_scene(0, 32)
     t = lambda: train_transform(48, scale_range=(0.5, 0.5), seed=1)  # 16x16 after scaling: mostly padding
-    a, b = t()(image, labels), t()(image, labels)
+    a, b = t()(image, labels, (0, 3)), t()(image, labels, (0, 3))
     assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["labels"], b["labels"])
     assert a["labels"].shape == (48, 48) and a["pixel_values"].shape == (3, 48, 48)
     pad = a["labels"] == 255
@@ -158,13 +158,23 @@ def test_train_transform_is_seeded_and_pads_labels_with_ignore():
     assert set(a["labels"][~pad].unique().tolist()) <= set(np.unique(labels).tolist())
 
 
+def test_train_transform_is_a_function_of_seed_and_key():
+    image, labels = make_scene(0, 32)
+    t = train_transform(24, seed=0)
+    first = [t(image, labels, (0, i))["pixel_values"] for i in range(3)]
+    assert torch.equal(t(image, labels, (0, 1))["pixel_values"], first[1])  # whatever was drawn before
+    assert not torch.equal(first[0], first[1])
+    assert not torch.equal(t(image, labels, (1, 1))["pixel_values"], first[1])  # the next epoch draws anew
+    assert not torch.equal(train_transform(24, seed=1)(image, labels, (0, 1))["pixel_values"], first[1])
+
+
 def test_train_transform_flips_and_normalises_with_processor_stats():
     from transformers import SegformerImageProcessor
 
     processor = SegformerImageProcessor(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
     image, labels = make_scene(1, 32)
     t = train_transform(32, scale_range=(1.0, 1.0), jitter=0.0, image_processor=processor, seed=0)
-    outs = [t(image, labels) for _ in range(8)]
+    outs = [t(image, labels, (0, i)) for i in range(8)]
     expected = torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1
     flipped = [torch.allclose(o["pixel_values"], expected.flip(-1), atol=1e-5) for o in outs]
     plain = [torch.allclose(o["pixel_values"], expected, atol=1e-5) for o in outs]

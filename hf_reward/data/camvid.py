@@ -17,7 +17,7 @@ from pathlib import Path
 
 import datasets
 
-from .loading import load_segmentation_dataset
+from .loading import SegmentationDataset, load_segmentation_dataset
 
 
 def camvid_id2label(root: str | Path) -> tuple[dict[int, str], int]:
@@ -33,7 +33,7 @@ def load_camvid(
     ignore_index: int = 255,
     streaming: bool = True,
     **pipeline,
-) -> tuple[datasets.IterableDataset | datasets.Dataset, dict[int, str]]:
+) -> tuple[datasets.IterableDataset | SegmentationDataset, dict[int, str]]:
     """CamVid ready for a model, and its ``id2label``; ``pipeline`` as for :func:`load_segmentation_dataset`.
 
     Example::

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datasets
 from cityscapesscripts.helpers.labels import labels as _LABELS
 
-from .loading import load_segmentation_dataset
+from .loading import SegmentationDataset, load_segmentation_dataset
 
 
 def cityscapes_label_map(ignore_index: int = 255) -> dict[int, int]:
@@ -41,7 +41,7 @@ def load_cityscapes(
     ignore_index: int = 255,
     streaming: bool = True,
     **pipeline,
-) -> tuple[datasets.IterableDataset | datasets.Dataset, dict[int, str]]:
+) -> tuple[datasets.IterableDataset | SegmentationDataset, dict[int, str]]:
     """Cityscapes ready for a model, and its ``id2label`` (19 classes).
 
     ``path``/``data_files`` as for :func:`load_segmentation_dataset` (the Hub mirror by default,

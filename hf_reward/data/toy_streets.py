@@ -26,7 +26,7 @@ from typing import Sequence
 import datasets
 import numpy as np
 
-from .loading import prepare_segmentation_dataset
+from .loading import SegmentationDataset, prepare_segmentation_dataset
 from .transforms import _size2
 
 ID2LABEL = {
@@ -244,7 +244,7 @@ def load_toy_streets(
     seed: int = 0,
     streaming: bool = True,
     **pipeline,
-) -> tuple[datasets.IterableDataset | datasets.Dataset, dict[int, str]]:
+) -> tuple[datasets.IterableDataset | SegmentationDataset, dict[int, str]]:
     """Toy streets, ready for a model, and its ``id2label``.
 
     ``pipeline`` takes the keyword arguments of :func:`prepare_segmentation_dataset`
