@@ -1,6 +1,6 @@
 """Random augmentation is a function of (seed, epoch, sample): resuming RewardSegTrainer from a checkpoint gives
-the parameters of an uninterrupted run, with and without DataLoader workers, and every epoch still draws new
-augmentations."""
+the parameters of an uninterrupted run, for map-style and streaming datasets, with and without DataLoader
+workers, and every epoch still draws new augmentations."""
 
 import pytest
 import torch
@@ -16,7 +16,8 @@ from hf_reward.data import (
 
 
 def dataset(kind: str):
-    # 4 images in batches of 2: two steps an epoch, so checkpoint-3 lies in the middle of the second epoch.
+    # 4 images in batches of 2: two steps an epoch (a pass of the stream), so checkpoint-3 lies in the middle of
+    # the second.
     transform = train_transform(32, scale_range=(0.75, 1.5), seed=0)
     return load_toy_streets("train", num_images=4, size=32, streaming=kind == "stream", transform=transform)[0]
 
@@ -33,7 +34,7 @@ def train(tmp_path, kind: str, workers: int, resume: bool = False) -> list[torch
     return [p.detach().clone() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("kind,workers", [("map", 0), ("map", 2)])
+@pytest.mark.parametrize("kind,workers", [("map", 0), ("map", 2), ("stream", 0), ("stream", 2)])
 def test_resuming_mid_epoch_equals_an_uninterrupted_run(tmp_path, kind, workers):
     uninterrupted = train(tmp_path, kind, workers)  # also writes checkpoint-3
     resumed = train(tmp_path, kind, workers, resume=True)

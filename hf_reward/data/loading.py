@@ -20,9 +20,10 @@ sample, so what a sample gets does not depend on which samples were loaded befor
 * Streams: the key is ``(epoch, worker, index)``, ``index`` counting the examples that each
   DataLoader worker reads, the epoch that of the returned ``IterableDataset``, which accelerate
   sets every pass (``datasets`` keeps it in shared memory, so persistent workers see it). A
-  stream is resumed by iterating it up to the checkpoint, so every example gets its key again.
-  A dataset derived from the returned one (``take``, ``shard``) has an epoch of its own, which
-  does not reach the transform.
+  stream is resumed by iterating it up to the checkpoint, so every example gets its key again;
+  RewardSegTrainer resumes in the pass the checkpoint was in, where Trainer counts ``max_steps``
+  steps per pass. A dataset derived from the returned one (``take``, ``shard``) has an epoch of
+  its own, which does not reach the transform.
 
 Example::
 
