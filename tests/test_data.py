@@ -37,6 +37,12 @@ def png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def tiff(array: np.ndarray) -> bytes:  # PNG has no 32-bit modes
+    buf = io.BytesIO()
+    PIL.Image.fromarray(array).save(buf, format="TIFF")
+    return buf.getvalue()
+
+
 def write_parquet(path: Path, rows: dict, image_columns=("image", "label")) -> str:
     features = {c: datasets.Image() if c in image_columns else datasets.Value("string") for c in rows}
     datasets.Dataset.from_dict(rows, features=datasets.Features(features)).to_parquet(str(path))
@@ -271,3 +277,31 @@ def test_colour_coded_mask_is_refused(tmp_path):
     files = bad_parquet(tmp_path, png(rgb(4, 4)), png(rgb(4, 4, seed=1)), n_good=0)
     with pytest.raises(ValueError, match=r"sample 0 \(img0\.png\).*channels that differ"):
         next(iter(load_segmentation_dataset("parquet", "train", data_files=files, num_classes=5)))
+
+
+def test_16_bit_grayscale_image_is_scaled_to_8_bit_not_clipped(tmp_path):
+    gray = np.array([[0, 257, 1000], [32768, 65280, 65535]], np.uint16)  # saved as a 16-bit PNG (mode I;16)
+    rows = {"image": [png(gray)], "label": [png(np.zeros((2, 3), np.uint8))]}
+    files = write_parquet(tmp_path / "train.parquet", rows)
+    ds = load_segmentation_dataset("parquet", "train", data_files=files, num_classes=5,
+                                   transform=eval_transform(mean=(0, 0, 0), std=(1, 1, 1)))
+    pixels = (next(iter(ds))["pixel_values"] * 255).round()
+    assert pixels.tolist() == [[[0, 1, 4], [128, 254, 255]]] * 3  # round(v / 257); PIL's convert gave all 255
+
+
+@pytest.mark.parametrize("array,mode", [(np.full((4, 4), 70000, np.int32), "I"), (np.full((4, 4), 0.5, np.float32), "F")])
+def test_32_bit_images_are_refused_naming_sample_and_mode(tmp_path, array, mode):
+    files = bad_parquet(tmp_path, tiff(array), png(np.zeros((4, 4), np.uint8)))
+    ds = load_segmentation_dataset("parquet", "train", data_files=files, num_classes=5)
+    with pytest.raises(ValueError, match=rf"sample 1 \(img1\.png\).*PIL mode '{mode}'"):
+        list(ds)
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_16_bit_masks_keep_label_ids_above_255(tmp_path, streaming):
+    ids = np.array([[0, 300], [1000, 300]], np.uint16)  # saved as a 16-bit PNG (mode I;16)
+    files = write_parquet(tmp_path / "train.parquet", {"image": [png(rgb(2, 2))], "label": [png(ids)]})
+    ds = load_segmentation_dataset("parquet", "train", data_files=files, label_map={0: 0, 300: 1, 1000: 255},
+                                   streaming=streaming)
+    labels = next(iter(ds))["labels"] if streaming else ds[0]["labels"]
+    assert labels.tolist() == [[0, 1], [255, 1]]

@@ -54,6 +54,8 @@ Transform = Callable[[np.ndarray, np.ndarray, tuple[int, ...]], dict]
 
 # Columns that commonly hold the file a row came from; used to name a bad sample.
 _FILE_COLUMNS = ("file", "file_name", "filename", "path", "image_path", "id")
+# PIL's modes of 16-bit unsigned single-channel images.
+_UINT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def load_segmentation_dataset(
@@ -258,9 +260,23 @@ def _open(value, name: str, what: str) -> PIL.Image.Image | np.ndarray:
 
 
 def decode_image(value, name: str = "sample") -> np.ndarray:
-    """An image column value -> (H, W, 3) uint8 RGB."""
+    """An image column value -> (H, W, 3) uint8 RGB.
+
+    16-bit grayscale (PIL mode ``I;16``) is scaled to 8 bit (``round(v / 257)``), where PIL's own
+    conversion clips every value above 255 to white. 32-bit modes (``I``, ``F``) have no known
+    range to scale from and are refused.
+    """
     image = _open(value, name, "image")
     if isinstance(image, PIL.Image.Image):
+        if image.mode in _UINT16_MODES:
+            gray = np.rint(np.asarray(image, dtype=np.float32) / 257).astype(np.uint8)
+            return np.repeat(gray[..., None], 3, axis=-1)
+        if image.mode in ("I", "F"):
+            kind = "integer" if image.mode == "I" else "float"
+            raise ValueError(
+                f"{name}: image has PIL mode {image.mode!r} (32-bit {kind}), whose range to scale to 8 bit is "
+                f"unknown; store the images as 8-bit (L, RGB) or 16-bit (I;16)"
+            )
         return np.asarray(image.convert("RGB"))
     image = np.asarray(image)
     if image.ndim == 2:
