@@ -1,6 +1,6 @@
 """Random augmentation is a function of (seed, epoch, sample): resuming RewardSegTrainer from a checkpoint gives
-the parameters of an uninterrupted run, for map-style and streaming datasets, with and without DataLoader
-workers, and every epoch still draws new augmentations."""
+the parameters of an uninterrupted run, for map-style, streaming and in-memory datasets, with and without
+DataLoader workers, and every epoch still draws new augmentations."""
 
 import pytest
 import torch
@@ -8,9 +8,11 @@ from conftest import tiny_segformer
 
 from hf_reward import RewardSegConfig, RewardSegTrainer
 from hf_reward.data import (
+    InMemorySegmentation,
     TOY_STREETS_ID2LABEL,
     collate_segmentation,
     load_toy_streets,
+    make_scene,
     train_transform,
 )
 
@@ -18,6 +20,10 @@ from hf_reward.data import (
 def dataset(kind: str):
     # 4 images in batches of 2: two steps an epoch (a pass of the stream), so checkpoint-3 lies in the middle of
     # the second.
+    if kind == "in_memory":
+        scenes = [make_scene(i, 32) for i in range(4)]
+        images = torch.stack([torch.from_numpy(image).permute(2, 0, 1) for image, _ in scenes])
+        return InMemorySegmentation(images, torch.stack([torch.from_numpy(labels) for _, labels in scenes]), flip=True)
     transform = train_transform(32, scale_range=(0.75, 1.5), seed=0)
     return load_toy_streets("train", num_images=4, size=32, streaming=kind == "stream", transform=transform)[0]
 
@@ -34,7 +40,7 @@ def train(tmp_path, kind: str, workers: int, resume: bool = False) -> list[torch
     return [p.detach().clone() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("kind,workers", [("map", 0), ("map", 2), ("stream", 0), ("stream", 2)])
+@pytest.mark.parametrize("kind,workers", [("map", 0), ("map", 2), ("stream", 0), ("stream", 2), ("in_memory", 0)])
 def test_resuming_mid_epoch_equals_an_uninterrupted_run(tmp_path, kind, workers):
     uninterrupted = train(tmp_path, kind, workers)  # also writes checkpoint-3
     resumed = train(tmp_path, kind, workers, resume=True)

@@ -1,4 +1,4 @@
-"""Datasets for semantic segmentation: loading, label maps, adapters, transforms.
+"""Datasets for semantic segmentation: loading, label maps, adapters, transforms, in-memory splits.
 
 Example::
 
@@ -23,3 +23,4 @@ from .transforms import EvalTransform, TrainTransform, collate_segmentation, eva
 from .camvid import load_camvid
 from .cityscapes import ID2LABEL as CITYSCAPES_ID2LABEL
 from .cityscapes import cityscapes_label_map, load_cityscapes
+from .in_memory import InMemorySegmentation, materialise_split, split_indices
