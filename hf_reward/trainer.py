@@ -29,12 +29,15 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections import defaultdict
 from pathlib import Path
 
 import safetensors.torch
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerState
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import has_length
 
 from . import baselines, policy
 from .config import RewardSegConfig
@@ -223,6 +226,32 @@ class RewardSegTrainer(Trainer):
             adv = out.advantages[carries]
             self._add_metric("frac_zero_advantage", (adv == 0).sum(), carries.sum())
             self._add_metric("advantage_std", adv.std(correction=0).nan_to_num(), (carries.sum() > 0))
+
+    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint,
+                             trial):
+        epochs, batches = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+        )
+        if resume_from_checkpoint is None or self.args.ignore_data_skip or has_length(self.train_dataset):
+            return epochs, batches
+        state_file = os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME)
+        if not os.path.isfile(state_file):  # Trainer starts afresh then
+            return epochs, batches
+        # Without a length, Trainer takes an epoch to be max_steps steps and skips global_step batches of the
+        # first pass; a stream shorter than that started its next pass (epoch) before (transformers 5.24). The
+        # checkpoint's state.epoch is pass + batches of it / (its max_steps * accumulation): resume there.
+        saved = TrainerState.load_from_json(state_file)
+        epoch = math.floor(saved.epoch)
+        return epoch, round((saved.epoch - epoch) * saved.max_steps * self.args.gradient_accumulation_steps)
+
+    def _run_epoch(self, *, epoch, train_dataloader, **kwargs):
+        # Random augmentation is keyed by the epoch (hf_reward.data). accelerate 1.15 passes the DataLoader's
+        # set_epoch on to a map-style dataset only when no sampler in between has one: not in an epoch resumed
+        # mid-way, not across processes. So tell the dataset here, before this epoch's workers copy it.
+        set_epoch = getattr(train_dataloader.dataset, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
+        return super()._run_epoch(epoch=epoch, train_dataloader=train_dataloader, **kwargs)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         # Trainer's raw load misses SegFormer's legacy key names (see load_checkpoint_weights).

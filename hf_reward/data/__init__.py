@@ -1,4 +1,4 @@
-"""Datasets for semantic segmentation: loading, label maps, adapters, transforms.
+"""Datasets for semantic segmentation: loading, label maps, adapters, transforms, in-memory splits.
 
 Example::
 
@@ -10,10 +10,17 @@ Example::
 """
 
 from .labels import check_num_labels, identity_label_map, label_lookup, map_mask
-from .loading import decode_image, decode_mask, load_segmentation_dataset, prepare_segmentation_dataset
+from .loading import (
+    SegmentationDataset,
+    decode_image,
+    decode_mask,
+    load_segmentation_dataset,
+    prepare_segmentation_dataset,
+)
 from .toy_streets import ID2LABEL as TOY_STREETS_ID2LABEL
 from .toy_streets import load_toy_streets, make_scene, toy_streets
 from .transforms import EvalTransform, TrainTransform, collate_segmentation, eval_transform, train_transform
 from .camvid import load_camvid
 from .cityscapes import ID2LABEL as CITYSCAPES_ID2LABEL
 from .cityscapes import cityscapes_label_map, load_cityscapes
+from .in_memory import InMemorySegmentation, materialise_split, split_indices

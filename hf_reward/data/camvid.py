@@ -6,9 +6,8 @@ on the project machines that is ``../shared/datasets/camvid`` from the repositor
 
 Example::
 
-    >>> ds, id2label = load_camvid("validation", root="../shared/datasets/camvid")
-    >>> len(id2label), id2label[0]
-    (11, 'sky')
+    ds, id2label = load_camvid("validation", root="../shared/datasets/camvid")
+    len(id2label), id2label[0]  # (11, 'sky')
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import datasets
 
-from .loading import load_segmentation_dataset
+from .loading import SegmentationDataset, load_segmentation_dataset
 
 
 def camvid_id2label(root: str | Path) -> tuple[dict[int, str], int]:
@@ -34,10 +33,12 @@ def load_camvid(
     ignore_index: int = 255,
     streaming: bool = True,
     **pipeline,
-) -> tuple[datasets.IterableDataset | datasets.Dataset, dict[int, str]]:
+) -> tuple[datasets.IterableDataset | SegmentationDataset, dict[int, str]]:
     """CamVid ready for a model, and its ``id2label``; ``pipeline`` as for :func:`load_segmentation_dataset`.
 
-    >>> ds, id2label = load_camvid("train", transform=train_transform(256, seed=0), shuffle_buffer=64)
+    Example::
+
+        ds, id2label = load_camvid("train", transform=train_transform(256, seed=0), shuffle_buffer=64)
     """
     root = Path(root)
     files = sorted(root.glob(f"{split}-*.parquet"))

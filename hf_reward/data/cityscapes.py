@@ -7,9 +7,8 @@ with 3 equal channels).
 
 Example::
 
-    >>> ds, id2label = load_cityscapes("validation", transform=eval_transform((512, 1024)))
-    >>> id2label[0], id2label[18], len(id2label)
-    ('road', 'bicycle', 19)
+    ds, id2label = load_cityscapes("validation", transform=eval_transform((512, 1024)))
+    id2label[0], id2label[18], len(id2label)  # ('road', 'bicycle', 19)
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from __future__ import annotations
 import datasets
 from cityscapesscripts.helpers.labels import labels as _LABELS
 
-from .loading import load_segmentation_dataset
+from .loading import SegmentationDataset, load_segmentation_dataset
 
 
 def cityscapes_label_map(ignore_index: int = 255) -> dict[int, int]:
@@ -42,14 +41,16 @@ def load_cityscapes(
     ignore_index: int = 255,
     streaming: bool = True,
     **pipeline,
-) -> tuple[datasets.IterableDataset | datasets.Dataset, dict[int, str]]:
+) -> tuple[datasets.IterableDataset | SegmentationDataset, dict[int, str]]:
     """Cityscapes ready for a model, and its ``id2label`` (19 classes).
 
     ``path``/``data_files`` as for :func:`load_segmentation_dataset` (the Hub mirror by default,
     or ``"parquet"`` with local files); ``pipeline`` takes its other keyword arguments.
 
-    >>> ds, id2label = load_cityscapes("train", path="parquet", data_files="cityscapes/train-*.parquet",
-    ...                                transform=train_transform(512, seed=0), shuffle_buffer=256)
+    Example::
+
+        ds, id2label = load_cityscapes("train", path="parquet", data_files="cityscapes/train-*.parquet",
+                                       transform=train_transform(512, seed=0), shuffle_buffer=256)
     """
     ds = load_segmentation_dataset(
         path,

@@ -4,16 +4,36 @@ Raw rows are decoded here rather than by ``datasets`` so that a broken row raise
 naming the sample (its stream index and, when known, its file) instead of failing deep inside
 the library or, worse, yielding a wrong mask.
 
+Random augmentation and resuming: a transform draws from its seed and the sample's key alone
+(:class:`~hf_reward.data.transforms.TrainTransform`), never from a generator that advances per
+sample, so what a sample gets does not depend on which samples were loaded before it.
+
+* Map-style (:class:`SegmentationDataset`): the key is ``(epoch, index)``, ``index`` the row.
+  Trainer resumes by skipping the first batches' indices unloaded; the keys of the rest are
+  unchanged. The epoch comes from ``set_epoch``. Trainer calls the DataLoader's ``set_epoch``
+  every epoch, but accelerate (1.15) passes it on to the dataset only when no sampler in
+  between has a ``set_epoch`` of its own: not in an epoch resumed mid-way (``skip_first_batches``
+  wraps the sampler) and not across processes (``BatchSamplerShard``). So
+  :class:`~hf_reward.RewardSegTrainer` calls ``set_epoch`` on the dataset itself every epoch.
+  Under a plain Trainer the dataset stays at epoch 0 then: the rest of an epoch resumed after
+  the first, and every epoch across processes, repeat the first epoch's draws.
+* Streams: the key is ``(epoch, worker, index)``, ``index`` counting the examples that each
+  DataLoader worker reads, the epoch that of the returned ``IterableDataset``, which accelerate
+  sets every pass (``datasets`` keeps it in shared memory, so persistent workers see it). A
+  stream is resumed by iterating it up to the checkpoint, so every example gets its key again;
+  RewardSegTrainer resumes in the pass the checkpoint was in, where Trainer counts ``max_steps``
+  steps per pass. A dataset derived from the returned one (``take``, ``shard``) has an epoch of
+  its own, which does not reach the transform.
+
 Example::
 
-    >>> ds = load_segmentation_dataset(
-    ...     "parquet", "validation",
-    ...     data_files={"validation": "../shared/datasets/camvid/validation-*.parquet"},
-    ...     label_map={**{i: i for i in range(11)}, 11: 255},
-    ... )
-    >>> ex = next(iter(ds))
-    >>> ex["pixel_values"].shape, ex["labels"].shape
-    (torch.Size([3, 360, 480]), torch.Size([360, 480]))
+    ds = load_segmentation_dataset(
+        "parquet", "validation",
+        data_files={"validation": "../shared/datasets/camvid/validation-*.parquet"},
+        label_map={**{i: i for i in range(11)}, 11: 255},
+    )
+    ex = next(iter(ds))
+    ex["pixel_values"].shape, ex["labels"].shape  # (torch.Size([3, 360, 480]), torch.Size([360, 480]))
 """
 
 from __future__ import annotations
@@ -24,17 +44,18 @@ from typing import Callable, Mapping
 import datasets
 import numpy as np
 import PIL.Image
-from datasets.distributed import split_dataset_by_node
+import torch
 
 from .labels import identity_label_map, label_lookup, map_mask
 from .transforms import eval_transform
 
-Transform = Callable[[np.ndarray, np.ndarray], dict]
+# (image (H, W, 3) uint8, labels (H, W) int64, key) -> {"pixel_values", "labels"}; see the module doc for the key.
+Transform = Callable[[np.ndarray, np.ndarray, tuple[int, ...]], dict]
 
 # Columns that commonly hold the file a row came from; used to name a bad sample.
 _FILE_COLUMNS = ("file", "file_name", "filename", "path", "image_path", "id")
-# Added to map-style datasets so that their lazy transform knows the row index.
-_INDEX_COLUMN = "_sample_index"
+# PIL's modes of 16-bit unsigned single-channel images.
+_UINT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def load_segmentation_dataset(
@@ -51,9 +72,7 @@ def load_segmentation_dataset(
     transform: Transform | None = None,
     shuffle_buffer: int | None = None,
     seed: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-) -> datasets.IterableDataset | datasets.Dataset:
+) -> datasets.IterableDataset | SegmentationDataset:
     """Load one split of an image + mask dataset, ready for a SegFormer.
 
     Args:
@@ -66,25 +85,22 @@ def load_segmentation_dataset(
             identity over ``range(num_classes)``, i.e. masks already hold class indices.
         num_classes: needed only when ``label_map`` is not given.
         ignore_index: the label of void pixels.
-        streaming: return a lazily streamed ``IterableDataset`` (default) or a map-style ``Dataset``.
-        transform: ``(image (H, W, 3) uint8, labels (H, W) int64) -> {"pixel_values", "labels"}``,
+        streaming: return a lazily streamed ``IterableDataset`` (default) or a map-style
+            :class:`SegmentationDataset`.
+        transform: ``(image (H, W, 3) uint8, labels (H, W) int64, key) -> {"pixel_values", "labels"}``,
             e.g. :func:`train_transform`; default :func:`eval_transform` (full resolution).
         shuffle_buffer: if set, shuffle with ``seed``: a buffer of this many rows when
-            streaming, a full shuffle otherwise. Trainer's ``set_epoch`` reshuffles every epoch.
-        rank, world_size: keep only this process's part (``split_dataset_by_node``). Use it when
-            each process reads its own stream (Trainer with ``dispatch_batches=False``).
+            streaming (Trainer's ``set_epoch`` reshuffles it every pass), the rows once otherwise.
 
     Returns:
-        A dataset of ``{"pixel_values": (3, H, W) float32, "labels": (H, W) int64}``. A map-style
-        result transforms rows lazily on access (``with_transform``), so random augmentation
-        stays random; use it with ``TrainingArguments(remove_unused_columns=False)``.
+        A dataset of ``{"pixel_values": (3, H, W) float32, "labels": (H, W) int64}``, transformed
+        on access, so random augmentation stays random (keyed as in the module doc).
 
     Example::
 
-        >>> ds = load_segmentation_dataset("parquet", "train", data_files="masks/*.parquet",
-        ...                                label_column="mask", num_classes=5, streaming=False)
-        >>> ds[0]["labels"].unique()
-        tensor([  0,   3, 255])
+        ds = load_segmentation_dataset("parquet", "train", data_files="masks/*.parquet",
+                                       label_column="mask", num_classes=5, streaming=False)
+        ds[0]["labels"].unique()  # tensor([  0,   3, 255])
     """
     if data_files is not None and not isinstance(data_files, Mapping):
         data_files = {split: data_files}
@@ -99,8 +115,6 @@ def load_segmentation_dataset(
         transform=transform,
         shuffle_buffer=shuffle_buffer,
         seed=seed,
-        rank=rank,
-        world_size=world_size,
         split=split,
     )
 
@@ -116,16 +130,16 @@ def prepare_segmentation_dataset(
     transform: Transform | None = None,
     shuffle_buffer: int | None = None,
     seed: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
     split: str | None = None,
-) -> datasets.IterableDataset | datasets.Dataset:
+) -> datasets.IterableDataset | SegmentationDataset:
     """The pipeline of :func:`load_segmentation_dataset`, applied to a dataset already loaded.
 
     Columns may hold ``datasets.Image`` values, PIL images, arrays or ``{"bytes", "path"}``.
 
-    >>> raw = datasets.load_dataset("parquet", data_files="train.parquet", split="train", streaming=True)
-    >>> ds = prepare_segmentation_dataset(raw, num_classes=9, transform=train_transform(256, seed=0))
+    Example::
+
+        raw = datasets.load_dataset("parquet", data_files="train.parquet", split="train", streaming=True)
+        ds = prepare_segmentation_dataset(raw, num_classes=9, transform=train_transform(256, seed=0))
     """
     if label_map is None:
         if num_classes is None:
@@ -143,10 +157,7 @@ def prepare_segmentation_dataset(
             if isinstance(raw.features[column], datasets.Image):
                 raw = raw.cast_column(column, datasets.Image(decode=False))
 
-    if world_size > 1:
-        raw = split_dataset_by_node(raw, rank=rank, world_size=world_size)
-
-    def process(example: dict, index: int) -> dict:
+    def process(example: dict, index: int, key: tuple[int, ...]) -> dict:
         _check_columns(list(example), image_column, label_column)
         name = _sample_name(example, index, image_column) + where
         image = decode_image(example[image_column], name)
@@ -156,23 +167,60 @@ def prepare_segmentation_dataset(
                 f"{name}: image is {image.shape[0]}x{image.shape[1]} (HxW) but its mask is "
                 f"{mask.shape[0]}x{mask.shape[1]}; they must have the same size"
             )
-        return transform(image, map_mask(mask, table, name))
+        return transform(image, map_mask(mask, table, name), key)
 
     if isinstance(raw, datasets.IterableDataset):
         if shuffle_buffer:
             raw = raw.shuffle(seed=seed, buffer_size=shuffle_buffer)
-        return raw.map(process, with_indices=True, remove_columns=columns)
+        # `stream` is read when an example is processed: the epoch of the dataset returned here.
+        stream = raw.map(lambda example, index: process(example, index, (stream.epoch, _worker_id(), index)),
+                         with_indices=True, remove_columns=columns)
+        return stream
 
     if shuffle_buffer:
         raw = raw.shuffle(seed=seed)
-    raw = raw.add_column(_INDEX_COLUMN, list(range(len(raw))))
+    return SegmentationDataset(raw, process)
 
-    def process_batch(batch: dict) -> dict:
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        out = [process(row, row[_INDEX_COLUMN]) for row in rows]
-        return {"pixel_values": [o["pixel_values"] for o in out], "labels": [o["labels"] for o in out]}
 
-    return raw.with_transform(process_batch)
+class EpochDataset(torch.utils.data.Dataset):
+    """A map-style dataset whose random transforms are keyed by ``(epoch, index)``; ``set_epoch`` sets the epoch.
+
+    The epoch is a shared-memory tensor, so persistent DataLoader workers see it change too.
+    See the module doc for who calls ``set_epoch``.
+    """
+
+    def __init__(self):
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(epoch)
+
+
+class SegmentationDataset(EpochDataset):
+    """Rows of a map-style ``datasets.Dataset``, decoded, label-mapped and transformed on access.
+
+    ``ds[i]`` is ``{"pixel_values": (3, H, W) float32, "labels": (H, W) int64}``, transformed with key ``(epoch, i)``.
+    """
+
+    def __init__(self, rows: datasets.Dataset, process: Callable[[dict, int, tuple[int, ...]], dict]):
+        super().__init__()
+        self.rows, self.process = rows, process
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        index = range(len(self.rows))[index]  # a plain int >= 0; IndexError past the end
+        return self.process(self.rows[index], index, (self.epoch, index))
+
+
+def _worker_id() -> int:
+    info = torch.utils.data.get_worker_info()
+    return 0 if info is None else info.id
 
 
 def _check_columns(columns: list[str], image_column: str, label_column: str) -> None:
@@ -212,15 +260,31 @@ def _open(value, name: str, what: str) -> PIL.Image.Image | np.ndarray:
 
 
 def decode_image(value, name: str = "sample") -> np.ndarray:
-    """An image column value -> (H, W, 3) uint8 RGB."""
+    """An image column value -> (H, W, 3) uint8 RGB.
+
+    16-bit grayscale (PIL mode ``I;16``) is scaled to 8 bit (``round(v / 257)``), where PIL's own
+    conversion clips every value above 255 to white. 32-bit modes (``I``, ``F``) have no known
+    range to scale from and are refused.
+    """
     image = _open(value, name, "image")
     if isinstance(image, PIL.Image.Image):
+        if image.mode in _UINT16_MODES:
+            gray = np.rint(np.asarray(image, dtype=np.float32) / 257).astype(np.uint8)
+            return np.repeat(gray[..., None], 3, axis=-1)
+        if image.mode in ("I", "F"):
+            kind = "integer" if image.mode == "I" else "float"
+            raise ValueError(
+                f"{name}: image has PIL mode {image.mode!r} (32-bit {kind}), whose range to scale to 8 bit is "
+                f"unknown; store the images as 8-bit (L, RGB) or 16-bit (I;16)"
+            )
         return np.asarray(image.convert("RGB"))
     image = np.asarray(image)
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=-1)
     if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"{name}: image array has shape {image.shape} and dtype {image.dtype}; expected (H, W, 3) uint8")
+        raise ValueError(
+            f"{name}: image array has shape {image.shape} and dtype {image.dtype}; expected (H, W, 3) uint8"
+        )
     return image
 
 

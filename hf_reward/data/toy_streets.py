@@ -15,6 +15,7 @@ Example::
     >>> image, labels = make_scene(0, size=(64, 96), seed=0)
     >>> image.shape, image.dtype, labels.shape, int(labels.max()) < len(ID2LABEL)
     ((64, 96, 3), dtype('uint8'), (64, 96), True)
+    >>> from hf_reward.data import train_transform
     >>> ds, id2label = load_toy_streets("train", num_images=100, size=128, transform=train_transform(96, seed=0))
 """
 
@@ -25,17 +26,16 @@ from typing import Sequence
 import datasets
 import numpy as np
 
-from .loading import prepare_segmentation_dataset
+from .loading import SegmentationDataset, prepare_segmentation_dataset
+from .transforms import _size2
 
-ID2LABEL = {0: "road", 1: "sidewalk", 2: "building", 3: "sky", 4: "vegetation", 5: "car", 6: "pole", 7: "person", 8: "sign"}
+ID2LABEL = {
+    0: "road", 1: "sidewalk", 2: "building", 3: "sky", 4: "vegetation", 5: "car", 6: "pole", 7: "person", 8: "sign"
+}
 ROAD, SIDEWALK, BUILDING, SKY, VEGETATION, CAR, POLE, PERSON, SIGN = range(9)
 # Different splits draw from different streams of the same seed, so they never share images.
 _SPLITS = {"train": 0, "validation": 1, "test": 2}
 _SIGN_COLOURS = np.array([[0.8, 0.1, 0.1], [0.1, 0.25, 0.75], [0.9, 0.8, 0.1], [0.9, 0.9, 0.9]])
-
-
-def _size2(size: int | Sequence[int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 class _Canvas:
@@ -62,11 +62,13 @@ class _Canvas:
             image[mask] = rgb
 
 
-def make_scene(index: int, size: int | Sequence[int] = 128, seed: int = 0, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+def make_scene(
+    index: int, size: int | Sequence[int] = 128, seed: int = 0, split: str = "train"
+) -> tuple[np.ndarray, np.ndarray]:
     """Image ``(H, W, 3)`` uint8 and class-index labels ``(H, W)`` uint8 of scene ``index``.
 
     >>> a, _ = make_scene(3, 64, seed=1); b, _ = make_scene(3, 64, seed=1)
-    >>> (a == b).all()
+    >>> bool((a == b).all())
     True
     """
     if split not in _SPLITS:
@@ -173,7 +175,9 @@ def make_scene(index: int, size: int | Sequence[int] = 128, seed: int = 0, split
                 got = c.box(sy - r, sy + r, x - r, x + r)
                 if got is not None:
                     where, by, bx = got
-                    disc = ((by - sy) ** 2 + (bx - x) ** 2 <= r * r) if rng.random() < 0.5 else np.ones((by.size, bx.size), bool)
+                    disc = np.ones((by.size, bx.size), bool)
+                    if rng.random() < 0.5:  # a round sign, else a square one
+                        disc = (by - sy) ** 2 + (bx - x) ** 2 <= r * r
                     c.paint(where, disc, SIGN, _SIGN_COLOURS[rng.integers(len(_SIGN_COLOURS))])
         else:
             ph = (0.06 + 0.2 * s) * height
@@ -205,7 +209,11 @@ def _generate(indices: list[int], size: tuple[int, int], seed: int, split: str):
 
 
 def toy_streets(
-    num_images: int = 1000, size: int | Sequence[int] = 128, seed: int = 0, split: str = "train", streaming: bool = True
+    num_images: int = 1000,
+    size: int | Sequence[int] = 128,
+    seed: int = 0,
+    split: str = "train",
+    streaming: bool = True,
 ) -> datasets.IterableDataset | datasets.Dataset:
     """The raw dataset: columns ``image`` (H, W, 3), ``label`` (H, W, class indices), ``file``.
 
@@ -222,7 +230,9 @@ def toy_streets(
     if streaming:
         return datasets.IterableDataset.from_generator(_generate, gen_kwargs=kwargs)
     rows = list(_generate(**kwargs))
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.Image(), "file": datasets.Value("string")})
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.Image(), "file": datasets.Value("string")}
+    )
     return datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in features}, features=features)
 
 
@@ -234,12 +244,11 @@ def load_toy_streets(
     seed: int = 0,
     streaming: bool = True,
     **pipeline,
-) -> tuple[datasets.IterableDataset | datasets.Dataset, dict[int, str]]:
+) -> tuple[datasets.IterableDataset | SegmentationDataset, dict[int, str]]:
     """Toy streets, ready for a model, and its ``id2label``.
 
     ``pipeline`` takes the keyword arguments of :func:`prepare_segmentation_dataset`
-    (``transform``, ``shuffle_buffer``, ``rank``, ``world_size``, ...); ``seed`` fixes the
-    images and the shuffle.
+    (``transform``, ``shuffle_buffer``, ...); ``seed`` fixes the images and the shuffle.
 
     >>> ds, id2label = load_toy_streets("validation", num_images=50, size=(128, 256))
     >>> next(iter(ds))["labels"].shape

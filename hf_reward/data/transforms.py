@@ -1,16 +1,19 @@
 """Image + mask transforms for training and evaluation, and the batch collator.
 
 A transform takes one decoded example, ``image`` (H, W, 3) uint8 and ``labels`` (H, W) int64
-class indices, and returns ``{"pixel_values": (3, H', W') float32, "labels": (H', W') int64}``.
+class indices, and the sample's ``key``, and returns ``{"pixel_values": (3, H', W') float32,
+"labels": (H', W') int64}``. The key is a tuple of ints naming the draw: ``(epoch, index)`` for a
+map-style dataset, ``(epoch, worker, index)`` for a stream (see :mod:`hf_reward.data.loading`).
 Images are interpolated bilinearly, labels always by nearest neighbour (a blend of two class
 indices is a third, wrong class), in its ``nearest-exact`` form: output pixel i takes the input
 pixel under its centre, where bilinear (``align_corners=False``) samples the image too; plain
-``nearest`` reads the top-left of the cell and shifts the mask against the image. Plain torch: torchvision is not a dependency.
+``nearest`` reads the top-left of the cell and shifts the mask against the image. Plain torch:
+torchvision is not a dependency.
 
 Example::
 
     >>> t = train_transform(crop_size=64, seed=0)
-    >>> out = t(np.zeros((48, 80, 3), np.uint8), np.zeros((48, 80), np.int64))
+    >>> out = t(np.zeros((48, 80, 3), np.uint8), np.zeros((48, 80), np.int64), key=(0, 7))
     >>> out["pixel_values"].shape, out["labels"].shape
     (torch.Size([3, 64, 64]), torch.Size([64, 64]))
     >>> batch = collate_segmentation([out, out])
@@ -59,9 +62,14 @@ def _resize(pixels: torch.Tensor, labels: torch.Tensor | None, size: tuple[int, 
 class TrainTransform:
     """Random scale, photometric jitter, horizontal flip, normalisation, random crop padded with ignore.
 
-    Randomness comes from a ``numpy`` generator seeded with ``seed``, so a seeded transform
-    gives the same sequence of augmentations run after run. In DataLoader workers the seed is
-    combined with the worker id, so workers do not repeat each other's augmentations.
+    Each call draws from ``numpy.random.default_rng([seed, *key])``: the augmentation is a pure
+    function of the seed and the sample's key ``(epoch, index)``, not of the samples transformed
+    before it. That is what makes resuming exact: Trainer resumes a map-style dataset by skipping
+    the first batches' indices without loading them, so a generator that advanced per sample
+    would be in another state than in the uninterrupted run; and DataLoader workers each hold
+    a copy of the transform, whose state would be lost with the worker at the end of an epoch.
+    A new epoch gives a new key, so every epoch draws fresh augmentations for a sample.
+    ``seed=None`` draws a seed when the transform is made: runs then differ, and so does a resumed one.
     """
 
     def __init__(
@@ -82,17 +90,10 @@ class TrainTransform:
         self.flip = flip
         self.mean, self.std = _mean_std(image_processor, mean, std)
         self.ignore_index = ignore_index
-        self.seed = seed
-        self._rng: np.random.Generator | None = None
+        self.seed = np.random.SeedSequence().entropy if seed is None else seed
 
-    def _generator(self) -> np.random.Generator:
-        if self._rng is None:  # created lazily, inside the worker process that uses it
-            info = torch.utils.data.get_worker_info()
-            self._rng = np.random.default_rng(None if self.seed is None else [self.seed, 0 if info is None else info.id])
-        return self._rng
-
-    def __call__(self, image: np.ndarray, labels: np.ndarray) -> dict[str, torch.Tensor]:
-        rng = self._generator()
+    def __call__(self, image: np.ndarray, labels: np.ndarray, key: Sequence[int]) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, *key])
         pixels, labels = _to_tensors(image, labels)
         height, width = labels.shape
         scale = rng.uniform(*self.scale_range)
@@ -143,7 +144,8 @@ class EvalTransform:
         self.resize_labels = resize_labels
         self.mean, self.std = _mean_std(image_processor, mean, std)
 
-    def __call__(self, image: np.ndarray, labels: np.ndarray) -> dict[str, torch.Tensor]:
+    def __call__(self, image: np.ndarray, labels: np.ndarray, key: Sequence[int] = ()) -> dict[str, torch.Tensor]:
+        """``key`` is unused: the result does not depend on the sample's epoch or index."""
         pixels, labels = _to_tensors(image, labels)
         if self.size is not None:
             pixels, resized = _resize(pixels, labels if self.resize_labels else None, self.size)
@@ -154,6 +156,7 @@ class EvalTransform:
 def train_transform(crop_size: int | Sequence[int] = 512, **kwargs) -> TrainTransform:
     """Training augmentation; see :class:`TrainTransform` for the keyword arguments.
 
+    >>> from transformers import SegformerImageProcessor
     >>> t = train_transform(crop_size=(256, 512), image_processor=SegformerImageProcessor(), seed=0)
     """
     return TrainTransform(crop_size, **kwargs)
@@ -171,7 +174,8 @@ def eval_transform(size: int | Sequence[int] | None = None, **kwargs) -> EvalTra
 def collate_segmentation(batch: Sequence[dict]) -> dict[str, torch.Tensor]:
     """Stack examples into ``{"pixel_values": (B, 3, H, W) float, "labels": (B, H, W) long}``.
 
-    >>> collate_segmentation([{"pixel_values": torch.zeros(3, 4, 4), "labels": torch.zeros(4, 4, dtype=torch.long)}])["labels"].shape
+    >>> example = {"pixel_values": torch.zeros(3, 4, 4), "labels": torch.zeros(4, 4, dtype=torch.long)}
+    >>> collate_segmentation([example])["labels"].shape
     torch.Size([1, 4, 4])
     """
     shapes = {tuple(ex["labels"].shape) for ex in batch}
