@@ -82,7 +82,7 @@ class _Parser(HfArgumentParser):
 def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
                  defaults: dict | None = None) -> tuple:
     """Instances of ``dataclass_types`` from ``defaults``, then ``--config <yaml>``, then flags (``argv`` or ``sys.argv``)."""
-    parser = _Parser(dataclass_types, allow_abbrev=False)
+    parser = _Parser(dataclass_types, allow_abbrev=False, usage="%(prog)s [--config FILE.yaml] [--option value ...]")
     parser.add_argument("--config", default=None, help="YAML file of argument values; command-line flags override it.")
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config", default=None)

@@ -239,9 +239,10 @@ class RewardSegTrainer(Trainer):
             return epochs, batches
         # Without a length, Trainer takes an epoch to be max_steps steps and skips global_step batches of the
         # first pass; a stream shorter than that started its next pass (epoch) before (transformers 5.24). The
-        # checkpoint's state.epoch is pass + batches of it / (its max_steps * accumulation): resume there.
+        # checkpoint's state.epoch is pass + batches of it / (its max_steps * accumulation), counted after each
+        # step: a whole number k ends pass k - 1 (it never starts pass k), whatever max_steps this run has.
         saved = TrainerState.load_from_json(state_file)
-        epoch = math.floor(saved.epoch)
+        epoch = max(math.ceil(saved.epoch) - 1, 0)
         return epoch, round((saved.epoch - epoch) * saved.max_steps * self.args.gradient_accumulation_steps)
 
     def _run_epoch(self, *, epoch, train_dataloader, **kwargs):
