@@ -25,16 +25,24 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence, get_type_hints
+from typing import get_type_hints
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.utils import logging as transformers_logging
 
 from .config import RewardSegConfig
-from .data import eval_transform, load_camvid, load_cityscapes, load_segmentation_dataset, load_toy_streets, train_transform
+from .data import (
+    eval_transform,
+    load_camvid,
+    load_cityscapes,
+    load_segmentation_dataset,
+    load_toy_streets,
+    train_transform,
+)
 from .data.transforms import collate_segmentation
 from .metrics import StreamingMeanIoU
 from .modeling import build_segformer, load_segformer

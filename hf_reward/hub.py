@@ -15,8 +15,8 @@ Example::
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import yaml
 

@@ -42,8 +42,8 @@ Rewards and weights are computed under ``no_grad``; only log p (or p) carries gr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -25,7 +25,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -91,7 +91,7 @@ class StreamingMeanIoU:
 
     Outside Trainer::
 
-        >>> metric = StreamingMeanIoU(19, CITYSCAPES_ID2LABEL)
+        >>> metric = StreamingMeanIoU(19, cityscapes_id2label())
         >>> for batch in loader:
         ...     metric.update(model(pixel_values=batch["pixel_values"]).logits, batch["labels"])
         >>> metric.compute()["mean_iou"]
@@ -99,7 +99,7 @@ class StreamingMeanIoU:
     With Trainer::
 
         >>> args = TrainingArguments(..., batch_eval_metrics=True)
-        >>> trainer = Trainer(model, args, compute_metrics=StreamingMeanIoU(19, CITYSCAPES_ID2LABEL), ...)
+        >>> trainer = Trainer(model, args, compute_metrics=StreamingMeanIoU(19, cityscapes_id2label()), ...)
     """
 
     def __init__(self, num_classes: int, id2label: Mapping[int, str] | None = None, ignore_index: int = 255,

@@ -17,7 +17,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from transformers import SegformerConfig, SegformerForSemanticSegmentation
@@ -106,7 +106,7 @@ def load_segformer(
     :func:`check_id2label`). ``new_head=True`` (pretraining on a new label set, e.g. from an
     encoder like ``nvidia/mit-b0``): the classifier is re-initialised for ``id2label``.
 
-    >>> model = load_segformer("nvidia/segformer-b0-finetuned-cityscapes-1024-1024", CITYSCAPES_ID2LABEL)
+    >>> model = load_segformer("nvidia/segformer-b0-finetuned-cityscapes-1024-1024", cityscapes_id2label())
     """
     kwargs = dict(use_safetensors=True, revision=revision)
     if new_head:

@@ -2,8 +2,9 @@
 
     python scripts/bench_variance.py                   # ~3 min on 2 cores, after scripts/study.py
 
-Loads the CamVid study's pretrained checkpoint and cached data (``scripts/study.py``), takes one
-training batch of 8 images, runs the model once, and draws ``--draws`` independent gradient
+Loads a pretrained checkpoint (by default the CamVid study's, ``scripts/study.py``) and CamVid's
+training split at the study's size through :func:`hf_reward.data.in_memory.materialise_split`
+(reading the study's cache file when it is there), takes one training batch of 8 images, runs the model once, and draws ``--draws`` independent gradient
 estimates per estimator (fresh masks, same parameters, backward through the same forward).
 
 Per-image objective (temperature 1, image scope, the score-function arms of the study): every
@@ -25,32 +26,38 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from transformers import SegformerForSemanticSegmentation
 
-from hf_reward import confusion_matrix, reinforce_loss
-from hf_reward.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from hf_reward import LossSettings, confusion_matrix, reinforce_loss
+from hf_reward.data import collate_segmentation, load_camvid
+from hf_reward.data.in_memory import InMemorySegmentation, materialise_split
 from hf_reward.policy import align_to_resolution
+from hf_reward.rewards import miou
+
+def settings(estimator: str, num_samples: int, baseline: str = "none", scope: str = "image", temperature: float = 1.0,
+             resolution: str = "logits") -> LossSettings:
+    return LossSettings(reward=miou, estimator=estimator, reward_scope=scope, num_samples=num_samples,
+                        temperature=temperature, baseline=baseline, sample_resolution=resolution, ignore_index=255)
+
 
 PER_IMAGE = {
-    "score none K=1": dict(estimator="score", baseline="none", num_samples=1),
-    "score ema K=1": dict(estimator="score", baseline="ema", num_samples=1),
-    "score batch_mean K=1": dict(estimator="score", baseline="batch_mean", num_samples=1),
-    "score greedy K=1": dict(estimator="score", baseline="greedy", num_samples=1),
-    "score sample K=2": dict(estimator="score", baseline="sample", num_samples=2),
-    "score loo K=2": dict(estimator="score", baseline="loo", num_samples=2),
-    "score loo K=4": dict(estimator="score", baseline="loo", num_samples=4),
-    "score loo K=8": dict(estimator="score", baseline="loo", num_samples=8),
-    "local K=1": dict(estimator="local", num_samples=1),
-    "local K=4": dict(estimator="local", num_samples=4),
+    "score none K=1": settings("score", 1),
+    "score ema K=1": settings("score", 1, "ema"),
+    "score batch_mean K=1": settings("score", 1, "batch_mean"),
+    "score greedy K=1": settings("score", 1, "greedy"),
+    "score sample K=2": settings("score", 2, "sample"),
+    "score loo K=2": settings("score", 2, "loo"),
+    "score loo K=4": settings("score", 4, "loo"),
+    "score loo K=8": settings("score", 8, "loo"),
+    "local K=1": settings("local", 1),
+    "local K=4": settings("local", 4),
 }
-DATASET = {
-    "local dataset K=1": dict(estimator="local", num_samples=1),
-    "local dataset K=4": dict(estimator="local", num_samples=4),
-    "local dataset K=1, labels resolution": dict(estimator="local", num_samples=1, sample_resolution="labels"),
+DATASET = {  # the recipe's objective: dataset-scope mIoU at temperature 0.5
+    "local dataset K=1": settings("local", 1, scope="dataset", temperature=0.5),
+    "local dataset K=4": settings("local", 4, scope="dataset", temperature=0.5),
+    "local dataset K=1, labels resolution": settings("local", 1, scope="dataset", temperature=0.5, resolution="labels"),
 }
 
 
@@ -84,11 +91,12 @@ class GradientStats:
         return f"| {name} | {snr:.3f} | {cos} | {draws:.0f} | {1000 * self.seconds / self.n:.0f} |"
 
 
-def draw(logits, labels, params, stats: GradientStats, draws: int, seed: int, **knobs) -> None:
+def draw(logits, labels, params, stats: GradientStats, draws: int, seed: int, loss_settings: LossSettings,
+         **kwargs) -> None:
     for i in range(draws):
         start = time.perf_counter()
-        loss = reinforce_loss(logits, labels, reward_fn="miou", generator=torch.Generator().manual_seed(seed + i),
-                              **knobs).loss
+        loss = reinforce_loss(logits, labels, loss_settings, generator=torch.Generator().manual_seed(seed + i),
+                              **kwargs).loss
         g = torch.cat([x.flatten() for x in torch.autograd.grad(loss, params, retain_graph=True)])
         stats.add(g, time.perf_counter() - start)
 
@@ -96,7 +104,9 @@ def draw(logits, labels, params, stats: GradientStats, draws: int, seed: int, **
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default="runs/study_camvid/pretrain")
-    parser.add_argument("--data", default="runs/study_camvid/data.safetensors")
+    parser.add_argument("--data_root", default="../shared/datasets/camvid")
+    parser.add_argument("--cache", default="runs/study_camvid/train.safetensors", help="materialise_split's cache")
+    parser.add_argument("--size", type=int, nargs=2, default=[128, 176])
     parser.add_argument("--draws", type=int, default=32)
     parser.add_argument("--reference-draws", type=int, default=128)
     args = parser.parse_args()
@@ -104,35 +114,34 @@ def main():
     model = SegformerForSemanticSegmentation.from_pretrained(args.checkpoint, use_safetensors=True)
     model.eval()  # no dropout: the only randomness left is the sampling
     params = [p for p in model.parameters() if p.requires_grad]
-    data = load_file(Path(args.data))
-    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    images = (data["train_images"][:80].float() / 255 - mean) / std
-    labels = data["train_labels"][:80].long()
+    images, all_labels, _ = materialise_split(args.cache, load_camvid, "train", args.size, root=args.data_root,
+                                              streaming=False)
+    batch = collate_segmentation(list(InMemorySegmentation(images, all_labels, indices=range(80))))
+    images, labels = batch["pixel_values"], batch["labels"]
     num_classes = model.config.num_labels
     with torch.no_grad():
         context_logits, context_labels = align_to_resolution(model(pixel_values=images[8:]).logits, labels[8:], "logits")
-        running = confusion_matrix(context_logits.argmax(1), context_labels, num_classes).sum(0).float()
+        running = confusion_matrix(context_logits.argmax(1), context_labels, num_classes).sum(0).double()
     logits = model(pixel_values=images[:8]).logits
     labels = labels[:8]
 
     reference_stats = GradientStats()
-    draw(logits, labels, params, reference_stats, args.reference_draws, 10_000, **PER_IMAGE["local K=4"])
+    draw(logits, labels, params, reference_stats, args.reference_draws, 10_000, PER_IMAGE["local K=4"])
     reference = reference_stats.mean()
     with torch.no_grad():  # a converged running mean: the expected per-image reward under the policy
-        ema_value = reinforce_loss(logits, labels, reward_fn="miou", num_samples=64).rewards.mean()
+        ema_value = reinforce_loss(logits, labels, settings("score", 64)).rewards.mean()
 
     print(f"{args.draws} draws per estimator; one batch of 8 CamVid training images at {tuple(labels.shape[-2:])}; "
           f"{reference.numel()} parameters; reference: {args.reference_draws} draws of local K=4\n")
     print("| estimator | SNR of one estimate | cos(one estimate, reference) | draws for cos 0.9 | ms per estimate |")
     print("|---|---|---|---|---|")
-    for name, knobs in PER_IMAGE.items():
+    for name, loss_settings in PER_IMAGE.items():
         stats = GradientStats(reference)
-        draw(logits, labels, params, stats, args.draws, 0, ema_value=ema_value, **knobs)
+        draw(logits, labels, params, stats, args.draws, 0, loss_settings, ema_value=ema_value)
         print(stats.row(name), flush=True)
-    for name, knobs in DATASET.items():
+    for name, loss_settings in DATASET.items():
         stats = GradientStats()
-        draw(logits, labels, params, stats, args.draws, 0, reward_scope="dataset", temperature=0.5,
-             running_confusion=running, **knobs)
+        draw(logits, labels, params, stats, args.draws, 0, loss_settings, context=running)
         print(stats.row(name + " (T=0.5, own mean)"), flush=True)
 
 

@@ -22,13 +22,13 @@ Protocol, each stage cached under ``output_dir`` so that a rerun only computes w
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import re
 import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
@@ -36,7 +36,7 @@ import torch
 import yaml
 from study_report import report
 from tqdm.auto import tqdm
-from transformers import PrinterCallback
+from transformers import HfArgumentParser, PrinterCallback
 
 from hf_reward import RewardSegConfig
 from hf_reward.app import segmentation_trainer
@@ -90,9 +90,15 @@ def pretrain(cfg: dict, data, id2label, out: Path) -> Path:
     return path
 
 
+def quiet(trainer):
+    trainer.remove_callback(PrinterCallback)  # parallel runs: one line per finished run instead of every log
+    return trainer
+
+
 def score(model, data, id2label, args: RewardSegConfig) -> dict:
     """Dev and validation metrics, raw and after calibration on the training images (left folded into ``model``)."""
-    evaluator = segmentation_trainer(model, args, None, {"dev": data["dev"], "validation": data["validation"]}, id2label)
+    evaluator = quiet(segmentation_trainer(model, args, None, {"dev": data["dev"], "validation": data["validation"]},
+                                           id2label))
     raw = evaluator.evaluate()
     loader = torch.utils.data.DataLoader(data["train_unflipped"], batch_size=16, collate_fn=collate_segmentation)
     calibration = fit_offsets(collect_logits(model, loader, progress=False), "miou", progress=False)
@@ -112,9 +118,8 @@ def run(cfg: dict, arm: str, horizon: str, lr: float, seed: int, data, id2label,
     fields = {k: v for k, v in cfg["arms"][arm].items() if k not in ("learning_rates", "horizons")}
     args = config(out / "tmp", {**cfg["tune"], **fields, **cfg["horizons"][horizon]}, learning_rate=lr, seed=seed)
     model = load_segformer(str(out / "pretrain"), id2label)
-    trainer = segmentation_trainer(model, args, data["train"], {"dev": data["dev"], "validation": data["validation"]},
-                                   id2label)
-    trainer.remove_callback(PrinterCallback)  # parallel runs: one line per finished run instead of every log
+    trainer = quiet(segmentation_trainer(model, args, data["train"], {"dev": data["dev"], "validation": data["validation"]},
+                                         id2label))
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
@@ -146,27 +151,37 @@ def run_all(cfg: dict, runs: list[tuple], out: Path, jobs: int) -> list[dict]:
     done = {r: json.loads(p.read_text()) for r in runs if (p := out / "runs" / f"{run_name(*r)}.json").exists()}
     todo = sorted((r for r in runs if r not in done), key=lambda r: -cfg["horizons"][r[1]]["max_steps"])
     print(f"{len(done)} of {len(runs)} runs cached; {len(todo)} to run with {jobs} process(es)")
-    context = multiprocessing.get_context("spawn")  # fork after torch has started threads can hang
-    threads = max(1, torch.get_num_threads() // jobs)
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(cfg, out, threads)) as pool:
+    if jobs == 1:  # in this process (a GPU, or a test)
+        _init_worker(cfg, out, torch.get_num_threads())
+        finished = ((r, _run_in_worker(*r)) for r in todo)
+    else:
+        context = multiprocessing.get_context("spawn")  # fork after torch has started threads can hang
+        threads = max(1, torch.get_num_threads() // jobs)
+        pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(cfg, out, threads))
         futures = {pool.submit(_run_in_worker, *r): r for r in todo}
-        for future in tqdm(as_completed(futures), total=len(futures), desc="study runs"):
-            result = done[futures[future]] = future.result()
-            tqdm.write(f"{run_name(*futures[future])}: validation mIoU {result['raw']['eval_validation_mean_iou']:.4f}, "
-                       f"calibrated {result['calibrated']['eval_validation_mean_iou']:.4f}, "
-                       f"{result['seconds_per_step']:.2f} s/step")
+        finished = ((futures[f], f.result()) for f in as_completed(futures))
+    for r, result in tqdm(finished, total=len(todo), desc="study runs"):
+        done[r] = result
+        tqdm.write(f"{run_name(*r)}: validation mIoU {result['raw']['eval_validation_mean_iou']:.4f}, "
+                   f"calibrated {result['calibrated']['eval_validation_mean_iou']:.4f}, {result['seconds_per_step']:.2f} s/step")
     return [done[r] for r in runs]
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="configs/study_camvid.yaml")
-    parser.add_argument("--arms", help="comma-separated subset of the config's arms")
-    parser.add_argument("--seeds", help="comma-separated subset of the config's seeds")
-    parser.add_argument("--jobs", type=int, help="parallel runs (default: 2 on CPU, 1 on a GPU)")
-    parser.add_argument("--full_resolution", action="store_true",
-                        help="CamVid's native 360 x 480 (meant for a GPU), in output_dir + '_full'")
-    cli = parser.parse_args()
+@dataclass
+class StudyArguments:
+    """which study to run, and which part of it"""
+
+    config: str = field(default="configs/study_camvid.yaml", metadata={"help": "The study's YAML file."})
+    arms: str | None = field(default=None, metadata={"help": "Comma-separated subset of the config's arms."})
+    seeds: str | None = field(default=None, metadata={"help": "Comma-separated subset of the config's seeds."})
+    jobs: int | None = field(default=None, metadata={"help": "Parallel runs (default: 2 on CPU, 1 on a GPU)."})
+    full_resolution: bool = field(
+        default=False, metadata={"help": "CamVid's native 360 x 480 (meant for a GPU), in output_dir + '_full'."}
+    )
+
+
+def main(argv: list[str] | None = None):
+    (cli,) = HfArgumentParser(StudyArguments, allow_abbrev=False).parse_args_into_dataclasses(argv)
     cfg = yaml.safe_load(Path(cli.config).read_text())
     if cli.full_resolution:
         cfg["size"], cfg["output_dir"] = cfg["full_resolution_size"], cfg["output_dir"] + "_full"

@@ -23,7 +23,7 @@ compute_loss, add_metric, sum_over = (RewardSegTrainer.compute_loss, RewardSegTr
 
 
 def recording_compute_loss(self, model, inputs, *args, **kwargs):
-    if model.training:
+    if model.training and self.args.reward_weight > 0:  # the tuning run, not the cross-entropy pretraining
         seen.extend(hashlib.sha1(image.numpy().tobytes()).hexdigest() for image in inputs["pixel_values"].float())
     return compute_loss(self, model, inputs, *args, **kwargs)
 

@@ -1,12 +1,8 @@
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import load_script
 
-spec = importlib.util.spec_from_file_location("bench_variance", Path(__file__).resolve().parents[1] / "scripts/bench_variance.py")
-bench_variance = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench_variance)
+bench_variance = load_script("bench_variance")
 
 
 def test_gradient_stats_recover_the_snr_of_known_gaussian_draws():

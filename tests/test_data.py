@@ -305,3 +305,13 @@ def test_16_bit_masks_keep_label_ids_above_255(tmp_path, streaming):
                                    streaming=streaming)
     labels = next(iter(ds))["labels"] if streaming else ds[0]["labels"]
     assert labels.tolist() == [[0, 1], [255, 1]]
+
+
+def test_cityscapes_without_its_extra_names_the_extra(monkeypatch):
+    import sys
+
+    from hf_reward.data import cityscapes_id2label
+
+    monkeypatch.setitem(sys.modules, "cityscapesscripts.helpers.labels", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"pip install 'hf-reward\[cityscapes\]'"):
+        cityscapes_id2label()

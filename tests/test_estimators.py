@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from hf_reward import LossSettings, reinforce_loss
-from hf_reward.rewards import REWARDS, class_counts, confusion_matrix, get_reward, miou, pixel_accuracy, reward_of_masks
+from hf_reward.rewards import (
+    REWARDS,
+    class_counts,
+    confusion_matrix,
+    get_reward,
+    miou,
+    pixel_accuracy,
+    reward_of_masks,
+)
 
 IGNORE = 255
 C = 3

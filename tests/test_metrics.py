@@ -12,7 +12,7 @@ from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as cs_ev
 from cityscapesscripts.helpers.labels import id2label as cs_id2label
 from cityscapesscripts.helpers.labels import trainId2label
 
-from hf_reward.data import CITYSCAPES_ID2LABEL, cityscapes_label_map, label_lookup
+from hf_reward.data import cityscapes_id2label, cityscapes_label_map, label_lookup
 from hf_reward.metrics import StreamingMeanIoU, scores_from_confusion
 
 
@@ -95,7 +95,7 @@ def test_agrees_with_official_cityscapes_evaluation():
     pred_train = np.where(rng.random(shape) < 0.7, train_ids, rng.choice([0, 2, 5, 13, 15], size=shape))
     pred_train = np.where(pred_train == 255, 0, pred_train)  # a model predicts a class everywhere
 
-    metric = StreamingMeanIoU(19, CITYSCAPES_ID2LABEL)
+    metric = StreamingMeanIoU(19, cityscapes_id2label())
     table = label_lookup(cityscapes_label_map())
     metric.update(one_hot_logits(pred_train, 19), torch.from_numpy(table[gt_ids]))
     ours = metric.compute()

@@ -8,8 +8,8 @@ from conftest import tiny_segformer
 
 from hf_reward import RewardSegConfig, RewardSegTrainer
 from hf_reward.data import (
-    InMemorySegmentation,
     TOY_STREETS_ID2LABEL,
+    InMemorySegmentation,
     collate_segmentation,
     load_toy_streets,
     make_scene,

@@ -53,7 +53,7 @@ def test_a_tiny_study_runs_every_stage_and_caches_them(tmp_path):
     cfg.update(output_dir=str(tmp_path / "study"), data_root=str(CAMVID), size=[32, 44], seeds=[0],
                model={"hidden_sizes": [8, 16, 16, 16], "depths": [1, 1, 1, 1], "decoder_hidden_size": 16},
                pretrain={**cfg["pretrain"], "max_steps": 4},
-               horizons={"short": {"max_steps": 2, "lr_scheduler_type": "constant", "eval_steps": 1}},
+               horizons={"short": {"max_steps": 2, "lr_scheduler_type": "constant", "eval_steps": 1, "logging_steps": 1}},
                arms={"ce": {"reward_weight": 0.0, "ce_weight": 1.0, "learning_rates": [1e-4], "horizons": ["short"]},
                      "local": {"learning_rates": [1e-4], "horizons": ["short"]}})
     config = tmp_path / "study.yaml"

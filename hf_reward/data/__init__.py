@@ -9,6 +9,9 @@ Example::
     torch.Size([4, 3, 96, 96])
 """
 
+from .camvid import load_camvid
+from .cityscapes import cityscapes_id2label, cityscapes_label_map, load_cityscapes
+from .in_memory import InMemorySegmentation, materialise_split, split_indices
 from .labels import check_num_labels, identity_label_map, label_lookup, map_mask
 from .loading import (
     SegmentationDataset,
@@ -20,7 +23,3 @@ from .loading import (
 from .toy_streets import ID2LABEL as TOY_STREETS_ID2LABEL
 from .toy_streets import load_toy_streets, make_scene, toy_streets
 from .transforms import EvalTransform, TrainTransform, collate_segmentation, eval_transform, train_transform
-from .camvid import load_camvid
-from .cityscapes import ID2LABEL as CITYSCAPES_ID2LABEL
-from .cityscapes import cityscapes_label_map, load_cityscapes
-from .in_memory import InMemorySegmentation, materialise_split, split_indices

@@ -1,7 +1,8 @@
 """Cityscapes: label ids 0-33 -> the 19 evaluation classes (trainIds), everything else -> ignore.
 
 The map and the class names come from ``cityscapesscripts.helpers.labels``, the official
-table, not a copy. The default source is the Hub parquet mirror ``Chris1/cityscapes``
+table, not a copy; that package is the ``cityscapes`` extra (``pip install 'hf-reward[cityscapes]'``),
+imported only when Cityscapes is used. The default source is the Hub parquet mirror ``Chris1/cityscapes``
 (columns ``image`` and ``semantic_segmentation``, masks holding label ids, sometimes saved
 with 3 equal channels).
 
@@ -14,9 +15,19 @@ Example::
 from __future__ import annotations
 
 import datasets
-from cityscapesscripts.helpers.labels import labels as _LABELS
 
 from .loading import SegmentationDataset, load_segmentation_dataset
+
+
+def _official_labels() -> list:
+    try:
+        from cityscapesscripts.helpers.labels import labels
+    except ImportError as err:
+        raise ImportError(
+            "Cityscapes' label table comes from the cityscapesscripts package, the 'cityscapes' extra: "
+            "pip install 'hf-reward[cityscapes]'"
+        ) from err
+    return labels
 
 
 def cityscapes_label_map(ignore_index: int = 255) -> dict[int, int]:
@@ -25,10 +36,17 @@ def cityscapes_label_map(ignore_index: int = 255) -> dict[int, int]:
     >>> m = cityscapes_label_map(); m[7], m[26], m[0]
     (0, 13, 255)
     """
-    return {label.id: ignore_index if label.ignoreInEval else label.trainId for label in _LABELS if label.id >= 0}
+    return {label.id: ignore_index if label.ignoreInEval else label.trainId for label in _official_labels() if label.id >= 0}
 
 
-ID2LABEL = {label.trainId: label.name for label in sorted(_LABELS, key=lambda l: l.trainId) if not label.ignoreInEval}
+def cityscapes_id2label() -> dict[int, str]:
+    """The 19 evaluation classes, trainId -> name.
+
+    >>> id2label = cityscapes_id2label(); id2label[0], id2label[18], len(id2label)
+    ('road', 'bicycle', 19)
+    """
+    labels = sorted(_official_labels(), key=lambda label: label.trainId)
+    return {label.trainId: label.name for label in labels if not label.ignoreInEval}
 
 
 def load_cityscapes(
@@ -63,4 +81,4 @@ def load_cityscapes(
         streaming=streaming,
         **pipeline,
     )
-    return ds, dict(ID2LABEL)
+    return ds, cityscapes_id2label()

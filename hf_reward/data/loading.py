@@ -39,7 +39,7 @@ Example::
 from __future__ import annotations
 
 import io
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import datasets
 import numpy as np

@@ -21,7 +21,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import datasets
 import numpy as np
