@@ -8,7 +8,6 @@ from transformers import SegformerForSemanticSegmentation
 
 from hf_reward.calibrate import (
     Calibration,
-    LogitCache,
     _candidate_confusions,
     _grid,
     _switch_histogram,
