@@ -75,7 +75,9 @@ class _Parser(HfArgumentParser):
 
     def _add_dataclass_arguments(self, dtype):
         hints = get_type_hints(dtype)
-        inherited = {f.name for f in dataclasses.fields(TrainingArguments)} if issubclass(dtype, TrainingArguments) else set()
+        inherited = (
+            {f.name for f in dataclasses.fields(TrainingArguments)} if issubclass(dtype, TrainingArguments) else set()
+        )
         own = self.add_argument_group(f"{dtype.__name__} ({(dtype.__doc__ or '').strip().splitlines()[0]})")
         rest = self.add_argument_group("transformers.TrainingArguments") if inherited else None
         for f in dataclasses.fields(dtype):
@@ -87,9 +89,10 @@ class _Parser(HfArgumentParser):
         raise UsageError(f"{message} (see --help)")
 
 
-def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
-                 defaults: dict | None = None) -> tuple:
-    """Instances of ``dataclass_types`` from ``defaults``, then ``--config <yaml>``, then flags (``argv`` or ``sys.argv``)."""
+def parse_config(
+    dataclass_types: Sequence[type], argv: Sequence[str] | None = None, defaults: dict | None = None
+) -> tuple:
+    """Instances of ``dataclass_types`` from ``defaults``, then ``--config <yaml>``, then flags (``argv``)."""
     parser = _Parser(dataclass_types, allow_abbrev=False, usage="%(prog)s [--config FILE.yaml] [--option value ...]")
     parser.add_argument("--config", default=None, help="YAML file of argument values; command-line flags override it.")
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
@@ -104,12 +107,15 @@ def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = N
         from_file = yaml.safe_load(path.read_text()) or {}
         unknown = sorted(set(from_file) - fields)
         if unknown:
-            raise UsageError(f"{known.config}: unknown keys {unknown}; every key must be an argument of the script (see --help)")
+            raise UsageError(
+                f"{known.config}: unknown keys {unknown}; every key must be an argument of the script (see --help)"
+            )
         values.update(from_file)
     parser.set_defaults(**{k: v for k, v in values.items() if k in fields})
     try:
-        *parsed, _, unknown = parser.parse_args_into_dataclasses(argv, look_for_args_file=False,
-                                                                 return_remaining_strings=True)
+        *parsed, _, unknown = parser.parse_args_into_dataclasses(
+            argv, look_for_args_file=False, return_remaining_strings=True
+        )
     except ValueError as err:  # a dataclass's __post_init__ refused a value
         raise UsageError(str(err)) from err
     if unknown:
@@ -132,13 +138,18 @@ class ModelArguments:
 
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Local directory or Hub repo id of a SegFormer (safetensors). None: build one from the sizes below."},
+        metadata={
+            "help": "Local directory or Hub repo id of a SegFormer (safetensors). None: build one of the sizes below."
+        },
     )
     revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit) to load."})
     hidden_sizes: list[int] = field(
-        default_factory=lambda: [16, 32, 64, 128], metadata={"help": "Built model: width of each of the 4 encoder stages."}
+        default_factory=lambda: [16, 32, 64, 128],
+        metadata={"help": "Built model: width of each of the 4 encoder stages."},
     )
-    depths: list[int] = field(default_factory=lambda: [1, 1, 1, 1], metadata={"help": "Built model: blocks per stage."})
+    depths: list[int] = field(
+        default_factory=lambda: [1, 1, 1, 1], metadata={"help": "Built model: blocks per stage."}
+    )
     decoder_hidden_size: int = field(default=64, metadata={"help": "Built model: width of the all-MLP decoder."})
 
 
@@ -148,15 +159,17 @@ class DataArguments:
 
     dataset: str = field(
         default="toy_streets",
-        metadata={"help": f"One of {NAMED_DATASETS}, or any image + mask dataset: a Hub repo id, a local directory, or a "
-                          "builder ('parquet', 'imagefolder') with --data_path as its files."},
+        metadata={
+            "help": f"One of {NAMED_DATASETS}, or any image + mask dataset: a Hub repo id, a local directory, or a "
+            "builder ('parquet', 'imagefolder') with --data_path as its files."
+        },
     )
     data_path: str | None = field(
         default=None,
         metadata={
-            "help": f"camvid: its directory (default {CAMVID_PATH}). cityscapes: a Hub repo id (default {CITYSCAPES_REPO}) "
-            "or a directory of <split>-*.parquet files. Other datasets: a glob of their files, '{split}' standing for "
-            "the split name (e.g. 'data/{split}-*.parquet')."
+            "help": f"camvid: its directory (default {CAMVID_PATH}). cityscapes: a Hub repo id (default "
+            f"{CITYSCAPES_REPO}) or a directory of <split>-*.parquet files. Other datasets: a glob of their "
+            "files, '{split}' standing for the split name (e.g. 'data/{split}-*.parquet')."
         },
     )
     image_column: str = field(default="image", metadata={"help": "Other datasets: the image column."})
@@ -165,22 +178,35 @@ class DataArguments:
     eval_split: str = field(default="validation", metadata={"help": "Split to evaluate on."})
     crop_size: list[int] = field(default_factory=lambda: [64, 64], metadata={"help": "Training crop (height, width)."})
     scale_range: list[float] = field(
-        default_factory=lambda: [0.75, 1.5], metadata={"help": "Training random rescale range (min, max), before the crop."}
+        default_factory=lambda: [0.75, 1.5],
+        metadata={"help": "Training random rescale range (min, max), before the crop."},
     )
     eval_size: list[int] | None = field(
         default=None,
         metadata={"help": "Resize evaluation images to (height, width); labels stay at full size. None: full size."},
     )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N images only."})
-    shuffle_buffer: int = field(default=256, metadata={"help": "Streaming shuffle buffer (images) of the training split."})
+    shuffle_buffer: int = field(
+        default=256, metadata={"help": "Streaming shuffle buffer (images) of the training split."}
+    )
     toy_size: int = field(default=64, metadata={"help": "toy_streets: image side in pixels."})
     toy_train_images: int = field(default=4000, metadata={"help": "toy_streets: training images."})
     toy_eval_images: int = field(default=64, metadata={"help": "toy_streets: evaluation images."})
     toy_seed: int = field(default=0, metadata={"help": "toy_streets: the seed that draws the scenes."})
 
     # What fixes the evaluation split: recorded with a tuned model, so evaluating it later scores the same images.
-    EVALUATION_FIELDS = ("dataset", "data_path", "image_column", "label_column", "eval_split", "eval_size",
-                         "max_eval_samples", "toy_size", "toy_eval_images", "toy_seed")
+    EVALUATION_FIELDS = (
+        "dataset",
+        "data_path",
+        "image_column",
+        "label_column",
+        "eval_split",
+        "eval_size",
+        "max_eval_samples",
+        "toy_size",
+        "toy_eval_images",
+        "toy_seed",
+    )
 
     def evaluation_record(self) -> dict:
         return {name: getattr(self, name) for name in self.EVALUATION_FIELDS}
@@ -209,8 +235,10 @@ class TuneArguments:
     )
     calibrate: bool = field(
         default=True,
-        metadata={"help": "Fit exact per-class logit offsets on the training split for the start, the tuned model "
-                          "and the control, and report each calibrated; the saved model is the tuned one, uncalibrated."},
+        metadata={
+            "help": "Fit exact per-class logit offsets on the training split for the start, the tuned model "
+            "and the control, and report each calibrated; the saved model is the tuned one, uncalibrated."
+        },
     )
     calibration_images: int = field(
         default=256, metadata={"help": "Training images the offsets are fitted on (streamed, without augmentation)."}
@@ -252,8 +280,13 @@ class TuneConfig(RewardSegConfig):
     batch_eval_metrics: bool = _default(RewardSegConfig, "batch_eval_metrics", True)
 
 
-def load_splits(data_args: DataArguments, seed: int = 0, ignore_index: int = 255,
-                id2label: dict[int, str] | None = None, augment: bool = True):
+def load_splits(
+    data_args: DataArguments,
+    seed: int = 0,
+    ignore_index: int = 255,
+    id2label: dict[int, str] | None = None,
+    augment: bool = True,
+):
     """``(train, eval, id2label)``: a shuffled, augmented training stream and a deterministic evaluation stream.
 
     ``id2label``: the classes of a dataset that is not one of :data:`NAMED_DATASETS` (its masks
@@ -277,23 +310,36 @@ def load_splits(data_args: DataArguments, seed: int = 0, ignore_index: int = 255
     elif d.dataset == "camvid":
         root = Path(d.data_path or CAMVID_PATH)
         if not (root / "id2label.json").is_file():
-            raise UsageError(f"CamVid is not at {root.resolve()} (no id2label.json): give its directory as --data_path")
+            raise UsageError(
+                f"CamVid is not at {root.resolve()} (no id2label.json): give its directory as --data_path"
+            )
         train, id2label = load_camvid(d.train_split, root=root, ignore_index=ignore_index, seed=seed, **train_kwargs)
         val, _ = load_camvid(d.eval_split, root=root, ignore_index=ignore_index, **eval_kwargs)
     elif d.dataset == "cityscapes":
         source = _cityscapes_source(d.data_path)
-        train, id2label = load_cityscapes(d.train_split, **source(d.train_split), ignore_index=ignore_index, seed=seed,
-                                          **train_kwargs)
+        train, id2label = load_cityscapes(
+            d.train_split, **source(d.train_split), ignore_index=ignore_index, seed=seed, **train_kwargs
+        )
         val, _ = load_cityscapes(d.eval_split, **source(d.eval_split), ignore_index=ignore_index, **eval_kwargs)
     else:
         if id2label is None:
-            raise UsageError(f"dataset {d.dataset!r} brings no class names: start from a model whose id2label names them")
+            raise UsageError(
+                f"dataset {d.dataset!r} brings no class names: start from a model whose id2label names them"
+            )
 
         def split(name, kwargs):
             files = d.data_path.format(split=name) if d.data_path else None
-            return load_segmentation_dataset(d.dataset, name, data_files=files, image_column=d.image_column,
-                                             label_column=d.label_column, num_classes=len(id2label),
-                                             ignore_index=ignore_index, seed=seed, **kwargs)
+            return load_segmentation_dataset(
+                d.dataset,
+                name,
+                data_files=files,
+                image_column=d.image_column,
+                label_column=d.label_column,
+                num_classes=len(id2label),
+                ignore_index=ignore_index,
+                seed=seed,
+                **kwargs,
+            )
 
         train, val = split(d.train_split, train_kwargs), split(d.eval_split, eval_kwargs)
     if d.max_eval_samples is not None:
@@ -303,7 +349,10 @@ def load_splits(data_args: DataArguments, seed: int = 0, ignore_index: int = 255
 
 def _cityscapes_source(data_path: str | None):
     if data_path and Path(data_path).is_dir():
-        return lambda split: {"path": "parquet", "data_files": sorted(str(p) for p in Path(data_path).glob(f"{split}-*.parquet"))}
+        return lambda split: {
+            "path": "parquet",
+            "data_files": sorted(str(p) for p in Path(data_path).glob(f"{split}-*.parquet")),
+        }
     return lambda split: {"path": data_path or CITYSCAPES_REPO}
 
 
@@ -311,8 +360,13 @@ def load_model(model_args: ModelArguments, id2label: dict[int, str] | None, seed
     """The starting model: ``model_name_or_path`` loaded (safetensors only, label map checked), or built."""
     name = model_args.model_name_or_path
     if not name:
-        return build_segformer(id2label, hidden_sizes=model_args.hidden_sizes, depths=model_args.depths,
-                               decoder_hidden_size=model_args.decoder_hidden_size, seed=seed)
+        return build_segformer(
+            id2label,
+            hidden_sizes=model_args.hidden_sizes,
+            depths=model_args.depths,
+            decoder_hidden_size=model_args.decoder_hidden_size,
+            seed=seed,
+        )
     try:
         return load_segformer(name, id2label, new_head=new_head, revision=model_args.revision)
     except ValueError as err:  # the model's classes are not the dataset's
@@ -356,40 +410,80 @@ def image_processor(data_args: DataArguments):
 
     size = data_args.eval_size
     return SegformerImageProcessorPil(
-        do_resize=size is not None, size={"height": size[0], "width": size[1]} if size else None, do_reduce_labels=False
+        do_resize=size is not None,
+        size={"height": size[0], "width": size[1]} if size else None,
+        do_reduce_labels=False,
     )
 
 
-def segmentation_trainer(model, args: RewardSegConfig, train, val, id2label: dict[int, str], **kwargs) -> RewardSegTrainer:
+def segmentation_trainer(
+    model, args: RewardSegConfig, train, val, id2label: dict[int, str], **kwargs
+) -> RewardSegTrainer:
     """A :class:`RewardSegTrainer` with the library's collator and streaming dataset-level metrics."""
-    return RewardSegTrainer(model=model, args=args, train_dataset=train, eval_dataset=val,
-                            data_collator=collate_segmentation,
-                            compute_metrics=StreamingMeanIoU(len(id2label), id2label, args.ignore_index), **kwargs)
+    return RewardSegTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=val,
+        data_collator=collate_segmentation,
+        compute_metrics=StreamingMeanIoU(len(id2label), id2label, args.ignore_index),
+        **kwargs,
+    )
 
 
 # Data settings that change what pretraining sees; the evaluation ones do not.
-_PRETRAIN_DATA_FIELDS = ("dataset", "data_path", "image_column", "label_column", "train_split", "crop_size",
-                         "scale_range", "shuffle_buffer", "toy_size", "toy_train_images", "toy_seed")
+_PRETRAIN_DATA_FIELDS = (
+    "dataset",
+    "data_path",
+    "image_column",
+    "label_column",
+    "train_split",
+    "crop_size",
+    "scale_range",
+    "shuffle_buffer",
+    "toy_size",
+    "toy_train_images",
+    "toy_seed",
+)
 
 
-def pretrained_start(model_args: ModelArguments, data_args: DataArguments, tune_args: TuneArguments,
-                     args: RewardSegConfig) -> str:
+def pretrained_start(
+    model_args: ModelArguments, data_args: DataArguments, tune_args: TuneArguments, args: RewardSegConfig
+) -> str:
     """Directory of the cross-entropy model that a run without ``model_name_or_path`` tunes.
 
     ``<output_dir>/pretrained`` is reused when it was trained with the same model, data and
     pretraining settings (recorded in ``pretrain_settings.json``); otherwise it is trained now.
     """
     directory = Path(args.output_dir) / "pretrained"
-    inherited = {name: getattr(args, name) for name in ("seed", "use_cpu", "bf16", "disable_tqdm", "ignore_index",
-                                                          "dataloader_num_workers", "per_device_train_batch_size")}
-    config = PretrainConfig(output_dir=str(directory), max_steps=tune_args.pretrain_steps,
-                            learning_rate=tune_args.pretrain_learning_rate,
-                            logging_steps=max(tune_args.pretrain_steps // 10, 1), **inherited)
-    settings = json.loads(json.dumps({
-        "model": dataclasses.asdict(model_args),
-        "data": {name: getattr(data_args, name) for name in _PRETRAIN_DATA_FIELDS},
-        "pretrain": {"max_steps": config.max_steps, "learning_rate": config.learning_rate, **inherited},
-    }))
+    inherited = {
+        name: getattr(args, name)
+        for name in (
+            "seed",
+            "use_cpu",
+            "bf16",
+            "disable_tqdm",
+            "ignore_index",
+            "dataloader_num_workers",
+            "per_device_train_batch_size",
+        )
+    }
+    config = PretrainConfig(
+        output_dir=str(directory),
+        max_steps=tune_args.pretrain_steps,
+        learning_rate=tune_args.pretrain_learning_rate,
+        logging_steps=max(tune_args.pretrain_steps // 10, 1),
+        **inherited,
+    )
+    settings = json.loads(
+        json.dumps(
+            {
+                "model": dataclasses.asdict(model_args),
+                "data": {name: getattr(data_args, name) for name in _PRETRAIN_DATA_FIELDS},
+                "pretrain": {"max_steps": config.max_steps, "learning_rate": config.learning_rate, **inherited},
+            }
+        )
+    )
     del settings["pretrain"]["disable_tqdm"]
     marker = directory / "pretrain_settings.json"
     say = print if args.process_index == 0 else (lambda *_: None)

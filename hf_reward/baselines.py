@@ -99,7 +99,9 @@ def advantages(
     return torch.where(carries, r - base, 0.0)
 
 
-def update_ema(ema_value: torch.Tensor | None, rewards: torch.Tensor, valid: torch.Tensor, decay: float) -> torch.Tensor:
+def update_ema(
+    ema_value: torch.Tensor | None, rewards: torch.Tensor, valid: torch.Tensor, decay: float
+) -> torch.Tensor:
     """Next running mean: ``decay * ema + (1 - decay) * mean(rewards of valid images)``; starts at the first mean.
 
     ``rewards (K, B)``, ``valid (B,)``. A batch with no valid image leaves the mean as it was.

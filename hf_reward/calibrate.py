@@ -102,8 +102,9 @@ class LogitCache:
         """Add one image: logits ``(C, h, w)`` (any float dtype), labels ``(H, W)`` integer."""
         c = self.num_classes
         if logits.dim() != 3 or logits.shape[0] != c or labels.dim() != 2:
-            raise ValueError(f"expected logits (C={c}, h, w) and labels (H, W), got {tuple(logits.shape)}, "
-                             f"{tuple(labels.shape)}")
+            raise ValueError(
+                f"expected logits (C={c}, h, w) and labels (H, W), got {tuple(logits.shape)}, {tuple(labels.shape)}"
+            )
         logits = logits.detach().float().cpu()
         logits = (logits - logits.amax(0, keepdim=True)).half()
         if not logits.isfinite().all():
@@ -213,8 +214,9 @@ def _grid(step: float, max_offset: float) -> torch.Tensor:
     return (torch.arange(-n, n + 1, dtype=torch.float64) * step).float()
 
 
-def _switch_histogram(logits: torch.Tensor, labels: torch.Tensor, offsets: torch.Tensor, c: int,
-                      grid: torch.Tensor, ignore_index: int) -> torch.Tensor:
+def _switch_histogram(
+    logits: torch.Tensor, labels: torch.Tensor, offsets: torch.Tensor, c: int, grid: torch.Tensor, ignore_index: int
+) -> torch.Tensor:
     """Pixel counts ``(C, C, K + 1)`` [target, runner-up a, first grid index at which the pixel predicts c].
 
     ``logits (B, C, h, w)``, ``labels (B, H, W)``, ``offsets (C,)`` float32, ``grid (K,)`` float32.
@@ -298,8 +300,12 @@ def fit_offsets(
     grid = _grid(step, max_offset)
     current = torch.full((num_classes,), len(grid) // 2)  # each b_c as an index into the grid: 0 to start
     items = len(data) if hasattr(data, "__len__") else None
-    bar = tqdm(total=None if items is None else items * num_classes * max_sweeps, desc="calibrate",
-               unit="img" if isinstance(data, LogitCache) else "batch", disable=not progress)
+    bar = tqdm(
+        total=None if items is None else items * num_classes * max_sweeps,
+        desc="calibrate",
+        unit="img" if isinstance(data, LogitCache) else "batch",
+        disable=not progress,
+    )
     # Class c's histogram depends on the other offsets only: a class is visited again only once one of
     # them has moved since, which spares most of the sweep that confirms convergence.
     stale = torch.ones(num_classes, dtype=torch.bool)
@@ -324,7 +330,7 @@ def fit_offsets(
             if best > scores[current[c]]:
                 ties = (scores == best).nonzero()[:, 0]
                 current[c] = ties[(ties - current[c]).abs().argmin()]
-                stale[:c] = stale[c + 1:] = True
+                stale[:c] = stale[c + 1 :] = True
             metric, confusion = float(scores[current[c]]), cms[current[c]]
             bar.set_postfix(sweep=sweep + 1, cls=c, metric=f"{metric:.4f}")
         history.append(metric)
@@ -335,10 +341,14 @@ def fit_offsets(
     offsets = grid[current]
     edge = (current == 0) | (current == len(grid) - 1)
     if edge.any():
-        warnings.warn(f"offsets of classes {edge.nonzero()[:, 0].tolist()} are at the grid's edge "
-                      f"+-{max_offset}: the optimum may lie beyond it (raise max_offset)")
-    return Calibration(offsets, name, metric_before, metric, history, converged, confusion_before, confusion,
-                       step, max_offset)
+        warnings.warn(
+            f"offsets of classes {edge.nonzero()[:, 0].tolist()} are at the grid's edge "
+            f"+-{max_offset}: the optimum may lie beyond it (raise max_offset)",
+            stacklevel=2,
+        )
+    return Calibration(
+        offsets, name, metric_before, metric, history, converged, confusion_before, confusion, step, max_offset
+    )
 
 
 @torch.no_grad()

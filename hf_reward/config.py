@@ -41,12 +41,18 @@ class RewardSegConfig(TrainingArguments):
 
     reward: str = field(
         default="miou",
-        metadata={"help": f"Metric to maximise, one of {tuple(REWARDS)}; a custom one: reward_fn= of RewardSegTrainer."},
+        metadata={
+            "help": f"Metric to maximise, one of {tuple(REWARDS)}; a custom one: reward_fn= of RewardSegTrainer."
+        },
     )
-    reward_beta: float = field(default=1.0, metadata={"help": "reward='f_beta': recall weighs beta^2 times precision."})
+    reward_beta: float = field(
+        default=1.0, metadata={"help": "reward='f_beta': recall weighs beta^2 times precision."}
+    )
     reward_class_weights: list[float] | None = field(
         default=None,
-        metadata={"help": "reward 'miou' or 'f_beta': one weight per class for the mean over classes (0 drops a class)."},
+        metadata={
+            "help": "reward 'miou' or 'f_beta': one weight per class for the mean over classes (0 drops a class)."
+        },
     )
     estimator: str = field(
         default="local",
@@ -64,7 +70,9 @@ class RewardSegConfig(TrainingArguments):
         },
     )
     num_samples: int = field(default=1, metadata={"help": "K, the number of masks sampled per image."})
-    temperature: float = field(default=0.5, metadata={"help": "Policy temperature tau: samples from softmax(logits / tau)."})
+    temperature: float = field(
+        default=0.5, metadata={"help": "Policy temperature tau: samples from softmax(logits / tau)."}
+    )
     baseline: str = field(
         default="loo",
         metadata={"help": f"Baseline of estimator='score', one of {BASELINES}. 'loo' needs num_samples >= 2."},
@@ -78,12 +86,16 @@ class RewardSegConfig(TrainingArguments):
     )
     dataset_confusion_decay: float = field(
         default=0.9,
-        metadata={"help": "reward_scope='dataset': per optimizer step, running = decay * running + the step's counts."},
+        metadata={
+            "help": "reward_scope='dataset': per optimizer step, running = decay * running + the step's counts."
+        },
     )
     ema_decay: float = field(default=0.9, metadata={"help": "Decay of the running-mean reward of baseline='ema'."})
     reward_weight: float = field(default=1.0, metadata={"help": "Weight of the reward loss (0: no sampling at all)."})
     ce_weight: float = field(default=0.0, metadata={"help": "Weight of pixel cross-entropy on the ground truth."})
-    lovasz_weight: float = field(default=0.0, metadata={"help": "Weight of the Lovász-softmax loss (Berman et al. 2018)."})
+    lovasz_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the Lovász-softmax loss (Berman et al. 2018)."}
+    )
     kl_coef: float = field(
         default=0.0,
         metadata={
@@ -106,8 +118,16 @@ class RewardSegConfig(TrainingArguments):
         super().__post_init__()
         if not torch.cuda.is_available():
             self.dataloader_pin_memory = False
-        for name in ("reward_beta", "dataset_confusion_decay", "ema_decay", "reward_weight", "ce_weight",
-                     "lovasz_weight", "kl_coef", "temperature"):
+        for name in (
+            "reward_beta",
+            "dataset_confusion_decay",
+            "ema_decay",
+            "reward_weight",
+            "ce_weight",
+            "lovasz_weight",
+            "kl_coef",
+            "temperature",
+        ):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
         for name in ("reward_weight", "ce_weight", "lovasz_weight", "kl_coef"):
@@ -138,4 +158,3 @@ class RewardSegConfig(TrainingArguments):
             sample_resolution=self.sample_resolution,
             ignore_index=self.ignore_index,
         )
-

@@ -69,10 +69,15 @@ def describe_recipe(args: RewardSegConfig) -> str:
     parts = []
     if args.reward_weight > 0:
         scope = {"image": "per-image", "batch": "batch-level", "dataset": "dataset-level"}[args.reward_scope]
-        estimator = ("the local expectation gradient (each pixel's exact expectation over its own class)"
-                     if args.estimator == "local" else f"REINFORCE with the {args.baseline!r} baseline")
-        parts.append(f"{estimator} of the {scope} {args.reward} of masks sampled from the model's per-pixel softmax "
-                     f"at temperature {args.temperature:g}")
+        estimator = (
+            "the local expectation gradient (each pixel's exact expectation over its own class)"
+            if args.estimator == "local"
+            else f"REINFORCE with the {args.baseline!r} baseline"
+        )
+        parts.append(
+            f"{estimator} of the {scope} {args.reward} of masks sampled from the model's per-pixel softmax "
+            f"at temperature {args.temperature:g}"
+        )
     if args.ce_weight > 0:
         parts.append(f"pixel cross-entropy (weight {args.ce_weight:g})")
     if args.lovasz_weight > 0:
@@ -110,11 +115,16 @@ def model_card(
         ("samples per image (K)", args.num_samples),
         ("sampling resolution", args.sample_resolution),
         ("temperature", args.temperature),
-        ("learning rate", f"{args.learning_rate:g} ({getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)} schedule)"),
+        (
+            "learning rate",
+            f"{args.learning_rate:g} ({getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)} schedule)",
+        ),
         ("steps", args.max_steps),
         ("batch size per device", args.per_device_train_batch_size),
-        ("loss weights: reward / ce / lovasz / kl", f"{args.reward_weight:g} / {args.ce_weight:g} / "
-                                                    f"{args.lovasz_weight:g} / {args.kl_coef:g}"),
+        (
+            "loss weights: reward / ce / lovasz / kl",
+            f"{args.reward_weight:g} / {args.ce_weight:g} / {args.lovasz_weight:g} / {args.kl_coef:g}",
+        ),
         ("seed", args.seed),
     ]
     settings_table = "\n".join(["| setting | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in settings])
@@ -124,8 +134,9 @@ def model_card(
         calibrated = (
             "## Calibration\n\n"
             f"Per-class logit offsets fitted on {calibration['split']} to maximise the dataset-level "
-            f"{calibration['reward']} ({100 * calibration['metric_before']:.1f} -> {100 * calibration['metric_after']:.1f} "
-            f"there) are folded into the classifier bias, so this checkpoint predicts with them: {offsets}.\n\n"
+            f"{calibration['reward']} ({100 * calibration['metric_before']:.1f} -> "
+            f"{100 * calibration['metric_after']:.1f} there) are folded into the classifier bias, so this "
+            f"checkpoint predicts with them: {offsets}.\n\n"
         )
     return (
         "---\n" + yaml.safe_dump(metadata, sort_keys=False) + "---\n\n"
@@ -138,7 +149,7 @@ def model_card(
         "## Use\n\n"
         "```python\n"
         "from transformers import SegformerForSemanticSegmentation\n"
-        f"model = SegformerForSemanticSegmentation.from_pretrained(\"<this repo id>\", use_safetensors=True)\n"
+        f'model = SegformerForSemanticSegmentation.from_pretrained("<this repo id>", use_safetensors=True)\n'
         "```\n"
     )
 
@@ -149,6 +160,7 @@ def push_to_hub(trainer, card: str, commit_message: str = "Reward tuning with hf
     The upload itself is ``Trainer.push_to_hub``: it saves the model and uploads the output
     directory without checkpoints, from the main process only.
     """
+
     def write_card(**_):
         if trainer.is_world_process_zero():
             Path(trainer.args.output_dir, "README.md").write_text(card)

@@ -84,14 +84,18 @@ class LossSettings:
         if self.reward_scope not in REWARD_SCOPES:
             raise ValueError(f"reward_scope must be one of {REWARD_SCOPES}, got {self.reward_scope!r}")
         if self.sample_resolution not in policy.SAMPLE_RESOLUTIONS:
-            raise ValueError(f"sample_resolution must be one of {policy.SAMPLE_RESOLUTIONS}, got {self.sample_resolution!r}")
+            raise ValueError(
+                f"sample_resolution must be one of {policy.SAMPLE_RESOLUTIONS}, got {self.sample_resolution!r}"
+            )
         if not isinstance(self.num_samples, int) or self.num_samples < 1:
             raise ValueError(f"num_samples must be an integer >= 1, got {self.num_samples!r}")
         if not (self.temperature > 0 and self.temperature < float("inf")):  # also rejects NaN
             raise ValueError(f"temperature must be finite and > 0, got {self.temperature}")
         if self.estimator == "score":
             if self.reward_scope != "image":
-                raise ValueError(f"reward_scope={self.reward_scope!r} needs estimator='local'; the score estimator is per image")
+                raise ValueError(
+                    f"reward_scope={self.reward_scope!r} needs estimator='local'; the score estimator is per image"
+                )
             baselines.check_baseline(self.baseline, self.num_samples)
 
 
@@ -119,7 +123,8 @@ class ReinforceOutput:
     rewards: ``(K, B)`` per-image rewards of the samples. valid_pixels: ``(B,)`` each image's
     valid pixels at the sampling resolution; images with none get no gradient and are left out of
     every mean (:attr:`valid_images`). greedy_rewards: ``(B,)`` per-image reward of the argmax
-    mask. entropy: ``(B,)`` mean per-pixel entropy of the tempered policy over valid pixels. advantages: ``(K, B)`` for the score estimator, else ``None``.
+    mask. entropy: ``(B,)`` mean per-pixel entropy of the tempered policy over valid pixels.
+    advantages: ``(K, B)`` for the score estimator, else ``None``.
     sample_confusion: ``(C, C)`` the sampled counts summed over the batch (and processes),
     averaged over K, which the caller adds to its running matrix. scope_rewards: ``(K,)`` reward
     of each sample's scope matrix for the batch and dataset scopes, else ``None``.
@@ -140,8 +145,9 @@ class ReinforceOutput:
         return self.valid_pixels > 0
 
 
-def sample(logits: torch.Tensor, labels: torch.Tensor, settings: LossSettings,
-           generator: torch.Generator | None = None) -> Samples:
+def sample(
+    logits: torch.Tensor, labels: torch.Tensor, settings: LossSettings, generator: torch.Generator | None = None
+) -> Samples:
     """Step 1: the tempered policy at the sampling resolution, K masks from it and their confusion counts."""
     num_classes, k = logits.shape[1], settings.num_samples
     logits, labels = policy.align_to_resolution(logits.float(), labels, settings.sample_resolution)
@@ -150,12 +156,20 @@ def sample(logits: torch.Tensor, labels: torch.Tensor, settings: LossSettings,
         masks = policy.sample_masks(log_probs.exp(), k, generator)
         targets = labels.expand(k, *labels.shape).flatten(0, 1)
         confusion = confusion_matrix(masks.flatten(0, 1), targets, num_classes, settings.ignore_index)
-    return Samples(log_probs, labels, labels != settings.ignore_index, masks,
-                   confusion.view(k, labels.shape[0], num_classes, num_classes))
+    return Samples(
+        log_probs,
+        labels,
+        labels != settings.ignore_index,
+        masks,
+        confusion.view(k, labels.shape[0], num_classes, num_classes),
+    )
 
 
-def scope_confusion(confusion: torch.Tensor, context: torch.Tensor | None = None,
-                    reduce_counts: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def scope_confusion(
+    confusion: torch.Tensor,
+    context: torch.Tensor | None = None,
+    reduce_counts: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Step 2: ``(scope (K, C, C) float64, own (K, C, C) float64)`` from per-image counts ``(K, B, C, C)``.
 
     ``own`` is each sample's counts pooled over the batch and, with ``reduce_counts`` (a sum
@@ -167,9 +181,14 @@ def scope_confusion(confusion: torch.Tensor, context: torch.Tensor | None = None
     return (own if context is None else own + context.double()), own
 
 
-def score_function_weights(samples: Samples, rewards: torch.Tensor, valid_images: torch.Tensor,
-                           baseline: str, greedy_rewards: torch.Tensor,
-                           ema_value: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def score_function_weights(
+    samples: Samples,
+    rewards: torch.Tensor,
+    valid_images: torch.Tensor,
+    baseline: str,
+    greedy_rewards: torch.Tensor,
+    ema_value: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Step 3, REINFORCE: ``(weight (B, C, h, w) on log p, advantages (K, B))``.
 
     sum(weight * log p) = mean_b mean_{k carrying gradient} A_kb log P(y_kb), b over the images with
@@ -177,7 +196,9 @@ def score_function_weights(samples: Samples, rewards: torch.Tensor, valid_images
     """
     masks = samples.masks
     k, batch = rewards.shape
-    adv = baselines.advantages(rewards, baseline, valid=valid_images, greedy_rewards=greedy_rewards, ema_value=ema_value)
+    adv = baselines.advantages(
+        rewards, baseline, valid=valid_images, greedy_rewards=greedy_rewards, ema_value=ema_value
+    )
     carries = baselines.gradient_samples(baseline, k).to(adv.device)
     coef = adv * carries.unsqueeze(1) / (int(carries.sum()) * valid_images.sum().clamp(min=1))  # (K, B)
     weight = torch.zeros_like(samples.log_probs)
@@ -247,7 +268,9 @@ def reinforce_loss(
         (torch.Size([1, 2]), torch.Size([1]))
     """
     if logits.ndim != 4 or labels.ndim != 3 or logits.shape[0] != labels.shape[0]:
-        raise ValueError(f"expected logits (B, C, h, w) and labels (B, H, W); got {tuple(logits.shape)} and {tuple(labels.shape)}")
+        raise ValueError(
+            f"expected logits (B, C, h, w) and labels (B, H, W); got {tuple(logits.shape)} and {tuple(labels.shape)}"
+        )
     s = settings
     num_classes = logits.shape[1]
     samples = sample(logits, labels, s, generator)
@@ -266,8 +289,9 @@ def reinforce_loss(
             scope_rewards = s.reward(*class_counts(scope)).float()
             objective = scope_rewards.mean()
         if s.estimator == "score":
-            weight, advantages = score_function_weights(samples, rewards, valid_images, s.baseline, greedy.float(),
-                                                        ema_value)
+            weight, advantages = score_function_weights(
+                samples, rewards, valid_images, s.baseline, greedy.float(), ema_value
+            )
         else:
             weight = local_weights(samples, s.reward, scope, s.ignore_index)
     # REINFORCE weights log p; the local estimator weights p itself.

@@ -36,7 +36,9 @@ def lovasz_softmax(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
                           compute_loss_func=lambda outputs, labels, **_: lovasz_softmax(outputs.logits, labels))
     """
     if logits.ndim != 4 or labels.ndim != 3 or logits.shape[0] != labels.shape[0]:
-        raise ValueError(f"expected logits (B, C, h, w) and labels (B, H, W); got {tuple(logits.shape)} and {tuple(labels.shape)}")
+        raise ValueError(
+            f"expected logits (B, C, h, w) and labels (B, H, W); got {tuple(logits.shape)} and {tuple(labels.shape)}"
+        )
     if logits.shape[-2:] != labels.shape[-2:]:
         logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
     num_classes = logits.shape[1]

@@ -102,8 +102,13 @@ class StreamingMeanIoU:
         >>> trainer = Trainer(model, args, compute_metrics=StreamingMeanIoU(19, cityscapes_id2label()), ...)
     """
 
-    def __init__(self, num_classes: int, id2label: Mapping[int, str] | None = None, ignore_index: int = 255,
-                 reward: Reward | None = None):
+    def __init__(
+        self,
+        num_classes: int,
+        id2label: Mapping[int, str] | None = None,
+        ignore_index: int = 255,
+        reward: Reward | None = None,
+    ):
         if id2label is not None and len(id2label) != num_classes:
             raise ValueError(f"id2label has {len(id2label)} classes but num_classes={num_classes}")
         self.num_classes = num_classes
@@ -137,7 +142,9 @@ class StreamingMeanIoU:
         labels = torch.as_tensor(labels).to(pred.device).long()
         pred = pred.long()
         if pred.shape != labels.shape:
-            raise ValueError(f"predictions {tuple(pred.shape)} and labels {tuple(labels.shape)} must have the same shape")
+            raise ValueError(
+                f"predictions {tuple(pred.shape)} and labels {tuple(labels.shape)} must have the same shape"
+            )
         # Out-of-range values would land in another class's bins: refuse them (one host sync per
         # batch, acceptable at evaluation).
         bad = (labels != self.ignore_index) & ((labels < 0) | (labels >= self.num_classes))

@@ -51,14 +51,19 @@ def check_id2label(model_id2label: Mapping, dataset_id2label: Mapping[int, str],
     seen: dict[str, int] = {}
     for i, name in sorted(model_id2label.items()):
         if _norm(name) in seen:
-            raise ValueError(f"{source}'s id2label is ambiguous: classes {seen[_norm(name)]} and {i} are both {name!r}: {fix}")
+            raise ValueError(
+                f"{source}'s id2label is ambiguous: classes {seen[_norm(name)]} and {i} are both {name!r}: {fix}"
+            )
         seen[_norm(name)] = i
     if len(model_id2label) != len(dataset_id2label):
         raise ValueError(
             f"{source} has {len(model_id2label)} classes but the dataset has {len(dataset_id2label)}: {fix}"
         )
-    differ = [(i, model_id2label[i], dataset_id2label[i]) for i in sorted(dataset_id2label)
-              if _norm(model_id2label[i]) != _norm(dataset_id2label[i])]
+    differ = [
+        (i, model_id2label[i], dataset_id2label[i])
+        for i in sorted(dataset_id2label)
+        if _norm(model_id2label[i]) != _norm(dataset_id2label[i])
+    ]
     if differ:
         pairs = "; ".join(f"{i}: model {m!r} vs dataset {d!r}" for i, m, d in differ)
         raise ValueError(f"{source}'s classes differ from the dataset's at {pairs}: {fix}")
@@ -80,7 +85,9 @@ def build_segformer(
     >>> model.config.num_labels
     2
     """
-    heads = [max(h for h in range(1, min(cap, size) + 1) if size % h == 0) for cap, size in zip((1, 2, 5, 8), hidden_sizes)]
+    heads = [
+        max(h for h in range(1, min(cap, size) + 1) if size % h == 0) for cap, size in zip((1, 2, 5, 8), hidden_sizes)
+    ]
     config = SegformerConfig(
         hidden_sizes=list(hidden_sizes),
         depths=list(depths),

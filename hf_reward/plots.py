@@ -28,13 +28,27 @@ from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, collate_segmentation
 from .metrics import upsample_logits
 
 CAMVID_COLOURS = {
-    "sky": (128, 128, 128), "building": (128, 0, 0), "pole": (192, 192, 128), "road": (128, 64, 128),
-    "sidewalk": (0, 0, 192), "tree": (128, 128, 0), "sign_symbol": (192, 128, 128), "fence": (64, 64, 128),
-    "car": (64, 0, 128), "pedestrian": (64, 64, 0), "bicyclist": (0, 128, 192),
+    "sky": (128, 128, 128),
+    "building": (128, 0, 0),
+    "pole": (192, 192, 128),
+    "road": (128, 64, 128),
+    "sidewalk": (0, 0, 192),
+    "tree": (128, 128, 0),
+    "sign_symbol": (192, 128, 128),
+    "fence": (64, 64, 128),
+    "car": (64, 0, 128),
+    "pedestrian": (64, 64, 0),
+    "bicyclist": (0, 128, 192),
 }
 TOY_STREETS_COLOURS = {
-    "road": (128, 64, 128), "sidewalk": (244, 35, 232), "building": (70, 70, 70), "sky": (70, 130, 180),
-    "vegetation": (107, 142, 35), "car": (0, 0, 142), "pole": (153, 153, 153), "person": (220, 20, 60),
+    "road": (128, 64, 128),
+    "sidewalk": (244, 35, 232),
+    "building": (70, 70, 70),
+    "sky": (70, 130, 180),
+    "vegetation": (107, 142, 35),
+    "car": (0, 0, 142),
+    "pole": (153, 153, 153),
+    "person": (220, 20, 60),
     "sign": (220, 220, 0),
 }
 VOID_COLOUR = (0, 0, 0)
@@ -103,8 +117,12 @@ def _objective(log_history: Sequence[Mapping]) -> tuple[str, list[tuple[int, flo
     return "", []
 
 
-def plot_training(runs: Mapping[str, Sequence[Mapping]], path: str | Path, start: float | None = None,
-                  calibrated: Mapping[str, float] | None = None) -> Path:
+def plot_training(
+    runs: Mapping[str, Sequence[Mapping]],
+    path: str | Path,
+    start: float | None = None,
+    calibrated: Mapping[str, float] | None = None,
+) -> Path:
     """Left: the reward each run optimises against the step. Right: validation mIoU (%) against the step.
 
     ``runs``: name -> ``trainer.state.log_history``. ``start``: the starting model's validation
@@ -124,8 +142,9 @@ def plot_training(runs: Mapping[str, Sequence[Mapping]], path: str | Path, start
         if evals:
             ax_miou.plot(*zip(*evals), "o-", color=colour, markersize=4, label=name)
         if calibrated and name in calibrated:
-            ax_miou.axhline(100 * calibrated[name], color=colour, linestyle="--", linewidth=1,
-                            label=f"{name}, calibrated")
+            ax_miou.axhline(
+                100 * calibrated[name], color=colour, linestyle="--", linewidth=1, label=f"{name}, calibrated"
+            )
     if start is not None and calibrated and "start" in calibrated:
         ax_miou.axhline(100 * calibrated["start"], color="grey", linestyle=":", linewidth=1, label="start, calibrated")
     ax_reward.set(xlabel="step", ylabel="reward", title="Optimised training reward")
@@ -140,8 +159,13 @@ def plot_training(runs: Mapping[str, Sequence[Mapping]], path: str | Path, start
     return Path(path)
 
 
-def plot_overlays(examples: Sequence[Mapping[str, torch.Tensor]], predictions: Mapping[str, torch.Tensor],
-                  id2label: Mapping[int, str], path: str | Path, ignore_index: int = 255) -> Path:
+def plot_overlays(
+    examples: Sequence[Mapping[str, torch.Tensor]],
+    predictions: Mapping[str, torch.Tensor],
+    id2label: Mapping[int, str],
+    path: str | Path,
+    ignore_index: int = 255,
+) -> Path:
     """One row per example: the image, its ground truth and each named prediction, as opaque masks side by side.
 
     ``examples`` hold normalised ``pixel_values (3, h, w)`` and ``labels (H, W)``; ``predictions``
@@ -153,12 +177,17 @@ def plot_overlays(examples: Sequence[Mapping[str, torch.Tensor]], predictions: M
     columns = [("image", None), ("ground truth", None), *predictions.items()]
     height, width = examples[0]["labels"].shape
     cell = 3.0
-    fig, axes = plt.subplots(len(examples), len(columns), squeeze=False,
-                             figsize=(cell * width / height * len(columns), cell * len(examples) + 0.9))
+    fig, axes = plt.subplots(
+        len(examples),
+        len(columns),
+        squeeze=False,
+        figsize=(cell * width / height * len(columns), cell * len(examples) + 0.9),
+    )
     for row, example in enumerate(examples):
         labels = example["labels"]
-        pixels = torch.nn.functional.interpolate(example["pixel_values"][None].float(), size=tuple(labels.shape),
-                                                 mode="bilinear", align_corners=False)[0]
+        pixels = torch.nn.functional.interpolate(
+            example["pixel_values"][None].float(), size=tuple(labels.shape), mode="bilinear", align_corners=False
+        )[0]
         image = np.clip(pixels.permute(1, 2, 0).numpy() * std + mean, 0, 1)
         for col, (title, masks) in enumerate(columns):
             if title == "image":

@@ -40,9 +40,7 @@ def align_to_resolution(
     return logits, labels
 
 
-def sample_masks(
-    probs: torch.Tensor, num_samples: int, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def sample_masks(probs: torch.Tensor, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw ``num_samples`` masks ``(K, B, h, w)`` from per-pixel class probabilities ``(B, C, h, w)``.
 
     Exact categorical sampling with ``torch.multinomial``, one row per pixel. Gumbel-max draws
@@ -70,7 +68,9 @@ def entropy(probs: torch.Tensor, log_probs: torch.Tensor, valid: torch.Tensor) -
     return masked_pixel_mean(-(probs * log_probs).sum(1), valid)
 
 
-def kl_divergence(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+def kl_divergence(
+    logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255
+) -> torch.Tensor:
     """Exact KL(softmax(logits) || softmax(ref_logits)) per pixel, averaged over valid pixels -> ``(B,)``.
 
     Computed at the logits' resolution ``(B, C, h, w)``; ``labels (B, H, W)`` are downsampled by

@@ -51,7 +51,9 @@ import torch
 Reward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+) -> torch.Tensor:
     """Per-image confusion counts ``(B, C, C)`` (long), ``cm[b, target, pred]``.
 
     ``pred``/``target``: ``(B, ...)`` integer. Only pixels whose target is a class in [0, C)
@@ -178,10 +180,14 @@ def check_reward(reward: Reward, num_classes: int) -> None:
     try:
         value = reward(*class_counts(cm))
     except Exception as err:
-        raise ValueError(f"the reward failed on counts of shape (2, 3, {num_classes}): {type(err).__name__}: {err}") from err
+        raise ValueError(
+            f"the reward failed on counts of shape (2, 3, {num_classes}): {type(err).__name__}: {err}"
+        ) from err
     if not isinstance(value, torch.Tensor) or value.shape != (2, 3):
         shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise ValueError(f"a reward maps tp, gt, pd of shape (..., C) to (...); for (2, 3, {num_classes}) it gave {shape}")
+        raise ValueError(
+            f"a reward maps tp, gt, pd of shape (..., C) to (...); for (2, 3, {num_classes}) it gave {shape}"
+        )
     if not value.isfinite().all():
         raise ValueError(
             f"the reward is not finite on every count matrix (empty, all classes present, class 0 absent): "
@@ -189,12 +195,12 @@ def check_reward(reward: Reward, num_classes: int) -> None:
         )
 
 
-def reward_of_masks(reward: Reward, pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-                    ignore_index: int = 255) -> torch.Tensor:
+def reward_of_masks(
+    reward: Reward, pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+) -> torch.Tensor:
     """Per-image reward ``(B,)`` of masks ``pred`` against ``target`` (both ``(B, H, W)`` long).
 
     >>> reward_of_masks(miou, torch.tensor([[[0, 0], [1, 1]]]), torch.tensor([[[0, 1], [1, 1]]]), 3)
     tensor([0.5833], dtype=torch.float64)
     """
     return reward(*class_counts(confusion_matrix(pred, target, num_classes, ignore_index)))
-

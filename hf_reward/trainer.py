@@ -76,7 +76,9 @@ class RewardSegTrainer(Trainer):
             check_reward(reward_fn, num_classes)
         weights = args.reward_class_weights
         if weights is not None and len(weights) != num_classes:
-            raise ValueError(f"reward_class_weights has {len(weights)} weights but the model has {num_classes} classes")
+            raise ValueError(
+                f"reward_class_weights has {len(weights)} weights but the model has {num_classes} classes"
+            )
         if 0 <= args.ignore_index < num_classes:
             raise ValueError(f"ignore_index={args.ignore_index} is one of the model's {num_classes} class indices")
         metric_classes = getattr(kwargs.get("compute_metrics"), "num_classes", num_classes)
@@ -130,8 +132,14 @@ class RewardSegTrainer(Trainer):
         terms: dict[str, torch.Tensor] = {}
         out = None
         if args.reward_weight > 0:
-            out = reinforce_loss(logits, labels, self.loss_settings, context=self._scope_context(),
-                                 reduce_counts=self._sum_over_processes, ema_value=self._ema_reward)
+            out = reinforce_loss(
+                logits,
+                labels,
+                self.loss_settings,
+                context=self._scope_context(),
+                reduce_counts=self._sum_over_processes,
+                ema_value=self._ema_reward,
+            )
             terms["reward_loss"] = (args.reward_weight, out.loss)
         if args.ce_weight > 0:
             terms["ce_loss"] = (args.ce_weight, pixel_cross_entropy(logits, labels, args.ignore_index))
@@ -191,8 +199,8 @@ class RewardSegTrainer(Trainer):
             raise ValueError(
                 f"labels hold {labels[bad_labels].unique().tolist()} ({where}, images {images} of the batch): neither "
                 f"a class of the model in [0, {self.num_classes}) nor ignore_index={self.args.ignore_index}. Map the "
-                "dataset's values to class indices (hf_reward.data.load_segmentation_dataset's label_map), or give the "
-                "model a head for this dataset's classes"
+                "dataset's values to class indices (hf_reward.data.load_segmentation_dataset's label_map), or give "
+                "the model a head for this dataset's classes"
             )
         raise FloatingPointError(
             f"non-finite loss ({loss.item()}) at {where}: the logits or the reward produced NaN/inf. No update was "
@@ -227,8 +235,9 @@ class RewardSegTrainer(Trainer):
             self._add_metric("frac_zero_advantage", (adv == 0).sum(), carries.sum())
             self._add_metric("advantage_std", adv.std(correction=0).nan_to_num(), (carries.sum() > 0))
 
-    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint,
-                             trial):
+    def _init_training_state(
+        self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+    ):
         epochs, batches = super()._init_training_state(
             max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
         )

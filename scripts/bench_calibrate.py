@@ -79,9 +79,15 @@ def fit(cache: LogitCache, **kwargs) -> dict:
     seconds = time.perf_counter() - start
     image_passes = data.reads - 1
     return dict(
-        result=result, fit_s=seconds, sweeps=len(result.history), converged=result.converged,
-        image_passes=image_passes, ms_per_image_pass=1000 * seconds / image_passes, rss_before_fit_mb=rss_before,
-        metric_before=result.metric_before, metric_after=result.metric_after,
+        result=result,
+        fit_s=seconds,
+        sweeps=len(result.history),
+        converged=result.converged,
+        image_passes=image_passes,
+        ms_per_image_pass=1000 * seconds / image_passes,
+        rss_before_fit_mb=rss_before,
+        metric_before=result.metric_before,
+        metric_after=result.metric_after,
     )
 
 
@@ -131,8 +137,16 @@ def synthetic(args) -> dict:
 
 
 def run_case(case: str, args, images: int | None = None) -> dict:
-    command = [sys.executable, __file__, "--case", case, "--threads", str(args.threads),
-               "--camvid_root", args.camvid_root]
+    command = [
+        sys.executable,
+        __file__,
+        "--case",
+        case,
+        "--threads",
+        str(args.threads),
+        "--camvid_root",
+        args.camvid_root,
+    ]
     command += ["--images", str(images)] if images else []
     command += ["--cache_dir", args.cache_dir] if args.cache_dir else []
     done = subprocess.run(command, check=True, capture_output=True, text=True)
@@ -159,20 +173,28 @@ def main():
         rows.append(("synthetic Cityscapes, 1024 x 2048, C = 19, 1 sweep", run_case("synthetic", args, n)))
         print(f"synthetic {n} done: {rows[-1][1]}", file=sys.stderr, flush=True)
     print(f"torch threads: {args.threads}\n")
-    print("| case | images | cache | collect (s) | fit (s) | sweeps | image-passes | ms / image-pass "
-          "| RSS before fit (MB) | peak RSS (MB) | mIoU before -> after |")
+    print(
+        "| case | images | cache | collect (s) | fit (s) | sweeps | image-passes | ms / image-pass "
+        "| RSS before fit (MB) | peak RSS (MB) | mIoU before -> after |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows:
-        print(f"| {name} | {r['images']} | {r['cache']} | {r['collect_s']:.1f} | {r['fit_s']:.1f} | {r['sweeps']}"
-              f"{'' if r['converged'] else ' (cap)'} | {r['image_passes']} | {r['ms_per_image_pass']:.1f} "
-              f"| {r['rss_before_fit_mb']:.0f} | {r['peak_rss_mb']:.0f} "
-              f"| {r['metric_before']:.4f} -> {r['metric_after']:.4f} |")
+        print(
+            f"| {name} | {r['images']} | {r['cache']} | {r['collect_s']:.1f} | {r['fit_s']:.1f} | {r['sweeps']}"
+            f"{'' if r['converged'] else ' (cap)'} | {r['image_passes']} | {r['ms_per_image_pass']:.1f} "
+            f"| {r['rss_before_fit_mb']:.0f} | {r['peak_rss_mb']:.0f} "
+            f"| {r['metric_before']:.4f} -> {r['metric_after']:.4f} |"
+        )
     camvid_row = rows[0][1]
-    print(f"\nCamVid: the folded model scores mIoU {camvid_row['folded_model_miou']:.6f} on train (float32 logits); "
-          f"the fit, from the fp16 cache, {camvid_row['metric_after']:.6f}.")
+    print(
+        f"\nCamVid: the folded model scores mIoU {camvid_row['folded_model_miou']:.6f} on train (float32 logits); "
+        f"the fit, from the fp16 cache, {camvid_row['metric_after']:.6f}."
+    )
     per_pass = rows[-1][1]["ms_per_image_pass"] / 1000
-    print(f"Synthetic: a full sweep of 500 images at {per_pass:.2f} s per image and pass takes "
-          f"{500 * 19 * per_pass / 60:.0f} min on {args.threads} thread(s).")
+    print(
+        f"Synthetic: a full sweep of 500 images at {per_pass:.2f} s per image and pass takes "
+        f"{500 * 19 * per_pass / 60:.0f} min on {args.threads} thread(s)."
+    )
 
 
 if __name__ == "__main__":

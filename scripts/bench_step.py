@@ -58,7 +58,9 @@ def step(model, pixels, labels, knobs, context):
     else:
         settings = LossSettings(reward=miou, sample_resolution="logits", ignore_index=255, **knobs)
         logits = model(pixel_values=pixels).logits
-        loss = reinforce_loss(logits, labels, settings, context=context if knobs["reward_scope"] == "dataset" else None).loss
+        loss = reinforce_loss(
+            logits, labels, settings, context=context if knobs["reward_scope"] == "dataset" else None
+        ).loss
     loss.backward()
 
 
@@ -89,8 +91,11 @@ def measure(device, num_classes: int, batch: int, size: int, rounds: int) -> dic
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
-            extra = ((torch.cuda.max_memory_allocated() - before) / 2**20 if device.type == "cuda"
-                     else resident_peak_mib() - before)
+            extra = (
+                (torch.cuda.max_memory_allocated() - before) / 2**20
+                if device.type == "cuda"
+                else resident_peak_mib() - before
+            )
             if round_:
                 times[name].append(seconds)
                 memory[name] = max(memory[name], extra)
@@ -106,15 +111,22 @@ def main():
     parser.add_argument("--classes", type=int, nargs="+", default=[19, 150])
     args = parser.parse_args()
     device = torch.device(args.device)
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
-          f"{args.size} x {args.size}, medians of {args.rounds} rounds\n")
-    print("| C | variant | step (s) | ratio to MLE | peak extra memory (MiB) | logits (MiB) |\n|---|---|---|---|---|---|")
+    print(
+        f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
+        f"{args.size} x {args.size}, medians of {args.rounds} rounds\n"
+    )
+    print(
+        "| C | variant | step (s) | ratio to MLE | peak extra memory (MiB) | logits (MiB) |\n|---|---|---|---|---|---|"
+    )
     for c in args.classes:
         results = measure(device, c, args.batch, args.size, args.rounds)
         logits_mib = args.batch * c * (args.size // 4) ** 2 * 4 / 2**20
         for name, (seconds, extra) in results.items():
-            print(f"| {c} | {name} | {seconds:.2f} | {seconds / results['mle'][0]:.2f} | {extra:.0f} | {logits_mib:.0f} |",
-                  flush=True)
+            print(
+                f"| {c} | {name} | {seconds:.2f} | {seconds / results['mle'][0]:.2f} | {extra:.0f} | "
+                f"{logits_mib:.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

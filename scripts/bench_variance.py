@@ -4,8 +4,9 @@
 
 Loads a pretrained checkpoint (by default the CamVid study's, ``scripts/study.py``) and CamVid's
 training split at the study's size through :func:`hf_reward.data.in_memory.materialise_split`
-(reading the study's cache file when it is there), takes one training batch of 8 images, runs the model once, and draws ``--draws`` independent gradient
-estimates per estimator (fresh masks, same parameters, backward through the same forward).
+(reading the study's cache file when it is there), takes one training batch of 8 images, runs
+the model once, and draws ``--draws`` independent gradient estimates per estimator (fresh masks,
+same parameters, backward through the same forward).
 
 Per-image objective (temperature 1, image scope, the score-function arms of the study): every
 estimator is unbiased for the same gradient g* = -grad E[per-image mIoU] / pixels, so the
@@ -36,10 +37,25 @@ from hf_reward.data.in_memory import InMemorySegmentation, materialise_split
 from hf_reward.policy import align_to_resolution
 from hf_reward.rewards import miou
 
-def settings(estimator: str, num_samples: int, baseline: str = "none", scope: str = "image", temperature: float = 1.0,
-             resolution: str = "logits") -> LossSettings:
-    return LossSettings(reward=miou, estimator=estimator, reward_scope=scope, num_samples=num_samples,
-                        temperature=temperature, baseline=baseline, sample_resolution=resolution, ignore_index=255)
+
+def settings(
+    estimator: str,
+    num_samples: int,
+    baseline: str = "none",
+    scope: str = "image",
+    temperature: float = 1.0,
+    resolution: str = "logits",
+) -> LossSettings:
+    return LossSettings(
+        reward=miou,
+        estimator=estimator,
+        reward_scope=scope,
+        num_samples=num_samples,
+        temperature=temperature,
+        baseline=baseline,
+        sample_resolution=resolution,
+        ignore_index=255,
+    )
 
 
 PER_IMAGE = {
@@ -57,7 +73,9 @@ PER_IMAGE = {
 DATASET = {  # the recipe's objective: dataset-scope mIoU at temperature 0.5
     "local dataset K=1": settings("local", 1, scope="dataset", temperature=0.5),
     "local dataset K=4": settings("local", 4, scope="dataset", temperature=0.5),
-    "local dataset K=1, labels resolution": settings("local", 1, scope="dataset", temperature=0.5, resolution="labels"),
+    "local dataset K=1, labels resolution": settings(
+        "local", 1, scope="dataset", temperature=0.5, resolution="labels"
+    ),
 }
 
 
@@ -68,7 +86,12 @@ class GradientStats:
         self.reference, self.n, self.total, self.squares, self.cosines, self.seconds = reference, 0, 0.0, 0.0, 0.0, 0.0
 
     def add(self, g: torch.Tensor, seconds: float) -> None:
-        self.n, self.total, self.squares, self.seconds = self.n + 1, self.total + g, self.squares + g.dot(g), self.seconds + seconds
+        self.n, self.total, self.squares, self.seconds = (
+            self.n + 1,
+            self.total + g,
+            self.squares + g.dot(g),
+            self.seconds + seconds,
+        )
         if self.reference is not None:
             self.cosines += torch.nn.functional.cosine_similarity(g, self.reference, dim=0)
 
@@ -91,12 +114,14 @@ class GradientStats:
         return f"| {name} | {snr:.3f} | {cos} | {draws:.0f} | {1000 * self.seconds / self.n:.0f} |"
 
 
-def draw(logits, labels, params, stats: GradientStats, draws: int, seed: int, loss_settings: LossSettings,
-         **kwargs) -> None:
+def draw(
+    logits, labels, params, stats: GradientStats, draws: int, seed: int, loss_settings: LossSettings, **kwargs
+) -> None:
     for i in range(draws):
         start = time.perf_counter()
-        loss = reinforce_loss(logits, labels, loss_settings, generator=torch.Generator().manual_seed(seed + i),
-                              **kwargs).loss
+        loss = reinforce_loss(
+            logits, labels, loss_settings, generator=torch.Generator().manual_seed(seed + i), **kwargs
+        ).loss
         g = torch.cat([x.flatten() for x in torch.autograd.grad(loss, params, retain_graph=True)])
         stats.add(g, time.perf_counter() - start)
 
@@ -114,13 +139,16 @@ def main():
     model = SegformerForSemanticSegmentation.from_pretrained(args.checkpoint, use_safetensors=True)
     model.eval()  # no dropout: the only randomness left is the sampling
     params = [p for p in model.parameters() if p.requires_grad]
-    images, all_labels, _ = materialise_split(args.cache, load_camvid, "train", args.size, root=args.data_root,
-                                              streaming=False)
+    images, all_labels, _ = materialise_split(
+        args.cache, load_camvid, "train", args.size, root=args.data_root, streaming=False
+    )
     batch = collate_segmentation(list(InMemorySegmentation(images, all_labels, indices=range(80))))
     images, labels = batch["pixel_values"], batch["labels"]
     num_classes = model.config.num_labels
     with torch.no_grad():
-        context_logits, context_labels = align_to_resolution(model(pixel_values=images[8:]).logits, labels[8:], "logits")
+        context_logits, context_labels = align_to_resolution(
+            model(pixel_values=images[8:]).logits, labels[8:], "logits"
+        )
         running = confusion_matrix(context_logits.argmax(1), context_labels, num_classes).sum(0).double()
     logits = model(pixel_values=images[:8]).logits
     labels = labels[:8]
@@ -131,8 +159,10 @@ def main():
     with torch.no_grad():  # a converged running mean: the expected per-image reward under the policy
         ema_value = reinforce_loss(logits, labels, settings("score", 64)).rewards.mean()
 
-    print(f"{args.draws} draws per estimator; one batch of 8 CamVid training images at {tuple(labels.shape[-2:])}; "
-          f"{reference.numel()} parameters; reference: {args.reference_draws} draws of local K=4\n")
+    print(
+        f"{args.draws} draws per estimator; one batch of 8 CamVid training images at {tuple(labels.shape[-2:])}; "
+        f"{reference.numel()} parameters; reference: {args.reference_draws} draws of local K=4\n"
+    )
     print("| estimator | SNR of one estimate | cos(one estimate, reference) | draws for cos 0.9 | ms per estimate |")
     print("|---|---|---|---|---|")
     for name, loss_settings in PER_IMAGE.items():

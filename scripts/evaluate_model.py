@@ -53,8 +53,12 @@ def format_table(scores: dict, computed: dict, id2label: dict[int, str]) -> str:
     for i, name in id2label.items():
         lines.append(f"{name:<{width}}  {scores['iou'][i] * 100:7.2f}  {scores['accuracy'][i] * 100:7.2f}")
     lines.append("-" * (width + 18))
-    rows = [("mean IoU", "mean_iou"), ("mean accuracy", "mean_accuracy"), ("pixel accuracy", "overall_accuracy"),
-            *((name.replace("_", " "), name) for name in EXTRA_METRICS)]
+    rows = [
+        ("mean IoU", "mean_iou"),
+        ("mean accuracy", "mean_accuracy"),
+        ("pixel accuracy", "overall_accuracy"),
+        *((name.replace("_", " "), name) for name in EXTRA_METRICS),
+    ]
     lines += [f"{label:<{width}}  {computed[key] * 100:7.2f}" for label, key in rows]
     return "\n".join(lines)
 
@@ -69,13 +73,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if record:  # the tuning run's evaluation settings, under whatever --config and flags say
         model_args, data_args, eval_args = parse_config(ARGUMENTS, argv, defaults=record)
     _, dataset, id2label = load_splits(data_args, ignore_index=eval_args.ignore_index, id2label=classes)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if eval_args.device == "auto" else eval_args.device)
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if eval_args.device == "auto" else eval_args.device
+    )
     model = load_model(model_args, id2label).to(device).eval()
 
     metric = StreamingMeanIoU(len(id2label), id2label, ignore_index=eval_args.ignore_index)
     loader = torch.utils.data.DataLoader(dataset, batch_size=eval_args.batch_size, collate_fn=collate_segmentation)
-    with torch.inference_mode(), tqdm(total=data_args.max_eval_samples, unit="img",
-                                      desc=f"{data_args.dataset}/{data_args.eval_split}") as bar:
+    with (
+        torch.inference_mode(),
+        tqdm(total=data_args.max_eval_samples, unit="img", desc=f"{data_args.dataset}/{data_args.eval_split}") as bar,
+    ):
         for batch in loader:
             metric.update(model(pixel_values=batch["pixel_values"].to(device)).logits, batch["labels"].to(device))
             bar.update(len(batch["labels"]))

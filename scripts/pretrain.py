@@ -34,8 +34,10 @@ class PretrainArguments:
 
     new_head: bool = field(
         default=False,
-        metadata={"help": "Re-initialise the classifier of --model_name_or_path for this dataset's classes "
-                          "(a backbone such as nvidia/mit-b0, or a model trained on other classes)."},
+        metadata={
+            "help": "Re-initialise the classifier of --model_name_or_path for this dataset's classes "
+            "(a backbone such as nvidia/mit-b0, or a model trained on other classes)."
+        },
     )
 
 
@@ -44,8 +46,12 @@ ARGUMENTS = (ModelArguments, DataArguments, PretrainArguments, PretrainConfig)
 
 def main(argv: list[str] | None = None):
     model_args, data_args, pretrain_args, args = parse_config(ARGUMENTS, argv)
-    train, val, id2label = load_splits(data_args, seed=args.seed, ignore_index=args.ignore_index,
-                                       id2label=None if pretrain_args.new_head else model_classes(model_args))
+    train, val, id2label = load_splits(
+        data_args,
+        seed=args.seed,
+        ignore_index=args.ignore_index,
+        id2label=None if pretrain_args.new_head else model_classes(model_args),
+    )
     model = load_model(model_args, id2label, seed=args.seed, new_head=pretrain_args.new_head)
     trainer = segmentation_trainer(model, args, train, val, id2label, processing_class=image_processor(data_args))
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)

@@ -57,8 +57,10 @@ def dev_rows(files: list[str], fraction: float) -> list[int]:
 
 def load_data(cfg: dict, out: Path) -> tuple[dict[str, InMemorySegmentation], dict[int, str]]:
     root, size = Path(cfg["data_root"]), tuple(cfg["size"])
-    splits = {s: materialise_split(out / f"{s}.safetensors", load_camvid, s, size, root=root, streaming=False)
-              for s in ("train", "validation")}
+    splits = {
+        s: materialise_split(out / f"{s}.safetensors", load_camvid, s, size, root=root, streaming=False)
+        for s in ("train", "validation")
+    }
     (images, labels, id2label), (val_images, val_labels, _) = splits["train"], splits["validation"]
     files = datasets.load_dataset("parquet", data_files=str(root / "train-*.parquet"), split="train")["file"]
     dev = dev_rows(files, cfg["dev_fraction"])
@@ -72,9 +74,18 @@ def load_data(cfg: dict, out: Path) -> tuple[dict[str, InMemorySegmentation], di
 
 
 def config(out: Path, fields: dict, **run) -> RewardSegConfig:
-    common = dict(output_dir=str(out), save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(),
-                  per_device_eval_batch_size=16, batch_eval_metrics=True, eval_strategy="steps", logging_steps=10,
-                  dataloader_num_workers=0, disable_tqdm=True)
+    common = dict(
+        output_dir=str(out),
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        per_device_eval_batch_size=16,
+        batch_eval_metrics=True,
+        eval_strategy="steps",
+        logging_steps=10,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
     return RewardSegConfig(**{**common, **fields, **run})
 
 
@@ -82,10 +93,15 @@ def pretrain(cfg: dict, data, id2label, out: Path) -> Path:
     path = out / "pretrain"
     if not (path / "model.safetensors").exists():
         model = build_segformer(id2label, **cfg["model"])
-        args = config(path, {"reward_weight": 0.0, "ce_weight": 1.0, **cfg["pretrain"]}, disable_tqdm=False,
-                      eval_steps=cfg["pretrain"]["max_steps"])
-        segmentation_trainer(model, args, data["train"], {"dev": data["dev"], "validation": data["validation"]},
-                             id2label).train()
+        args = config(
+            path,
+            {"reward_weight": 0.0, "ce_weight": 1.0, **cfg["pretrain"]},
+            disable_tqdm=False,
+            eval_steps=cfg["pretrain"]["max_steps"],
+        )
+        segmentation_trainer(
+            model, args, data["train"], {"dev": data["dev"], "validation": data["validation"]}, id2label
+        ).train()
         model.save_pretrained(path)
     return path
 
@@ -97,8 +113,9 @@ def quiet(trainer):
 
 def score(model, data, id2label, args: RewardSegConfig) -> dict:
     """Dev and validation metrics, raw and after calibration on the training images (left folded into ``model``)."""
-    evaluator = quiet(segmentation_trainer(model, args, None, {"dev": data["dev"], "validation": data["validation"]},
-                                           id2label))
+    evaluator = quiet(
+        segmentation_trainer(model, args, None, {"dev": data["dev"], "validation": data["validation"]}, id2label)
+    )
     raw = evaluator.evaluate()
     loader = torch.utils.data.DataLoader(data["train_unflipped"], batch_size=16, collate_fn=collate_segmentation)
     calibration = fit_offsets(collect_logits(model, loader, progress=False), "miou", progress=False)
@@ -118,16 +135,26 @@ def run(cfg: dict, arm: str, horizon: str, lr: float, seed: int, data, id2label,
     fields = {k: v for k, v in cfg["arms"][arm].items() if k not in ("learning_rates", "horizons")}
     args = config(out / "tmp", {**cfg["tune"], **fields, **cfg["horizons"][horizon]}, learning_rate=lr, seed=seed)
     model = load_segformer(str(out / "pretrain"), id2label)
-    trainer = quiet(segmentation_trainer(model, args, data["train"], {"dev": data["dev"], "validation": data["validation"]},
-                                         id2label))
+    trainer = quiet(
+        segmentation_trainer(
+            model, args, data["train"], {"dev": data["dev"], "validation": data["validation"]}, id2label
+        )
+    )
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
     history = trainer.state.log_history
-    result = {"arm": arm, "horizon": horizon, "learning_rate": lr, "seed": seed, "settings": cfg["arms"][arm],
-              **score(model, data, id2label, args), "seconds_per_step": seconds / args.max_steps,
-              "eval_curve": [e for e in history if "eval_validation_mean_iou" in e or "eval_dev_mean_iou" in e],
-              "train_logs": [e for e in history if "loss" in e and "train_runtime" not in e]}
+    result = {
+        "arm": arm,
+        "horizon": horizon,
+        "learning_rate": lr,
+        "seed": seed,
+        "settings": cfg["arms"][arm],
+        **score(model, data, id2label, args),
+        "seconds_per_step": seconds / args.max_steps,
+        "eval_curve": [e for e in history if "eval_validation_mean_iou" in e or "eval_dev_mean_iou" in e],
+        "train_logs": [e for e in history if "loss" in e and "train_runtime" not in e],
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
     return result
@@ -162,8 +189,11 @@ def run_all(cfg: dict, runs: list[tuple], out: Path, jobs: int) -> list[dict]:
         finished = ((futures[f], f.result()) for f in as_completed(futures))
     for r, result in tqdm(finished, total=len(todo), desc="study runs"):
         done[r] = result
-        tqdm.write(f"{run_name(*r)}: validation mIoU {result['raw']['eval_validation_mean_iou']:.4f}, "
-                   f"calibrated {result['calibrated']['eval_validation_mean_iou']:.4f}, {result['seconds_per_step']:.2f} s/step")
+        tqdm.write(
+            f"{run_name(*r)}: validation mIoU {result['raw']['eval_validation_mean_iou']:.4f}, "
+            f"calibrated {result['calibrated']['eval_validation_mean_iou']:.4f}, "
+            f"{result['seconds_per_step']:.2f} s/step"
+        )
     return [done[r] for r in runs]
 
 
@@ -191,8 +221,12 @@ def main(argv: list[str] | None = None):
     pretrain(cfg, data, id2label, out)
     start_path = out / "start.json"
     if not start_path.exists():
-        start_path.write_text(json.dumps(score(load_segformer(str(out / "pretrain"), id2label), data, id2label,
-                                               config(out / "tmp", {})), indent=1))
+        start_path.write_text(
+            json.dumps(
+                score(load_segformer(str(out / "pretrain"), id2label), data, id2label, config(out / "tmp", {})),
+                indent=1,
+            )
+        )
     arms = cli.arms.split(",") if cli.arms else list(cfg["arms"])
     unknown = [a for a in arms if a not in cfg["arms"]]
     if unknown:
@@ -200,11 +234,24 @@ def main(argv: list[str] | None = None):
     if cfg["control"] not in arms:  # the paired comparisons need the control's runs
         arms.insert(0, cfg["control"])
     seeds = [int(s) for s in cli.seeds.split(",")] if cli.seeds else cfg["seeds"]
-    runs = [(arm, str(h), lr, seed) for arm in arms for h in cfg["arms"][arm]["horizons"]
-            for lr in cfg["arms"][arm]["learning_rates"] for seed in seeds]
+    runs = [
+        (arm, str(h), lr, seed)
+        for arm in arms
+        for h in cfg["arms"][arm]["horizons"]
+        for lr in cfg["arms"][arm]["learning_rates"]
+        for seed in seeds
+    ]
     results = run_all(cfg, runs, out, cli.jobs or (1 if torch.cuda.is_available() else 2))
-    print(report(cfg, json.loads(start_path.read_text()), results, id2label, out,
-                 minutes=(time.perf_counter() - started) / 60))
+    print(
+        report(
+            cfg,
+            json.loads(start_path.read_text()),
+            results,
+            id2label,
+            out,
+            minutes=(time.perf_counter() - started) / 60,
+        )
+    )
 
 
 if __name__ == "__main__":

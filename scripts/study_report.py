@@ -63,7 +63,8 @@ def report(cfg: dict, start: dict, results: list[dict], id2label: dict[int, str]
     lines = [
         f"Starting checkpoint: dev mIoU {_value(start, 'dev', False):.4f} raw, {_value(start, 'dev', True):.4f} "
         f"calibrated; validation {_value(start, 'val', False):.4f} raw, {start_cal:.4f} calibrated. "
-        f"Mean ± sd over seeds {cfg['seeds']}; Δ in points on calibrated validation mIoU. Wall time {minutes:.0f} min.",
+        f"Mean ± sd over seeds {cfg['seeds']}; Δ in points of calibrated validation mIoU. Wall time "
+        f"{minutes:.0f} min.",
         "",
         "| arm | horizon | lr | chosen on dev | dev raw | dev calibrated | val raw | val calibrated | "
         "Δ vs calibration alone | Δ vs cross-entropy, calibrated | clears the bar | s/step |",
@@ -79,12 +80,18 @@ def report(cfg: dict, start: dict, results: list[dict], id2label: dict[int, str]
         verdict = ("yes" if ok_start and ok_ce else "no") if is_chosen and arm != control else ""
         cells = [_mean_sd([_value(r, split, cal) for r in runs.values()]) for split in SPLITS for cal in (False, True)]
         step = statistics.mean(r["seconds_per_step"] for r in runs.values())
-        lines.append(f"| {arm} | {horizon} | {lr:g} | {'yes' if is_chosen else ''} | {' | '.join(cells)} | "
-                     f"{over_start} | {over_ce} | {verdict} | {step:.2f} |")
-    lines += ["", "Per-class calibrated validation IoU, mean over seeds, at the learning rates chosen on dev:", "",
-              "| model | " + " | ".join(id2label[i] for i in sorted(id2label)) + " |",
-              "|---" * (len(id2label) + 1) + "|",
-              "| start | " + " | ".join(f"{start['calibrated'][_iou(i, id2label)]:.3f}" for i in sorted(id2label)) + " |"]
+        lines.append(
+            f"| {arm} | {horizon} | {lr:g} | {'yes' if is_chosen else ''} | {' | '.join(cells)} | "
+            f"{over_start} | {over_ce} | {verdict} | {step:.2f} |"
+        )
+    lines += [
+        "",
+        "Per-class calibrated validation IoU, mean over seeds, at the learning rates chosen on dev:",
+        "",
+        "| model | " + " | ".join(id2label[i] for i in sorted(id2label)) + " |",
+        "|---" * (len(id2label) + 1) + "|",
+        "| start | " + " | ".join(f"{start['calibrated'][_iou(i, id2label)]:.3f}" for i in sorted(id2label)) + " |",
+    ]
     for (arm, horizon), lr in picks.items():
         runs = groups[(arm, horizon, lr)].values()
         ious = [statistics.mean(r["calibrated"][_iou(i, id2label)] for r in runs) for i in sorted(id2label)]
@@ -115,15 +122,28 @@ def plot_curves(cfg: dict, groups: dict, picks: dict, start: dict, path: Path) -
                 continue
             runs = list(groups[(arm, horizon, picks[(arm, horizon)])].values())
             steps = [0] + [e["step"] for e in runs[0]["eval_curve"] if "eval_validation_mean_iou" in e]
-            curves = [[_value(start, "val", False)] + [e["eval_validation_mean_iou"] for e in r["eval_curve"]
-                                                        if "eval_validation_mean_iou" in e] for r in runs]
-            ax.plot(steps, [statistics.mean(v) for v in zip(*curves)], "o-", markersize=3, color=colours[arm],
-                    label=f"{arm} (lr {picks[(arm, horizon)]:g})")
-            ax.axhline(statistics.mean(_value(r, "val", True) for r in runs), color=colours[arm], linestyle="--",
-                       linewidth=1)
+            curves = [
+                [_value(start, "val", False)]
+                + [e["eval_validation_mean_iou"] for e in r["eval_curve"] if "eval_validation_mean_iou" in e]
+                for r in runs
+            ]
+            ax.plot(
+                steps,
+                [statistics.mean(v) for v in zip(*curves)],
+                "o-",
+                markersize=3,
+                color=colours[arm],
+                label=f"{arm} (lr {picks[(arm, horizon)]:g})",
+            )
+            ax.axhline(
+                statistics.mean(_value(r, "val", True) for r in runs), color=colours[arm], linestyle="--", linewidth=1
+            )
         ax.axhline(_value(start, "val", True), color="grey", linestyle=":", label="calibration alone")
-        ax.set(xlabel="tuning step", ylabel="validation mIoU", title=f"{horizon} horizon: raw during training, "
-               "calibrated at the end (dashed)")
+        ax.set(
+            xlabel="tuning step",
+            ylabel="validation mIoU",
+            title=f"{horizon} horizon: raw during training, calibrated at the end (dashed)",
+        )
         ax.legend(fontsize=7, ncol=2)
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -54,9 +54,14 @@ TUNED, CONTROL, START = "reward tuning", "cross-entropy", "start"
 
 def calibrate(model, data_args: DataArguments, tune_args: TuneArguments, args: TuneConfig, id2label, reward):
     """Fit offsets on the first ``calibration_images`` training images (no augmentation), fold them into ``model``."""
-    train, _, _ = load_splits(data_args, seed=args.seed, ignore_index=args.ignore_index, id2label=id2label, augment=False)
-    loader = torch.utils.data.DataLoader(train.take(tune_args.calibration_images),
-                                         batch_size=args.per_device_eval_batch_size, collate_fn=collate_segmentation)
+    train, _, _ = load_splits(
+        data_args, seed=args.seed, ignore_index=args.ignore_index, id2label=id2label, augment=False
+    )
+    loader = torch.utils.data.DataLoader(
+        train.take(tune_args.calibration_images),
+        batch_size=args.per_device_eval_batch_size,
+        collate_fn=collate_segmentation,
+    )
     cache = collect_logits(model, loader, ignore_index=args.ignore_index, progress=not args.disable_tqdm)
     calibration = fit_offsets(cache, reward, ignore_index=args.ignore_index, progress=not args.disable_tqdm)
     fold_offsets(model, calibration, split=f"{data_args.train_split}, first {len(cache)} images")
@@ -86,9 +91,17 @@ def main(argv: list[str] | None = None):
     models = {START: start_model, TUNED: model}
     histories = {TUNED: trainer.state.log_history}
     if tune_args.control:
-        control_args = dataclasses.replace(args, reward_weight=0.0, ce_weight=1.0, lovasz_weight=0.0, kl_coef=0.0,
-                                           output_dir=str(out / "control"), save_strategy="no", push_to_hub=False,
-                                           resume_from_checkpoint=None)
+        control_args = dataclasses.replace(
+            args,
+            reward_weight=0.0,
+            ce_weight=1.0,
+            lovasz_weight=0.0,
+            kl_coef=0.0,
+            output_dir=str(out / "control"),
+            save_strategy="no",
+            push_to_hub=False,
+            resume_from_checkpoint=None,
+        )
         control_train, _, _ = load_splits(data_args, seed=args.seed, ignore_index=args.ignore_index, id2label=id2label)
         control = segmentation_trainer(load_model(start_args, id2label), control_args, control_train, val, id2label)
         control.train()
@@ -103,36 +116,59 @@ def main(argv: list[str] | None = None):
     if tune_args.calibrate:
         for name, calibrated in models.items():
             calibrations[name] = calibrate(calibrated, data_args, tune_args, args, id2label, reward)
-            evaluator = segmentation_trainer(calibrated, dataclasses.replace(args, push_to_hub=False), None, val, id2label)
+            evaluator = segmentation_trainer(
+                calibrated, dataclasses.replace(args, push_to_hub=False), None, val, id2label
+            )
             results[f"{name}, calibrated"] = evaluator.evaluate()
         if shown:
             predictions.update({f"{name}, calibrated": predict_masks(models[name], shown) for name in (START, TUNED)})
-            predictions = {name: predictions[name] for name in (START, f"{START}, calibrated", TUNED, f"{TUNED}, calibrated")}
+            predictions = {
+                name: predictions[name] for name in (START, f"{START}, calibrated", TUNED, f"{TUNED}, calibrated")
+            }
 
     model.config.hf_reward_evaluation = data_args.evaluation_record()  # evaluate_model.py scores it the same way
     trainer.save_model()
-    base = model_args.model_name_or_path or f"a SegFormer built from config, pretrained by cross-entropy here ({start_path})"
+    base = (
+        model_args.model_name_or_path
+        or f"a SegFormer built from config, pretrained by cross-entropy here ({start_path})"
+    )
     dataset = data_args.data_path or {"cityscapes": CITYSCAPES_REPO}.get(data_args.dataset, data_args.dataset)
-    card = model_card(base_model=base, dataset=dataset, args=args, results=results, id2label=id2label,
-                      calibration=model.config.to_dict().get("calibration"))
+    card = model_card(
+        base_model=base,
+        dataset=dataset,
+        args=args,
+        results=results,
+        id2label=id2label,
+        calibration=model.config.to_dict().get("calibration"),
+    )
     if trainer.is_world_process_zero():
         summary = summary_table(results, trainer.state.global_step)
         per_class = per_class_table(results, id2label)
         print(f"\nValidation mIoU (%), from the same start and on the same data:\n\n{summary}\n")
         (out / "results.md").write_text(f"{summary}\n\nPer-class validation IoU (%):\n\n{per_class}\n")
-        (out / "results.json").write_text(json.dumps(
-            {"results": results, "calibration": {k: dataclasses.asdict(v) for k, v in calibrations.items()}},
-            indent=2, default=lambda value: value.tolist()))
+        (out / "results.json").write_text(
+            json.dumps(
+                {"results": results, "calibration": {k: dataclasses.asdict(v) for k, v in calibrations.items()}},
+                indent=2,
+                default=lambda value: value.tolist(),
+            )
+        )
         (out / "README.md").write_text(card)
-        written = [("tuned model" + (" (calibrated)" if calibrations else ""), out / "model.safetensors"),
-                   ("results, per-class IoU", out / "results.md"), ("all metrics", out / "results.json"),
-                   ("model card", out / "README.md")]
+        written = [
+            ("tuned model" + (" (calibrated)" if calibrations else ""), out / "model.safetensors"),
+            ("results, per-class IoU", out / "results.md"),
+            ("all metrics", out / "results.json"),
+            ("model card", out / "README.md"),
+        ]
         if shown:
             from hf_reward.plots import plot_overlays, plot_training
 
             start_miou = results[START]["eval_mean_iou"]
-            levels = {name.removesuffix(", calibrated"): r["eval_mean_iou"] for name, r in results.items()
-                      if name.endswith("calibrated")}
+            levels = {
+                name.removesuffix(", calibrated"): r["eval_mean_iou"]
+                for name, r in results.items()
+                if name.endswith("calibrated")
+            }
             plot_training(histories, out / "training.png", start=start_miou, calibrated=levels)
             plot_overlays(shown, predictions, id2label, out / "overlays.png", ignore_index=args.ignore_index)
             written += [("curves", out / "training.png"), ("predictions", out / "overlays.png")]

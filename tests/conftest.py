@@ -20,21 +20,37 @@ ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / "shared" / "datasets" / "camvid"
 
 # A run of seconds: 32x32 toy streets, a 30k-parameter SegFormer, 2 pretraining and 2 tuning steps.
-TINY = ("--hidden_sizes 8 16 32 64 --decoder_hidden_size 16 --toy_size 32 --crop_size 32 32 --toy_train_images 64 "
-        "--toy_eval_images 4 --shuffle_buffer 8 --pretrain_steps 2 --max_steps 2 --per_device_train_batch_size 4 "
-        "--per_device_eval_batch_size 4 --eval_steps 1 --logging_steps 1 --save_steps 2 --num_overlays 2 --use_cpu "
-        "--calibration_images 8 --disable_tqdm true --seed 0").split()
+TINY = (
+    "--hidden_sizes 8 16 32 64 --decoder_hidden_size 16 --toy_size 32 --crop_size 32 32 --toy_train_images 64 "
+    "--toy_eval_images 4 --shuffle_buffer 8 --pretrain_steps 2 --max_steps 2 --per_device_train_batch_size 4 "
+    "--per_device_eval_batch_size 4 --eval_steps 1 --logging_steps 1 --save_steps 2 --num_overlays 2 --use_cpu "
+    "--calibration_images 8 --disable_tqdm true --seed 0"
+).split()
 
 
-def tiny_segformer(num_labels: int = 4, seed: int = 0, id2label: dict | None = None) -> SegformerForSemanticSegmentation:
+def tiny_segformer(
+    num_labels: int = 4, seed: int = 0, id2label: dict | None = None
+) -> SegformerForSemanticSegmentation:
     """A 7k-parameter random SegFormer (2 stages), deterministic: no dropout, no drop path."""
     id2label = id2label or {i: f"class{i}" for i in range(num_labels)}
     torch.manual_seed(seed)
     config = SegformerConfig(
-        num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16], num_attention_heads=[1, 1],
-        patch_sizes=[7, 3], strides=[4, 2], mlp_ratios=[2, 2], decoder_hidden_size=16, num_labels=len(id2label),
-        drop_path_rate=0.0, classifier_dropout_prob=0.0, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-        id2label=dict(id2label), label2id={v: k for k, v in id2label.items()},
+        num_encoder_blocks=2,
+        depths=[1, 1],
+        sr_ratios=[2, 1],
+        hidden_sizes=[8, 16],
+        num_attention_heads=[1, 1],
+        patch_sizes=[7, 3],
+        strides=[4, 2],
+        mlp_ratios=[2, 2],
+        decoder_hidden_size=16,
+        num_labels=len(id2label),
+        drop_path_rate=0.0,
+        classifier_dropout_prob=0.0,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        id2label=dict(id2label),
+        label2id={v: k for k, v in id2label.items()},
     )
     return SegformerForSemanticSegmentation(config)
 
@@ -95,6 +111,7 @@ def toy_start(tmp_path_factory):
     from hf_reward.modeling import build_segformer
 
     path = tmp_path_factory.mktemp("start")
-    build_segformer(TOY_STREETS_ID2LABEL, hidden_sizes=(8, 16, 32, 64), depths=(1, 1, 1, 1),
-                    decoder_hidden_size=16).save_pretrained(path)
+    build_segformer(
+        TOY_STREETS_ID2LABEL, hidden_sizes=(8, 16, 32, 64), depths=(1, 1, 1, 1), decoder_hidden_size=16
+    ).save_pretrained(path)
     return path

@@ -18,8 +18,11 @@ from pathlib import Path
 from hf_reward import RewardSegTrainer
 
 seen, local_rewards, local_counts = [], [], []
-compute_loss, add_metric, sum_over = (RewardSegTrainer.compute_loss, RewardSegTrainer._add_metric,
-                                      RewardSegTrainer._sum_over_processes)
+compute_loss, add_metric, sum_over = (
+    RewardSegTrainer.compute_loss,
+    RewardSegTrainer._add_metric,
+    RewardSegTrainer._sum_over_processes,
+)
 
 
 def recording_compute_loss(self, model, inputs, *args, **kwargs):
@@ -47,12 +50,16 @@ RewardSegTrainer._sum_over_processes = recording_sum_over
 prefix, argv = sys.argv[1], sys.argv[2:]
 trainer = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "tune.py"), run_name="tune")["main"](argv)
 params = b"".join(p.detach().cpu().numpy().tobytes() for p in trainer.model.parameters())
-Path(f"{prefix}{os.environ['RANK']}.json").write_text(json.dumps({
-    "world_size": trainer.args.world_size,
-    "seen": seen,
-    "local_rewards": local_rewards,
-    "local_counts": local_counts,
-    "running_confusion": trainer._running_confusion.tolist(),
-    "params": hashlib.sha1(params).hexdigest(),
-    "log_history": trainer.state.log_history,
-}))
+Path(f"{prefix}{os.environ['RANK']}.json").write_text(
+    json.dumps(
+        {
+            "world_size": trainer.args.world_size,
+            "seen": seen,
+            "local_rewards": local_rewards,
+            "local_counts": local_counts,
+            "running_confusion": trainer._running_confusion.tolist(),
+            "params": hashlib.sha1(params).hexdigest(),
+            "log_history": trainer.state.log_history,
+        }
+    )
+)

@@ -41,8 +41,10 @@ def test_void_images_get_zero_advantage_and_are_left_out_of_means():
         assert (adv[:, 1] == 0).all()
     torch.testing.assert_close(advantages(r, "batch_mean", valid=valid)[:, 0], torch.tensor([0.2 - 0.6, 0.6 - 0.2]))
     # ema with no value yet (NaN) falls back to the batch mean
-    torch.testing.assert_close(advantages(r, "ema", valid=valid, ema_value=torch.tensor(float("nan"))),
-                               advantages(r, "batch_mean", valid=valid))
+    torch.testing.assert_close(
+        advantages(r, "ema", valid=valid, ema_value=torch.tensor(float("nan"))),
+        advantages(r, "batch_mean", valid=valid),
+    )
 
 
 def test_check_baseline():

@@ -101,8 +101,9 @@ def test_fit_is_a_coordinatewise_optimum_and_never_worse(name, lattice):
 
 def test_perfect_predictions_keep_zero_offsets():
     batches = random_case(lattice=False)
-    perfect = [(10.0 * torch.nn.functional.one_hot(y.clamp(0, C - 1), C).permute(0, 3, 1, 2).float(), y)
-               for _, y in batches]
+    perfect = [
+        (10.0 * torch.nn.functional.one_hot(y.clamp(0, C - 1), C).permute(0, 3, 1, 2).float(), y) for _, y in batches
+    ]
     kept = [z.clone() for z, _ in perfect]
     result = fit_offsets(perfect, progress=False)
     assert all(torch.equal(z, k) for (z, _), k in zip(perfect, kept))  # at label size: not upsampled, not copied

@@ -68,14 +68,18 @@ def test_label_lookup_maps_in_one_lookup_and_names_unknown_values():
 
 
 def test_cityscapes_adapter_streams_parquet_with_official_train_ids(tmp_path):
-    ids = np.array([[7, 8, 26, 0], [24, 33, 9, 23]], np.uint8)  # road, sidewalk, car, void / person, bicycle, parking(void), sky
+    ids = np.array(
+        [[7, 8, 26, 0], [24, 33, 9, 23]], np.uint8
+    )  # road, sidewalk, car, void / person, bicycle, parking(void), sky
     mask3 = np.repeat(ids[..., None], 3, axis=-1)  # stored with 3 equal channels, as on the Hub mirror
     rows = {"image": [png(rgb(2, 4))], "semantic_segmentation": [png(mask3)]}
     files = write_parquet(tmp_path / "train-00000.parquet", rows, ("image", "semantic_segmentation"))
     ds, id2label = load_cityscapes("train", path="parquet", data_files=files)
     assert isinstance(ds, datasets.IterableDataset)
     labels = next(iter(ds))["labels"]
-    expected = [[cs_id2label[i].trainId if not cs_id2label[i].ignoreInEval else 255 for i in row] for row in ids.tolist()]
+    expected = [
+        [cs_id2label[i].trainId if not cs_id2label[i].ignoreInEval else 255 for i in row] for row in ids.tolist()
+    ]
     assert labels.tolist() == expected == [[0, 1, 13, 255], [11, 18, 255, 10]]
     assert len(id2label) == 19 and id2label[0] == "road" and id2label[18] == "bicycle"
 
@@ -102,8 +106,15 @@ def test_camvid_streams_real_examples_into_a_segformer():
     assert batch["pixel_values"].shape == (2, 3, 64, 64) and batch["labels"].dtype == torch.long
     assert set(batch["labels"].unique().tolist()) <= set(range(11)) | {255}
 
-    config = SegformerConfig(num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()},
-                             depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 16, 16], decoder_hidden_size=16, num_attention_heads=[1, 1, 1, 1])
+    config = SegformerConfig(
+        num_labels=len(id2label),
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+        depths=[1, 1, 1, 1],
+        hidden_sizes=[8, 16, 16, 16],
+        decoder_hidden_size=16,
+        num_attention_heads=[1, 1, 1, 1],
+    )
     check_num_labels(config, id2label)
     torch.manual_seed(0)
     out = SegformerForSemanticSegmentation(config)(**batch)
@@ -111,7 +122,9 @@ def test_camvid_streams_real_examples_into_a_segformer():
 
 
 def test_camvid_unlabelled_becomes_ignore_at_full_resolution():
-    raw = datasets.load_dataset("parquet", data_files=str(CAMVID / "validation-*.parquet"), split="train", streaming=True)
+    raw = datasets.load_dataset(
+        "parquet", data_files=str(CAMVID / "validation-*.parquet"), split="train", streaming=True
+    )
     stored = np.asarray(next(iter(raw))["label"])
     ds, _ = load_camvid("validation", root=CAMVID)
     labels = next(iter(ds))["labels"].numpy()
@@ -154,7 +167,10 @@ def test_toy_streets_streaming_and_map_style_give_the_same_examples():
 
 def test_train_transform_is_seeded_and_pads_labels_with_ignore():
     image, labels = make_scene(0, 32)
-    t = lambda: train_transform(48, scale_range=(0.5, 0.5), seed=1)  # 16x16 after scaling: mostly padding
+
+    def t():
+        return train_transform(48, scale_range=(0.5, 0.5), seed=1)  # 16x16 after scaling: mostly padding
+
     a, b = t()(image, labels, (0, 3)), t()(image, labels, (0, 3))
     assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["labels"], b["labels"])
     assert a["labels"].shape == (48, 48) and a["pixel_values"].shape == (3, 48, 48)
@@ -186,7 +202,10 @@ def test_train_transform_flips_and_normalises_with_processor_stats():
     plain = [torch.allclose(o["pixel_values"], expected, atol=1e-5) for o in outs]
     assert all(f or p for f, p in zip(flipped, plain)) and any(flipped) and any(plain)
     for o, f in zip(outs, flipped):
-        assert torch.equal(o["labels"], torch.from_numpy(labels.astype(np.int64)).flip(-1) if f else torch.from_numpy(labels.astype(np.int64)))
+        assert torch.equal(
+            o["labels"],
+            torch.from_numpy(labels.astype(np.int64)).flip(-1) if f else torch.from_numpy(labels.astype(np.int64)),
+        )
 
 
 def test_eval_transform_resizes_labels_by_nearest_or_keeps_them():
@@ -226,7 +245,10 @@ def test_shuffle_buffer_is_seeded():
 
 
 def bad_parquet(tmp_path, image, label, n_good=1):
-    rows = {"image": [png(rgb(4, 4))] * n_good + [image], "label": [png(np.zeros((4, 4), np.uint8))] * n_good + [label]}
+    rows = {
+        "image": [png(rgb(4, 4))] * n_good + [image],
+        "label": [png(np.zeros((4, 4), np.uint8))] * n_good + [label],
+    }
     rows["file"] = [f"img{i}.png" for i in range(n_good + 1)]
     return write_parquet(tmp_path / "train.parquet", rows)
 
@@ -249,7 +271,11 @@ def test_image_and_mask_of_different_sizes_name_the_sample(tmp_path):
 
 
 def test_undecodable_image_bytes_name_the_sample(tmp_path):
-    rows = {"image": [{"bytes": b"not an image", "path": None}], "label": [png(np.zeros((4, 4), np.uint8))], "file": ["broken.jpg"]}
+    rows = {
+        "image": [{"bytes": b"not an image", "path": None}],
+        "label": [png(np.zeros((4, 4), np.uint8))],
+        "file": ["broken.jpg"],
+    }
     files = write_parquet(tmp_path / "train.parquet", rows)
     ds = load_segmentation_dataset("parquet", "train", data_files=files, num_classes=5)
     with pytest.raises(ValueError, match=r"sample 0 \(broken\.jpg\).*could not decode the image"):
@@ -283,13 +309,16 @@ def test_16_bit_grayscale_image_is_scaled_to_8_bit_not_clipped(tmp_path):
     gray = np.array([[0, 257, 1000], [32768, 65280, 65535]], np.uint16)  # saved as a 16-bit PNG (mode I;16)
     rows = {"image": [png(gray)], "label": [png(np.zeros((2, 3), np.uint8))]}
     files = write_parquet(tmp_path / "train.parquet", rows)
-    ds = load_segmentation_dataset("parquet", "train", data_files=files, num_classes=5,
-                                   transform=eval_transform(mean=(0, 0, 0), std=(1, 1, 1)))
+    ds = load_segmentation_dataset(
+        "parquet", "train", data_files=files, num_classes=5, transform=eval_transform(mean=(0, 0, 0), std=(1, 1, 1))
+    )
     pixels = (next(iter(ds))["pixel_values"] * 255).round()
     assert pixels.tolist() == [[[0, 1, 4], [128, 254, 255]]] * 3  # round(v / 257); PIL's convert gave all 255
 
 
-@pytest.mark.parametrize("array,mode", [(np.full((4, 4), 70000, np.int32), "I"), (np.full((4, 4), 0.5, np.float32), "F")])
+@pytest.mark.parametrize(
+    "array,mode", [(np.full((4, 4), 70000, np.int32), "I"), (np.full((4, 4), 0.5, np.float32), "F")]
+)
 def test_32_bit_images_are_refused_naming_sample_and_mode(tmp_path, array, mode):
     files = bad_parquet(tmp_path, tiff(array), png(np.zeros((4, 4), np.uint8)))
     ds = load_segmentation_dataset("parquet", "train", data_files=files, num_classes=5)
@@ -301,8 +330,9 @@ def test_32_bit_images_are_refused_naming_sample_and_mode(tmp_path, array, mode)
 def test_16_bit_masks_keep_label_ids_above_255(tmp_path, streaming):
     ids = np.array([[0, 300], [1000, 300]], np.uint16)  # saved as a 16-bit PNG (mode I;16)
     files = write_parquet(tmp_path / "train.parquet", {"image": [png(rgb(2, 2))], "label": [png(ids)]})
-    ds = load_segmentation_dataset("parquet", "train", data_files=files, label_map={0: 0, 300: 1, 1000: 255},
-                                   streaming=streaming)
+    ds = load_segmentation_dataset(
+        "parquet", "train", data_files=files, label_map={0: 0, 300: 1, 1000: 255}, streaming=streaming
+    )
     labels = next(iter(ds))["labels"] if streaming else ds[0]["labels"]
     assert labels.tolist() == [[0, 1], [255, 1]]
 

@@ -13,11 +13,32 @@ from conftest import ROOT, TINY, drop
 @pytest.mark.slow
 def test_two_processes_split_the_data_share_one_dataset_scope_and_stay_in_sync(tmp_path):
     prefix = tmp_path / "rank"
-    argv = ["--output_dir", str(tmp_path / "run"), *drop(TINY, "--max_steps", "--num_overlays"), "--max_steps", "3",
-            "--num_overlays", "0", "--control", "false", "--calibrate", "false"]
+    argv = [
+        "--output_dir",
+        str(tmp_path / "run"),
+        *drop(TINY, "--max_steps", "--num_overlays"),
+        "--max_steps",
+        "3",
+        "--num_overlays",
+        "0",
+        "--control",
+        "false",
+        "--calibrate",
+        "false",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-               str(ROOT / "tests" / "dist_probe.py"), str(prefix), *argv]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        str(ROOT / "tests" / "dist_probe.py"),
+        str(prefix),
+        *argv,
+    ]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

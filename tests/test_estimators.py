@@ -18,14 +18,25 @@ from hf_reward.rewards import (
 
 IGNORE = 255
 C = 3
-NAMED = {**REWARDS, "miou_weighted": get_reward("miou", class_weights=[0.5, 2.0, 0.0]),
-         "f_beta_2": get_reward("f_beta", beta=2.0)}
+NAMED = {
+    **REWARDS,
+    "miou_weighted": get_reward("miou", class_weights=[0.5, 2.0, 0.0]),
+    "f_beta_2": get_reward("f_beta", beta=2.0),
+}
 LABELS = torch.tensor([[[0, 1, 1], [2, IGNORE, 1]]])  # 2 x 3 pixels, one ignored: n_valid = 5
 
 
 def settings(**kwargs) -> LossSettings:
-    base = dict(reward=miou, estimator="score", reward_scope="image", num_samples=2, temperature=1.0, baseline="loo",
-                sample_resolution="logits", ignore_index=IGNORE)
+    base = dict(
+        reward=miou,
+        estimator="score",
+        reward_scope="image",
+        num_samples=2,
+        temperature=1.0,
+        baseline="loo",
+        sample_resolution="logits",
+        ignore_index=IGNORE,
+    )
     return LossSettings(**{**base, **kwargs})
 
 
@@ -50,7 +61,9 @@ def estimate_gradient(theta, labels, draws, loss_settings, **kwargs):
     grads = []
     for seed in range(draws):
         theta.grad = None
-        reinforce_loss(theta, labels, loss_settings, generator=torch.Generator().manual_seed(seed), **kwargs).loss.backward()
+        reinforce_loss(
+            theta, labels, loss_settings, generator=torch.Generator().manual_seed(seed), **kwargs
+        ).loss.backward()
         grads.append(theta.grad.clone())
     grads = torch.stack(grads)
     return grads.mean(0), grads.std(0) / draws**0.5
@@ -74,9 +87,17 @@ def image_scope_gradient(loss_settings, draws=40, copies=512):
 
 @pytest.mark.parametrize(
     "estimator,baseline,k",
-    [("score", "loo", 2), ("score", "loo", 8), ("score", "sample", 2), ("score", "none", 4),
-     ("score", "greedy", 2), ("score", "batch_mean", 2), ("score", "ema", 2), ("local", "none", 1),
-     ("local", "none", 4)],
+    [
+        ("score", "loo", 2),
+        ("score", "loo", 8),
+        ("score", "sample", 2),
+        ("score", "none", 4),
+        ("score", "greedy", 2),
+        ("score", "batch_mean", 2),
+        ("score", "ema", 2),
+        ("local", "none", 1),
+        ("local", "none", 4),
+    ],
 )
 def test_unbiased_image_scope(estimator, baseline, k):
     mean, se, target = image_scope_gradient(settings(estimator=estimator, baseline=baseline, num_samples=k))
@@ -86,8 +107,9 @@ def test_unbiased_image_scope(estimator, baseline, k):
 
 @pytest.mark.parametrize("name", sorted(NAMED))
 def test_local_unbiased_for_every_reward_per_image(name):
-    mean, se, target = image_scope_gradient(settings(reward=NAMED[name], estimator="local", num_samples=2), draws=10,
-                                            copies=128)
+    mean, se, target = image_scope_gradient(
+        settings(reward=NAMED[name], estimator="local", num_samples=2), draws=10, copies=128
+    )
     check_unbiased(mean, se, target, 1e-5, 0.97)
 
 
@@ -101,8 +123,13 @@ def test_local_unbiased_for_wider_scopes(scope, name):
     reward = NAMED[name]
     objective = exact_objective(theta, labels, reward, scope, running.double() if running is not None else None)
     exact = torch.autograd.grad(objective, theta)[0]
-    mean, se = estimate_gradient(theta, labels, 20, settings(reward=reward, estimator="local", reward_scope=scope,
-                                                             num_samples=256, baseline="none"), context=running)
+    mean, se = estimate_gradient(
+        theta,
+        labels,
+        20,
+        settings(reward=reward, estimator="local", reward_scope=scope, num_samples=256, baseline="none"),
+        context=running,
+    )
     scale = (running.sum() + 5) / 5 if scope == "dataset" else 1.0  # n_scope / n_batch
     check_unbiased(mean, se, -exact * scale, 1e-5, 0.98)
 
@@ -131,16 +158,26 @@ def test_gradient_scale_does_not_depend_on_resolution_or_batch_size():
 
     def gradient_norm(logits, labels, **kwargs):
         weights = torch.ones(1, 4, 1, 1, requires_grad=True)  # one gradient for every logit map, whatever its size
-        loss = sum(reinforce_loss(logits * weights, labels, settings(estimator="local", num_samples=4, temperature=0.5,
-                                                                      baseline="none", **kwargs),
-                                  generator=torch.Generator().manual_seed(s)).loss for s in range(8))
+        loss = sum(
+            reinforce_loss(
+                logits * weights,
+                labels,
+                settings(estimator="local", num_samples=4, temperature=0.5, baseline="none", **kwargs),
+                generator=torch.Generator().manual_seed(s),
+            ).loss
+            for s in range(8)
+        )
         return torch.autograd.grad(loss, weights)[0].norm()
 
     def upsampled(x):
         return x.repeat_interleave(2, -1).repeat_interleave(2, -2)
 
-    for kwargs in (dict(reward_scope="image"), dict(reward_scope="batch"),
-                   dict(reward_scope="dataset"), dict(reward_scope="image", reward=pixel_accuracy)):
+    for kwargs in (
+        dict(reward_scope="image"),
+        dict(reward_scope="batch"),
+        dict(reward_scope="dataset"),
+        dict(reward_scope="image", reward=pixel_accuracy),
+    ):
         reference = gradient_norm(base, labels, **kwargs)
         finer = gradient_norm(upsampled(base), upsampled(labels), **kwargs)
         bigger = gradient_norm(base.repeat(4, 1, 1, 1), labels.repeat(4, 1, 1), **kwargs)
@@ -154,8 +191,12 @@ def test_all_ignore_image_gives_finite_loss_and_zero_gradient():
     labels[1] = IGNORE
     for estimator, scope in [("score", "image"), ("local", "image"), ("local", "batch"), ("local", "dataset")]:
         logits.grad = None
-        out = reinforce_loss(logits, labels, settings(estimator=estimator, reward_scope=scope),
-                             context=torch.zeros(C, C) if scope == "dataset" else None)
+        out = reinforce_loss(
+            logits,
+            labels,
+            settings(estimator=estimator, reward_scope=scope),
+            context=torch.zeros(C, C) if scope == "dataset" else None,
+        )
         out.loss.backward()
         assert out.loss.isfinite() and logits.grad.isfinite().all()
         assert logits.grad[1].abs().max() == 0
@@ -172,8 +213,11 @@ def test_shapes_rewards_in_range_and_greedy(resolution):
     assert ((out.rewards >= 0) & (out.rewards <= 1)).all()
     small = labels[:, 2::4, 2::4]  # the centre of each 4 x 4 cell, where bilinear upsampling puts the logit
     big = torch.nn.functional.interpolate(logits.detach(), size=(32, 32), mode="bilinear", align_corners=False)
-    expected = reward_of_masks(miou, logits.argmax(1), small, 4) if resolution == "logits" else \
-        reward_of_masks(miou, big.argmax(1), labels, 4)
+    expected = (
+        reward_of_masks(miou, logits.argmax(1), small, 4)
+        if resolution == "logits"
+        else reward_of_masks(miou, big.argmax(1), labels, 4)
+    )
     torch.testing.assert_close(out.greedy_rewards, expected.float())
 
 
@@ -211,10 +255,16 @@ def test_custom_reward_works_with_both_estimators():
 
 @pytest.mark.parametrize(
     "knobs,message",
-    [(dict(reward_scope="batch"), "needs estimator='local'"), (dict(estimator="pathwise"), "estimator must be one of"),
-     (dict(num_samples=1), "needs num_samples >= 2"), (dict(baseline="sample", num_samples=3), "must be even"),
-     (dict(temperature=float("nan")), "temperature"), (dict(temperature=float("inf")), "temperature"),
-     (dict(sample_resolution="full"), "sample_resolution"), (dict(reward="miou"), "function of")],
+    [
+        (dict(reward_scope="batch"), "needs estimator='local'"),
+        (dict(estimator="pathwise"), "estimator must be one of"),
+        (dict(num_samples=1), "needs num_samples >= 2"),
+        (dict(baseline="sample", num_samples=3), "must be even"),
+        (dict(temperature=float("nan")), "temperature"),
+        (dict(temperature=float("inf")), "temperature"),
+        (dict(sample_resolution="full"), "sample_resolution"),
+        (dict(reward="miou"), "function of"),
+    ],
 )
 def test_settings_reject_impossible_values(knobs, message):
     with pytest.raises(ValueError, match=message):
@@ -245,9 +295,18 @@ def test_counts_are_summed_over_processes_before_they_join_the_scope():
         calls.append(counts.shape)
         return 2 * counts
 
-    out = reinforce_loss(logits, labels, settings(estimator="local", reward_scope="batch", num_samples=2),
-                         reduce_counts=twice, generator=torch.Generator().manual_seed(0))
-    single = reinforce_loss(logits, labels, settings(estimator="local", reward_scope="batch", num_samples=2),
-                            generator=torch.Generator().manual_seed(0))
+    out = reinforce_loss(
+        logits,
+        labels,
+        settings(estimator="local", reward_scope="batch", num_samples=2),
+        reduce_counts=twice,
+        generator=torch.Generator().manual_seed(0),
+    )
+    single = reinforce_loss(
+        logits,
+        labels,
+        settings(estimator="local", reward_scope="batch", num_samples=2),
+        generator=torch.Generator().manual_seed(0),
+    )
     assert calls == [(2, 3, 3)]
     torch.testing.assert_close(out.sample_confusion, 2 * single.sample_confusion)

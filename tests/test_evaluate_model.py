@@ -20,8 +20,9 @@ def model_dir(tmp_path):
 
 def test_yaml_config_with_flag_overrides_prints_a_per_class_table(model_dir, tmp_path, capsys):
     config = tmp_path / "eval.yaml"
-    config.write_text(f"model_name_or_path: {model_dir}\ndataset: toy_streets\ntoy_eval_images: 5\ntoy_size: 32\n"
-                      "batch_size: 4\n")
+    config.write_text(
+        f"model_name_or_path: {model_dir}\ndataset: toy_streets\ntoy_eval_images: 5\ntoy_size: 32\nbatch_size: 4\n"
+    )
     out_json = tmp_path / "metrics.json"
     metrics = EVALUATE.main(["--config", str(config), "--max_eval_samples", "3", "--output_json", str(out_json)])
     _, data_args, eval_args = EVALUATE.parse_config(EVALUATE.ARGUMENTS, ["--config", str(config), "--batch_size", "2"])

@@ -38,7 +38,9 @@ class FakeHub:
         snapshot = repo / "snapshots" / COMMIT
         for path in Path(folder_path).rglob("*"):
             relative = path.relative_to(folder_path).as_posix()
-            if path.is_file() and not any(fnmatch.fnmatch(part, p) for p in ignore_patterns for part in relative.split("/")):
+            if path.is_file() and not any(
+                fnmatch.fnmatch(part, p) for p in ignore_patterns for part in relative.split("/")
+            ):
                 (snapshot / relative).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(path, snapshot / relative)
         (repo / "refs").mkdir(parents=True, exist_ok=True)
@@ -58,8 +60,21 @@ def hub(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_tune_pushes_a_calibrated_model_that_loads_by_repo_id_offline(tmp_path, hub):
-    argv = ["--output_dir", str(tmp_path / "run"), *drop(TINY, "--num_overlays"), "--num_overlays", "0",
-            "--control", "false", "--push_to_hub", "true", "--hub_model_id", "alice/tiny-miou", "--hub_strategy", "end"]
+    argv = [
+        "--output_dir",
+        str(tmp_path / "run"),
+        *drop(TINY, "--num_overlays"),
+        "--num_overlays",
+        "0",
+        "--control",
+        "false",
+        "--push_to_hub",
+        "true",
+        "--hub_model_id",
+        "alice/tiny-miou",
+        "--hub_strategy",
+        "end",
+    ]
     trainer = load_script("tune").main(argv)
     assert hub.uploads[-1] == ("alice/tiny-miou", "Reward tuning with hf-reward")
     snapshot = hub.cache / "models--alice--tiny-miou" / "snapshots" / COMMIT
@@ -79,37 +94,88 @@ def test_tune_pushes_a_calibrated_model_that_loads_by_repo_id_offline(tmp_path, 
 
 
 def test_model_card_records_settings_results_and_calibration():
-    args = RewardSegConfig(output_dir="unused", estimator="score", reward_scope="image", baseline="loo", num_samples=4,
-                           sample_resolution="labels", learning_rate=1e-5, max_steps=300)
+    args = RewardSegConfig(
+        output_dir="unused",
+        estimator="score",
+        reward_scope="image",
+        baseline="loo",
+        num_samples=4,
+        sample_resolution="labels",
+        learning_rate=1e-5,
+        max_steps=300,
+    )
     id2label = {0: "road", 1: "traffic light", 2: "rider"}
     results = {
-        "start": {"eval_mean_iou": 0.5, "eval_iou_road": 0.9, "eval_iou_traffic_light": 0.1, "eval_iou_rider": float("nan")},
-        "reward tuning": {"eval_mean_iou": 0.55, "eval_iou_road": 0.9, "eval_iou_traffic_light": 0.2,
-                          "eval_iou_rider": float("nan")},
+        "start": {
+            "eval_mean_iou": 0.5,
+            "eval_iou_road": 0.9,
+            "eval_iou_traffic_light": 0.1,
+            "eval_iou_rider": float("nan"),
+        },
+        "reward tuning": {
+            "eval_mean_iou": 0.55,
+            "eval_iou_road": 0.9,
+            "eval_iou_traffic_light": 0.2,
+            "eval_iou_rider": float("nan"),
+        },
         "reward tuning, calibrated": {"eval_mean_iou": 0.6},
     }
-    calibration = {"offsets": {"road": -0.5, "traffic light": 1.25, "rider": 0.0}, "split": "train", "reward": "miou",
-                   "metric_before": 0.4, "metric_after": 0.45}
-    card = model_card(base_model="nvidia/segformer-b0-finetuned-cityscapes-1024-1024", dataset="Chris1/cityscapes",
-                      args=args, results=results, id2label=id2label, calibration=calibration)
+    calibration = {
+        "offsets": {"road": -0.5, "traffic light": 1.25, "rider": 0.0},
+        "split": "train",
+        "reward": "miou",
+        "metric_before": 0.4,
+        "metric_after": 0.45,
+    }
+    card = model_card(
+        base_model="nvidia/segformer-b0-finetuned-cityscapes-1024-1024",
+        dataset="Chris1/cityscapes",
+        args=args,
+        results=results,
+        id2label=id2label,
+        calibration=calibration,
+    )
     front = card.split("---")[1]
     assert "base_model: nvidia/segformer-b0-finetuned-cityscapes-1024-1024" in front and "- Chris1/cityscapes" in front
     assert "REINFORCE with the 'loo' baseline of the per-image miou" in card
-    for row in ("| reward | miou |", "| estimator | score |", "| baseline | loo |", "| samples per image (K) | 4 |",
-                "| sampling resolution | labels |", "| learning rate | 1e-05 (constant schedule) |", "| steps | 300 |",
-                "| start | 50.0 | — |", "| reward tuning, 300 steps | 55.0 | 60.0 |",
-                "| traffic light | 10.0 | 20.0 | n/a |", "| rider | n/a | n/a | n/a |",
-                "road -0.50, traffic light +1.25, rider +0.00", "(40.0 -> 45.0 there)"):
+    for row in (
+        "| reward | miou |",
+        "| estimator | score |",
+        "| baseline | loo |",
+        "| samples per image (K) | 4 |",
+        "| sampling resolution | labels |",
+        "| learning rate | 1e-05 (constant schedule) |",
+        "| steps | 300 |",
+        "| start | 50.0 | — |",
+        "| reward tuning, 300 steps | 55.0 | 60.0 |",
+        "| traffic light | 10.0 | 20.0 | n/a |",
+        "| rider | n/a | n/a | n/a |",
+        "road -0.50, traffic light +1.25, rider +0.00",
+        "(40.0 -> 45.0 there)",
+    ):
         assert row in card, row
 
 
 def test_per_class_rows_follow_the_label_order():
-    table = per_class_table({"a": {"eval_mean_iou": 0.25, "eval_iou_b": 0.5, "eval_iou_a": 0.0},
-                             "b": {"eval_mean_iou": 0.5, "eval_iou_b": 0.5, "eval_iou_a": 0.5}}, {0: "b", 1: "a"})
+    table = per_class_table(
+        {
+            "a": {"eval_mean_iou": 0.25, "eval_iou_b": 0.5, "eval_iou_a": 0.0},
+            "b": {"eval_mean_iou": 0.5, "eval_iou_b": 0.5, "eval_iou_a": 0.5},
+        },
+        {0: "b", 1: "a"},
+    )
     assert table.splitlines()[2:] == ["| **mIoU** | 25.0 | 50.0 |", "| b | 50.0 | 50.0 |", "| a | 0.0 | 50.0 |"]
 
 
 def test_summary_table_of_another_metric():
-    table = summary_table({"start": {"eval_mean_accuracy": 0.5}, "start, calibrated": {"eval_mean_accuracy": 0.7}},
-                          steps=10, metric="mean_accuracy", label="mean accuracy")
-    assert table.splitlines() == ["| model | mean accuracy (%) | calibrated |", "|---|---:|---:|", "| start | 50.0 | 70.0 |"]
+    table = summary_table(
+        {"start": {"eval_mean_accuracy": 0.5}, "start, calibrated": {"eval_mean_accuracy": 0.7}},
+        steps=10,
+        metric="mean_accuracy",
+        label="mean accuracy",
+    )
+    assert table.splitlines() == [
+        "| model | mean accuracy (%) | calibrated |",
+        "|---|---:|---:|",
+        "| start | 50.0 | 70.0 |",
+    ]

@@ -24,8 +24,9 @@ def test_cache_round_trip_equals_the_direct_load(tmp_path):
     assert images.shape == (101, 3, *SIZE) and images.dtype == torch.uint8
     assert labels.shape == (101, *SIZE) and labels.dtype == torch.uint8 and 255 in labels  # unlabelled: ignore
 
-    direct, direct_id2label = load_camvid("validation", root=CAMVID,
-                                          transform=eval_transform(SIZE, mean=(0, 0, 0), std=(1, 1, 1)))
+    direct, direct_id2label = load_camvid(
+        "validation", root=CAMVID, transform=eval_transform(SIZE, mean=(0, 0, 0), std=(1, 1, 1))
+    )
     for i, example in zip(range(3), direct):
         assert torch.equal(images[i], (example["pixel_values"] * 255).round().to(torch.uint8))
         assert torch.equal(labels[i].long(), example["labels"])

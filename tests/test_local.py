@@ -5,8 +5,11 @@ from hf_reward.local import switch_table, switched_reward_deltas
 from hf_reward.rewards import REWARDS, class_counts, confusion_matrix, get_reward
 
 IGNORE = 255
-NAMED = {**REWARDS, "miou_weighted": get_reward("miou", class_weights=[0.5, 2.0, 0.0, 1.0]),
-         "f_beta_2": get_reward("f_beta", beta=2.0)}
+NAMED = {
+    **REWARDS,
+    "miou_weighted": get_reward("miou", class_weights=[0.5, 2.0, 0.0, 1.0]),
+    "f_beta_2": get_reward("f_beta", beta=2.0),
+}
 
 
 def brute_force_deltas(pred, target, extra, reward, num_classes):

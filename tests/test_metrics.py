@@ -31,7 +31,10 @@ def evaluate_mean_iou_reference(preds, refs, num_labels, ignore_index):
         keep = ref != ignore_index
         pred, ref = pred[keep], ref[keep]
         inter = pred[pred == ref]
-        hist = lambda x: np.histogram(x, bins=num_labels, range=(0, num_labels - 1))[0]
+
+        def hist(x):
+            return np.histogram(x, bins=num_labels, range=(0, num_labels - 1))[0]
+
         total_i, total_p, total_r = total_i + hist(inter), total_p + hist(pred), total_r + hist(ref)
     union = total_p + total_r - total_i
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -67,7 +70,9 @@ def test_agrees_with_evaluate_mean_iou_semantics_across_batches():
     for key in ("mean_iou", "mean_accuracy", "overall_accuracy"):
         assert got[key] == pytest.approx(want[key])
     assert math.isnan(got["iou"][5]) and got["iou"][4] == 0 and got["iou"][3] == 0  # absent / FP only / FN only
-    per_image_mean = np.mean([evaluate_mean_iou_reference(pred[b : b + 1], ref[b : b + 1], 6, 255)["mean_iou"] for b in range(3)])
+    per_image_mean = np.mean(
+        [evaluate_mean_iou_reference(pred[b : b + 1], ref[b : b + 1], 6, 255)["mean_iou"] for b in range(3)]
+    )
     assert got["mean_iou"] != pytest.approx(per_image_mean)
 
 
@@ -107,7 +112,11 @@ def test_agrees_with_official_cityscapes_evaluation():
     values, counts = np.unique(encoded, return_counts=True)
     for v, c in zip(values, counts):
         conf[v // 100, v % 100] += c
-    official = {cs_id2label[i].name: cs_eval.getIouScoreForLabel(i, conf, args) for i in args.evalLabels if not cs_id2label[i].ignoreInEval}
+    official = {
+        cs_id2label[i].name: cs_eval.getIouScoreForLabel(i, conf, args)
+        for i in args.evalLabels
+        if not cs_id2label[i].ignoreInEval
+    }
     official_mean = cs_eval.getScoreAverage(official, args)
 
     for name, iou in official.items():
@@ -139,7 +148,9 @@ def test_scores_and_keys_by_class_name():
     out = metric.compute()
     assert out["iou_road"] == 0.5 and out["iou_traffic_sign"] == 0.5 and math.isnan(out["iou_sky"])
     assert out["mean_iou"] == 0.5 and out["mean_accuracy"] == 0.75 and out["overall_accuracy"] == pytest.approx(2 / 3)
-    assert scores_from_confusion(np.zeros((2, 2)))["mean_iou"] != scores_from_confusion(np.zeros((2, 2)))["mean_iou"]  # NaN
+    assert (
+        scores_from_confusion(np.zeros((2, 2)))["mean_iou"] != scores_from_confusion(np.zeros((2, 2)))["mean_iou"]
+    )  # NaN
 
 
 def test_bad_labels_and_shapes_are_refused():

@@ -23,26 +23,47 @@ class CountingMetric(StreamingMeanIoU):
 
 def tiny_segformer(id2label):
     config = SegformerConfig(
-        num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()},
-        depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 16, 16], decoder_hidden_size=16, num_attention_heads=[1, 1, 1, 1],
+        num_labels=len(id2label),
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+        depths=[1, 1, 1, 1],
+        hidden_sizes=[8, 16, 16, 16],
+        decoder_hidden_size=16,
+        num_attention_heads=[1, 1, 1, 1],
     )
     torch.manual_seed(0)
     return SegformerForSemanticSegmentation(config)
 
 
 def test_streaming_train_with_max_steps_and_batch_eval_metrics(tmp_path):
-    train, id2label = load_toy_streets("train", num_images=6, size=48, transform=train_transform(32, seed=0), shuffle_buffer=4)
+    train, id2label = load_toy_streets(
+        "train", num_images=6, size=48, transform=train_transform(32, seed=0), shuffle_buffer=4
+    )
     evaluation, _ = load_toy_streets("validation", num_images=5, size=32, transform=eval_transform())
     model = tiny_segformer(id2label)
     check_num_labels(model.config, id2label)
     metric = CountingMetric(len(id2label), id2label)
     args = TrainingArguments(
-        output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=2, per_device_eval_batch_size=2,
-        learning_rate=1e-3, batch_eval_metrics=True, report_to="none", use_cpu=True, save_strategy="no",
-        logging_steps=1, dataloader_num_workers=0,
+        output_dir=str(tmp_path),
+        max_steps=4,
+        per_device_train_batch_size=2,
+        per_device_eval_batch_size=2,
+        learning_rate=1e-3,
+        batch_eval_metrics=True,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+        dataloader_num_workers=0,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
-                      data_collator=collate_segmentation, compute_metrics=metric)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        data_collator=collate_segmentation,
+        compute_metrics=metric,
+    )
     trainer.train()
     assert trainer.state.global_step == 4  # 6 images / batch 2 = 3 steps per pass: the stream restarts
 
@@ -50,7 +71,9 @@ def test_streaming_train_with_max_steps_and_batch_eval_metrics(tmp_path):
     # 5 images in batches of 2: three calls, logits (B, C, h, w), the last asks for the result.
     assert metric.calls == [((2, 9, 8, 8), False), ((2, 9, 8, 8), False), ((1, 9, 8, 8), True)]
     assert metric.confusion is None  # reset for the next evaluation
-    assert {"eval_mean_iou", "eval_mean_accuracy", "eval_overall_accuracy", "eval_iou_pole", "eval_iou_sign"} <= set(metrics)
+    assert {"eval_mean_iou", "eval_mean_accuracy", "eval_overall_accuracy", "eval_iou_pole", "eval_iou_sign"} <= set(
+        metrics
+    )
     assert 0 <= metrics["eval_mean_iou"] <= 1 and math.isfinite(metrics["eval_loss"])
 
     # The same numbers outside Trainer.

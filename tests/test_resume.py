@@ -31,9 +31,20 @@ def dataset(kind: str):
 def train(tmp_path, kind: str, workers: int, resume: bool = False) -> list[torch.Tensor]:
     model = tiny_segformer(num_labels=len(TOY_STREETS_ID2LABEL))
     args = RewardSegConfig(
-        output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=2, learning_rate=1e-2, reward_weight=0.0,
-        ce_weight=1.0, save_strategy="steps", save_steps=3, logging_strategy="no", report_to="none", use_cpu=True,
-        seed=0, disable_tqdm=True, dataloader_num_workers=workers,
+        output_dir=str(tmp_path),
+        max_steps=6,
+        per_device_train_batch_size=2,
+        learning_rate=1e-2,
+        reward_weight=0.0,
+        ce_weight=1.0,
+        save_strategy="steps",
+        save_steps=3,
+        logging_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        dataloader_num_workers=workers,
     )
     trainer = RewardSegTrainer(model=model, args=args, train_dataset=dataset(kind), data_collator=collate_segmentation)
     trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-3") if resume else None)
@@ -48,8 +59,9 @@ def test_resuming_mid_epoch_equals_an_uninterrupted_run(tmp_path, kind, workers)
 
 
 def images_by_epoch(ds, epochs: list[int], persistent: bool) -> list[list[torch.Tensor]]:
-    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, persistent_workers=persistent,
-                                         collate_fn=collate_segmentation)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=2, num_workers=2, persistent_workers=persistent, collate_fn=collate_segmentation
+    )
     seen = []
     for epoch in epochs:
         ds.set_epoch(epoch)

@@ -76,8 +76,9 @@ def test_weighted_and_beta_variants_match_the_reference():
         expected = naive_reward(name, pred, target, 6, weights=weights, **kwargs)
         np.testing.assert_allclose(reward_of_masks(reward, pred, target, 6).numpy(), expected, rtol=1e-10)
     # beta = 1 is dice
-    torch.testing.assert_close(reward_of_masks(get_reward("f_beta"), pred, target, 6),
-                               reward_of_masks(get_reward("dice"), pred, target, 6))
+    torch.testing.assert_close(
+        reward_of_masks(get_reward("f_beta"), pred, target, 6), reward_of_masks(get_reward("dice"), pred, target, 6)
+    )
 
 
 def test_hand_computed_values():

@@ -60,7 +60,9 @@ def test_accelerate_configs_load(path):
     from accelerate.commands.config.config_args import ClusterConfig
 
     text = path.read_text()
-    assert text.startswith("#") and re.search(r"accelerate launch (-q )?--config_file configs/accelerate/" + path.name, text)
+    assert text.startswith("#") and re.search(
+        r"accelerate launch (-q )?--config_file configs/accelerate/" + path.name, text
+    )
     config = ClusterConfig.from_yaml_file(str(path))
     assert config.num_processes >= 1 and config.mixed_precision == "no"
 
@@ -92,18 +94,32 @@ def test_help_lists_the_projects_own_options_before_training_arguments(capsys):
         parse_config(TUNE.ARGUMENTS, ["--help"])
     text = capsys.readouterr().out
     assert text.index("--estimator") < text.index("--learning_rate") < text.index("--adam_beta1")
-    assert text.index("--model_name_or_path") < text.index("--dataset") < text.index("--pretrain_steps") < text.index("--estimator")
+    assert (
+        text.index("--model_name_or_path")
+        < text.index("--dataset")
+        < text.index("--pretrain_steps")
+        < text.index("--estimator")
+    )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("argv,message", [
-    (["--model_name_or_path", "outputs/does_not_exist"], "there is no such directory here"),
-    (["--config", "configs/camvid_tune.yaml"], "run that first"),
-    (["--max_step", "10"], "unknown arguments"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--model_name_or_path", "outputs/does_not_exist"], "there is no such directory here"),
+        (["--config", "configs/camvid_tune.yaml"], "run that first"),
+        (["--max_step", "10"], "unknown arguments"),
+    ],
+)
 def test_user_errors_print_one_line_and_exit_2(tmp_path, argv, message):
-    run = subprocess.run([sys.executable, str(ROOT / "scripts/tune.py"), "--output_dir", str(tmp_path), *argv],
-                         env=ENV, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/tune.py"), "--output_dir", str(tmp_path), *argv],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert run.returncode == 2, run.stderr[-2000:]
     assert message in run.stderr and "Traceback" not in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1, run.stderr
@@ -119,20 +135,42 @@ def test_tune_runs_the_whole_job_against_its_control_and_reuses_the_pretrained_m
     for row in ("start", "cross-entropy, 2 steps", "reward tuning, 2 steps"):
         assert re.search(rf"\| {row} \| [\d.]+ \| [\d.]+ \|", first.stdout), row
     written = first.stdout.split("Wrote:")[1]
-    for name in ("model.safetensors", "results.md", "results.json", "README.md", "training.png", "overlays.png",
-                 "checkpoint-2"):
+    for name in (
+        "model.safetensors",
+        "results.md",
+        "results.json",
+        "README.md",
+        "training.png",
+        "overlays.png",
+        "checkpoint-2",
+    ):
         assert name in written, name
-    for name in ("model.safetensors", "results.md", "README.md", "training.png", "overlays.png",
-                 "pretrained/model.safetensors", "checkpoint-2/model.safetensors"):
+    for name in (
+        "model.safetensors",
+        "results.md",
+        "README.md",
+        "training.png",
+        "overlays.png",
+        "pretrained/model.safetensors",
+        "checkpoint-2/model.safetensors",
+    ):
         assert (out / name).is_file(), name
     assert "| pole |" in (out / "results.md").read_text()
     assert not list(out.rglob("*.bin")) or all(p.name == "training_args.bin" for p in out.rglob("*.bin"))
     results = json.loads((out / "results.json").read_text())["results"]
-    assert set(results) == {"start", "reward tuning", "cross-entropy", "start, calibrated", "reward tuning, calibrated",
-                            "cross-entropy, calibrated"}
+    assert set(results) == {
+        "start",
+        "reward tuning",
+        "cross-entropy",
+        "start, calibrated",
+        "reward tuning, calibrated",
+        "cross-entropy, calibrated",
+    }
     # the saved model is the tuned one, calibrated, and records how it was calibrated and scored
     saved = load_segformer(str(out), TOY_STREETS_ID2LABEL)
-    assert saved.config.calibration["split"].startswith("train") and saved.config.hf_reward_evaluation["toy_size"] == 32
+    assert (
+        saved.config.calibration["split"].startswith("train") and saved.config.hf_reward_evaluation["toy_size"] == 32
+    )
 
     capsys.readouterr()
     TUNE.main(command[2:])  # again, in this process
@@ -149,8 +187,11 @@ def test_tune_runs_the_whole_job_against_its_control_and_reuses_the_pretrained_m
 
 
 def test_pretrain_script_trains_and_saves(tmp_path):
-    argv = ["--output_dir", str(tmp_path), *drop(TINY, "--pretrain_steps", "--num_overlays", "--eval_steps",
-                                                 "--save_steps", "--calibration_images")]
+    argv = [
+        "--output_dir",
+        str(tmp_path),
+        *drop(TINY, "--pretrain_steps", "--num_overlays", "--eval_steps", "--save_steps", "--calibration_images"),
+    ]
     trainer = PRETRAIN.main(argv)
     assert trainer.state.global_step == 2
     assert (tmp_path / "model.safetensors").is_file()
@@ -159,8 +200,19 @@ def test_pretrain_script_trains_and_saves(tmp_path):
 
 def quick(start, *flags):
     """TINY from a saved model, without evaluation during training, controls, calibration or plots."""
-    return ["--model_name_or_path", str(start), *drop(TINY, "--num_overlays", *flags), "--eval_strategy", "no",
-            "--num_overlays", "0", "--control", "false", "--calibrate", "false"]
+    return [
+        "--model_name_or_path",
+        str(start),
+        *drop(TINY, "--num_overlays", *flags),
+        "--eval_strategy",
+        "no",
+        "--num_overlays",
+        "0",
+        "--control",
+        "false",
+        "--calibrate",
+        "false",
+    ]
 
 
 def test_resume_reaches_the_parameters_of_an_uninterrupted_run(tmp_path, toy_start):
@@ -176,8 +228,19 @@ def test_resume_reaches_the_parameters_of_an_uninterrupted_run(tmp_path, toy_sta
     checkpoint = tmp_path / "cut" / "checkpoint-2"
     assert (checkpoint / "model.safetensors").is_file() and not (checkpoint / "pytorch_model.bin").exists()
     assert (checkpoint / "reward_state_0.safetensors").is_file()
-    resumed = TUNE.main(["--output_dir", str(tmp_path / "cut"), "--max_steps", "4", "--learning_rate", "1e-2",
-                         "--resume_from_checkpoint", str(checkpoint), *common])
+    resumed = TUNE.main(
+        [
+            "--output_dir",
+            str(tmp_path / "cut"),
+            "--max_steps",
+            "4",
+            "--learning_rate",
+            "1e-2",
+            "--resume_from_checkpoint",
+            str(checkpoint),
+            *common,
+        ]
+    )
     assert resumed.state.global_step == 4
     assert not torch.equal(params(full), torch.cat([p.flatten() for p in initial.parameters()]))
     torch.testing.assert_close(params(resumed), params(full), rtol=0, atol=0)
@@ -188,7 +251,10 @@ def test_a_model_with_other_classes_is_refused_by_name(tmp_path, toy_start):
     model = load_segformer(str(toy_start), TOY_STREETS_ID2LABEL)
     model.config.id2label, model.config.label2id = swapped, {v: k for k, v in swapped.items()}
     model.save_pretrained(tmp_path / "swapped")
-    for script, argv in ((TUNE, quick(tmp_path / "swapped")), (EVALUATE, ["--model_name_or_path", str(tmp_path / "swapped")])):
+    for script, argv in (
+        (TUNE, quick(tmp_path / "swapped")),
+        (EVALUATE, ["--model_name_or_path", str(tmp_path / "swapped")]),
+    ):
         with pytest.raises(UsageError, match="0: model 'sidewalk' vs dataset 'road'"):
             script.main(["--output_dir", str(tmp_path / "out"), *argv] if script is TUNE else argv)
 
@@ -197,8 +263,17 @@ def test_bf16_on_cpu_tunes(tmp_path):
     """use_cpu + bf16: autocast to bfloat16 on the CPU, float32 master weights, finite rewards."""
     model = tiny_segformer()
     before = [p.detach().clone() for p in model.parameters()]
-    args = TuneConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, use_cpu=True, bf16=True,
-                      eval_strategy="no", save_strategy="no", logging_steps=1, disable_tqdm=True)
+    args = TuneConfig(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        use_cpu=True,
+        bf16=True,
+        eval_strategy="no",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+    )
     trainer = RewardSegTrainer(model=model, args=args, train_dataset=BlobsDataset(n=8))
     trainer.train()
     logs = [e for e in trainer.state.log_history if "reward" in e]

@@ -11,8 +11,18 @@ ID2LABEL = {0: "road", 1: "car"}
 
 
 def test_dev_split_is_the_first_frames_of_each_sequence():
-    files = ["B_00030.png", "A_f00900.png", "A_f00930.png", "B_00000.png", "A_f00960.png", "A_f00870.png",
-             "B_00060.png", "B_00090.png", "A_f00990.png", "A_f01020.png"]
+    files = [
+        "B_00030.png",
+        "A_f00900.png",
+        "A_f00930.png",
+        "B_00000.png",
+        "A_f00960.png",
+        "A_f00870.png",
+        "B_00060.png",
+        "B_00090.png",
+        "A_f00990.png",
+        "A_f01020.png",
+    ]
     # A: 870 900 930 960 990 1020 -> first 20% is 1 frame (870, row 5); B: 0 30 60 90 -> 1 frame (0, row 3)
     assert STUDY.dev_rows(files, 0.2) == [3, 5]
     # 50%: A's 870, 900, 930 (rows 5, 1, 2) and B's 0, 30 (rows 3, 0)
@@ -20,23 +30,46 @@ def test_dev_split_is_the_first_frames_of_each_sequence():
 
 
 def fake_run(arm, horizon, lr, seed, dev, val, val_cal):
-    metrics = lambda d, v: {"eval_dev_mean_iou": d, "eval_validation_mean_iou": v,  # noqa: E731
-                            "eval_validation_iou_road": v, "eval_validation_iou_car": v}
-    return {"arm": arm, "horizon": horizon, "learning_rate": lr, "seed": seed, "raw": metrics(dev, val - 0.01),
-            "calibrated": metrics(dev, val_cal), "seconds_per_step": 0.5, "eval_curve": [], "train_logs": []}
+    def metrics(d, v):
+        return {
+            "eval_dev_mean_iou": d,
+            "eval_validation_mean_iou": v,  # noqa: E731
+            "eval_validation_iou_road": v,
+            "eval_validation_iou_car": v,
+        }
+
+    return {
+        "arm": arm,
+        "horizon": horizon,
+        "learning_rate": lr,
+        "seed": seed,
+        "raw": metrics(dev, val - 0.01),
+        "calibrated": metrics(dev, val_cal),
+        "seconds_per_step": 0.5,
+        "eval_curve": [],
+        "train_logs": [],
+    }
 
 
 def test_report_chooses_on_dev_and_pairs_with_the_control_by_seed(tmp_path):
     cfg = {"bar": 1.0, "control": "ce", "seeds": [0, 1, 2], "horizons": {"short": {}}}
-    start = {"raw": {"eval_dev_mean_iou": 0.3, "eval_validation_mean_iou": 0.4},
-             "calibrated": {"eval_dev_mean_iou": 0.32, "eval_validation_mean_iou": 0.42, "eval_validation_iou_road": 0.5,
-                            "eval_validation_iou_car": 0.34}}
+    start = {
+        "raw": {"eval_dev_mean_iou": 0.3, "eval_validation_mean_iou": 0.4},
+        "calibrated": {
+            "eval_dev_mean_iou": 0.32,
+            "eval_validation_mean_iou": 0.42,
+            "eval_validation_iou_road": 0.5,
+            "eval_validation_iou_car": 0.34,
+        },
+    }
     results = []
     for seed in range(3):
-        results += [fake_run("ce", "short", 1e-4, seed, 0.30, 0.40, 0.420 + 0.001 * seed),
-                    fake_run("ce", "short", 3e-5, seed, 0.31, 0.40, 0.400),  # better on dev: chosen
-                    fake_run("arm", "short", 1e-4, seed, 0.40, 0.45, 0.450 + 0.001 * seed),  # chosen, clears the bar
-                    fake_run("arm", "short", 3e-4, seed, 0.20, 0.60, 0.600)]  # best on validation, not chosen
+        results += [
+            fake_run("ce", "short", 1e-4, seed, 0.30, 0.40, 0.420 + 0.001 * seed),
+            fake_run("ce", "short", 3e-5, seed, 0.31, 0.40, 0.400),  # better on dev: chosen
+            fake_run("arm", "short", 1e-4, seed, 0.40, 0.45, 0.450 + 0.001 * seed),  # chosen, clears the bar
+            fake_run("arm", "short", 3e-4, seed, 0.20, 0.60, 0.600),
+        ]  # best on validation, not chosen
     picks = REPORT.chosen(REPORT.group(results))
     assert picks == {("ce", "short"): 3e-5, ("arm", "short"): 1e-4}
     text = REPORT.report(cfg, start, results, ID2LABEL, tmp_path, minutes=1.0)
@@ -50,12 +83,19 @@ def test_report_chooses_on_dev_and_pairs_with_the_control_by_seed(tmp_path):
 @pytest.mark.slow
 def test_a_tiny_study_runs_every_stage_and_caches_them(tmp_path):
     cfg = yaml.safe_load((ROOT / "configs/study_camvid.yaml").read_text())
-    cfg.update(output_dir=str(tmp_path / "study"), data_root=str(CAMVID), size=[32, 44], seeds=[0],
-               model={"hidden_sizes": [8, 16, 16, 16], "depths": [1, 1, 1, 1], "decoder_hidden_size": 16},
-               pretrain={**cfg["pretrain"], "max_steps": 4},
-               horizons={"short": {"max_steps": 2, "lr_scheduler_type": "constant", "eval_steps": 1, "logging_steps": 1}},
-               arms={"ce": {"reward_weight": 0.0, "ce_weight": 1.0, "learning_rates": [1e-4], "horizons": ["short"]},
-                     "local": {"learning_rates": [1e-4], "horizons": ["short"]}})
+    cfg.update(
+        output_dir=str(tmp_path / "study"),
+        data_root=str(CAMVID),
+        size=[32, 44],
+        seeds=[0],
+        model={"hidden_sizes": [8, 16, 16, 16], "depths": [1, 1, 1, 1], "decoder_hidden_size": 16},
+        pretrain={**cfg["pretrain"], "max_steps": 4},
+        horizons={"short": {"max_steps": 2, "lr_scheduler_type": "constant", "eval_steps": 1, "logging_steps": 1}},
+        arms={
+            "ce": {"reward_weight": 0.0, "ce_weight": 1.0, "learning_rates": [1e-4], "horizons": ["short"]},
+            "local": {"learning_rates": [1e-4], "horizons": ["short"]},
+        },
+    )
     config = tmp_path / "study.yaml"
     config.write_text(yaml.safe_dump(cfg))
     STUDY.main(["--config", str(config), "--jobs", "1"])
@@ -63,7 +103,9 @@ def test_a_tiny_study_runs_every_stage_and_caches_them(tmp_path):
     runs = sorted(p.name for p in (out / "runs").glob("*.json"))
     assert runs == ["ce_hshort_lr0.0001_seed0.json", "local_hshort_lr0.0001_seed0.json"]
     local = json.loads((out / "runs" / runs[1]).read_text())
-    assert {"eval_dev_mean_iou", "eval_validation_mean_iou"} <= set(local["calibrated"]) and len(local["offsets"]) == 11
+    assert {"eval_dev_mean_iou", "eval_validation_mean_iou"} <= set(local["calibrated"]) and len(
+        local["offsets"]
+    ) == 11
     assert any("scope_reward" in e for e in local["train_logs"])
     assert "| local | short | 0.0001 | yes |" in (out / "results.md").read_text()
     mtime = (out / "runs" / runs[0]).stat().st_mtime

@@ -4,22 +4,36 @@ from dataclasses import fields
 import pytest
 import torch
 from conftest import BlobsDataset, tiny_segformer
-from transformers import TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 
 from hf_reward import RewardSegConfig, RewardSegTrainer
 from hf_reward.metrics import StreamingMeanIoU
 
 
 def make_config(tmp_path, **kwargs):
-    defaults = dict(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-2,
-                    logging_steps=1, save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True)
+    defaults = dict(
+        output_dir=str(tmp_path),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
     return RewardSegConfig(**{**defaults, **kwargs})
 
 
 def train(tmp_path, dataset, model=None, reward_fn=None, **kwargs):
     model = model or tiny_segformer()
-    trainer = RewardSegTrainer(model=model, args=make_config(tmp_path, **kwargs), train_dataset=dataset,
-                               eval_dataset=dataset, reward_fn=reward_fn)
+    trainer = RewardSegTrainer(
+        model=model,
+        args=make_config(tmp_path, **kwargs),
+        train_dataset=dataset,
+        eval_dataset=dataset,
+        reward_fn=reward_fn,
+    )
     trainer.train()
     return trainer
 
@@ -33,14 +47,20 @@ REWARD_METRICS = {"reward", "greedy_reward", "entropy"}
 
 @pytest.mark.parametrize(
     "knobs,extra",
-    [(dict(), {"scope_reward"}),
-     (dict(estimator="score", reward_scope="image", num_samples=4), {"advantage_std", "frac_zero_advantage"}),
-     (dict(estimator="score", reward_scope="image", baseline="sample", num_samples=2, sample_resolution="labels"),
-      {"advantage_std"}),
-     (dict(estimator="score", reward_scope="image", baseline="ema", num_samples=1, ce_weight=0.5), {"ce_loss"}),
-     (dict(reward_scope="image", kl_coef=0.1, reward="dice"), {"kl"}),
-     (dict(reward_scope="batch", reward="cohen_kappa", lovasz_weight=0.5), {"scope_reward", "lovasz_loss"}),
-     (dict(reward="miou", reward_class_weights=[1.0, 2.0, 0.0, 1.0]), {"scope_reward"})],
+    [
+        (dict(), {"scope_reward"}),
+        (dict(estimator="score", reward_scope="image", num_samples=4), {"advantage_std", "frac_zero_advantage"}),
+        (
+            dict(
+                estimator="score", reward_scope="image", baseline="sample", num_samples=2, sample_resolution="labels"
+            ),
+            {"advantage_std"},
+        ),
+        (dict(estimator="score", reward_scope="image", baseline="ema", num_samples=1, ce_weight=0.5), {"ce_loss"}),
+        (dict(reward_scope="image", kl_coef=0.1, reward="dice"), {"kl"}),
+        (dict(reward_scope="batch", reward="cohen_kappa", lovasz_weight=0.5), {"scope_reward", "lovasz_loss"}),
+        (dict(reward="miou", reward_class_weights=[1.0, 2.0, 0.0, 1.0]), {"scope_reward"}),
+    ],
 )
 def test_training_changes_every_parameter_and_logs_metrics(tmp_path, blobs, knobs, extra):
     model = tiny_segformer()
@@ -91,12 +111,30 @@ def test_gradient_accumulation_matches_a_larger_batch(tmp_path):
     for batch, accumulation in [(4, 1), (2, 2)]:
         model = tiny_segformer()
         model.decode_head.batch_norm = torch.nn.Identity()  # batch statistics differ between 2 and 4 images
-        trainer = train(tmp_path / f"{batch}", data, model=model, reward_scope="image", reward="pixel_accuracy",
-                        ce_weight=1.0, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-                        max_steps=2, learning_rate=1e-3)
-        runs.append(([e["loss"] for e in train_logs(trainer)], torch.cat([p.detach().flatten() for p in model.parameters()])))
+        trainer = train(
+            tmp_path / f"{batch}",
+            data,
+            model=model,
+            reward_scope="image",
+            reward="pixel_accuracy",
+            ce_weight=1.0,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulation,
+            max_steps=2,
+            learning_rate=1e-3,
+        )
+        runs.append(
+            ([e["loss"] for e in train_logs(trainer)], torch.cat([p.detach().flatten() for p in model.parameters()]))
+        )
     assert runs[0][0] == pytest.approx(runs[1][0], rel=1e-5)
     torch.testing.assert_close(runs[0][1], runs[1][1], rtol=1e-5, atol=1e-6)
+
+
+class GradientNorms(TrainerCallback, list):
+    """The global gradient norm of every optimizer step, before the step."""
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.append(torch.cat([p.grad.flatten() for p in model.parameters()]).norm().item())
 
 
 def test_dataset_scope_gradient_and_decay_do_not_depend_on_how_the_step_is_split(tmp_path):
@@ -106,13 +144,19 @@ def test_dataset_scope_gradient_and_decay_do_not_depend_on_how_the_step_is_split
     for batch, accumulation in [(8, 1), (4, 2)]:
         model = tiny_segformer()
         model.decode_head.batch_norm = torch.nn.Identity()
-        trainer = RewardSegTrainer(model=model, args=make_config(tmp_path / f"{batch}", per_device_train_batch_size=batch,
-                                   gradient_accumulation_steps=accumulation, max_steps=3, learning_rate=1e-3),
-                                   train_dataset=data)
-        grads = []
-        trainer.add_callback(type("Grab", (__import__("transformers").TrainerCallback,), {
-            "on_pre_optimizer_step": lambda self, args, state, control, model=None, **kw: grads.append(
-                torch.cat([p.grad.flatten() for p in model.parameters()]).norm().item())})())
+        trainer = RewardSegTrainer(
+            model=model,
+            args=make_config(
+                tmp_path / f"{batch}",
+                per_device_train_batch_size=batch,
+                gradient_accumulation_steps=accumulation,
+                max_steps=3,
+                learning_rate=1e-3,
+            ),
+            train_dataset=data,
+        )
+        grads = GradientNorms()
+        trainer.add_callback(grads)
         trainer.train()
         norms[batch], running[batch] = grads, trainer._running_confusion
     ratios = [a / b for a, b in zip(norms[4], norms[8])]
@@ -135,8 +179,9 @@ def test_custom_reward_fn_of_counts_with_the_local_estimator(tmp_path, blobs):
     assert calls and calls[0][-1] == 4
     assert all(0 <= entry["scope_reward"] <= 1 for entry in train_logs(trainer))
     with pytest.raises(ValueError, match="not finite"):
-        RewardSegTrainer(model=tiny_segformer(), args=make_config(tmp_path),
-                         reward_fn=lambda tp, gt, pd: (tp / gt).mean(-1))
+        RewardSegTrainer(
+            model=tiny_segformer(), args=make_config(tmp_path), reward_fn=lambda tp, gt, pd: (tp / gt).mean(-1)
+        )
 
 
 class NaNAtStep:
@@ -196,8 +241,9 @@ def test_evaluation_rejects_bad_labels_too(tmp_path):
 
 def test_a_model_whose_head_does_not_match_the_metric_fails_at_the_start(tmp_path):
     with pytest.raises(ValueError, match="the model has 5 classes but compute_metrics scores 11"):
-        RewardSegTrainer(model=tiny_segformer(num_labels=5), args=make_config(tmp_path),
-                         compute_metrics=StreamingMeanIoU(11))
+        RewardSegTrainer(
+            model=tiny_segformer(num_labels=5), args=make_config(tmp_path), compute_metrics=StreamingMeanIoU(11)
+        )
     with pytest.raises(ValueError, match="reward_class_weights has 2 weights but the model has 4 classes"):
         RewardSegTrainer(model=tiny_segformer(), args=make_config(tmp_path, reward_class_weights=[1.0, 1.0]))
 
@@ -225,17 +271,25 @@ def test_empty_splits_are_named(tmp_path):
 
 @pytest.mark.parametrize(
     "knobs,message",
-    [(dict(estimator="score", reward_scope="image"), "needs num_samples >= 2"),
-     (dict(reward="hausdorff"), "reward must be one of"),
-     (dict(estimator="score", reward_scope="image", baseline="sample", num_samples=3), "must be even"),
-     (dict(estimator="score"), "needs estimator='local'"), (dict(estimator="pathwise"), "estimator must be one of"),
-     (dict(temperature=0.0), "temperature must be"), (dict(temperature=float("nan")), "temperature must be finite"),
-     (dict(temperature=float("inf")), "temperature must be finite"), (dict(kl_coef=float("nan")), "kl_coef must be finite"),
-     (dict(ce_weight=float("inf")), "ce_weight must be finite"), (dict(lovasz_weight=-1.0), "lovasz_weight must be >= 0"),
-     (dict(reward_weight=0.0), "nothing to train on"), (dict(sample_resolution="full"), "sample_resolution"),
-     (dict(ema_decay=1.0), "ema_decay"), (dict(reward_class_weights=[1.0, float("nan")]), "reward_class_weights"),
-     (dict(reward="pixel_accuracy", reward_class_weights=[1.0, 2.0]), "class_weights apply to"),
-     (dict(reward_beta=0.0), "reward_beta")],
+    [
+        (dict(estimator="score", reward_scope="image"), "needs num_samples >= 2"),
+        (dict(reward="hausdorff"), "reward must be one of"),
+        (dict(estimator="score", reward_scope="image", baseline="sample", num_samples=3), "must be even"),
+        (dict(estimator="score"), "needs estimator='local'"),
+        (dict(estimator="pathwise"), "estimator must be one of"),
+        (dict(temperature=0.0), "temperature must be"),
+        (dict(temperature=float("nan")), "temperature must be finite"),
+        (dict(temperature=float("inf")), "temperature must be finite"),
+        (dict(kl_coef=float("nan")), "kl_coef must be finite"),
+        (dict(ce_weight=float("inf")), "ce_weight must be finite"),
+        (dict(lovasz_weight=-1.0), "lovasz_weight must be >= 0"),
+        (dict(reward_weight=0.0), "nothing to train on"),
+        (dict(sample_resolution="full"), "sample_resolution"),
+        (dict(ema_decay=1.0), "ema_decay"),
+        (dict(reward_class_weights=[1.0, float("nan")]), "reward_class_weights"),
+        (dict(reward="pixel_accuracy", reward_class_weights=[1.0, 2.0]), "class_weights apply to"),
+        (dict(reward_beta=0.0), "reward_beta"),
+    ],
 )
 def test_config_rejects_impossible_settings(tmp_path, knobs, message):
     with pytest.raises(ValueError, match=message):
@@ -244,8 +298,18 @@ def test_config_rejects_impossible_settings(tmp_path, knobs, message):
 
 def test_config_defaults_are_the_recipe_and_every_field_has_help():
     config = RewardSegConfig(output_dir="unused")
-    recipe = dict(estimator="local", reward="miou", reward_scope="dataset", temperature=0.5, num_samples=1,
-                  learning_rate=1e-4, reward_weight=1.0, ce_weight=0.0, lovasz_weight=0.0, remove_unused_columns=False)
+    recipe = dict(
+        estimator="local",
+        reward="miou",
+        reward_scope="dataset",
+        temperature=0.5,
+        num_samples=1,
+        learning_rate=1e-4,
+        reward_weight=1.0,
+        ce_weight=0.0,
+        lovasz_weight=0.0,
+        remove_unused_columns=False,
+    )
     assert {name: getattr(config, name) for name in recipe} == recipe
     own = {f.name for f in fields(RewardSegConfig)} - {f.name for f in fields(TrainingArguments)}
     assert own and all(f.metadata.get("help") for f in fields(RewardSegConfig) if f.name in own)

@@ -23,3 +23,31 @@ from .loading import (
 from .toy_streets import ID2LABEL as TOY_STREETS_ID2LABEL
 from .toy_streets import load_toy_streets, make_scene, toy_streets
 from .transforms import EvalTransform, TrainTransform, collate_segmentation, eval_transform, train_transform
+
+__all__ = [
+    "load_camvid",
+    "cityscapes_id2label",
+    "cityscapes_label_map",
+    "load_cityscapes",
+    "InMemorySegmentation",
+    "materialise_split",
+    "split_indices",
+    "check_num_labels",
+    "identity_label_map",
+    "label_lookup",
+    "map_mask",
+    "SegmentationDataset",
+    "decode_image",
+    "decode_mask",
+    "load_segmentation_dataset",
+    "prepare_segmentation_dataset",
+    "TOY_STREETS_ID2LABEL",
+    "load_toy_streets",
+    "make_scene",
+    "toy_streets",
+    "EvalTransform",
+    "TrainTransform",
+    "collate_segmentation",
+    "eval_transform",
+    "train_transform",
+]

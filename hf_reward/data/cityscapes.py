@@ -36,7 +36,11 @@ def cityscapes_label_map(ignore_index: int = 255) -> dict[int, int]:
     >>> m = cityscapes_label_map(); m[7], m[26], m[0]
     (0, 13, 255)
     """
-    return {label.id: ignore_index if label.ignoreInEval else label.trainId for label in _official_labels() if label.id >= 0}
+    return {
+        label.id: ignore_index if label.ignoreInEval else label.trainId
+        for label in _official_labels()
+        if label.id >= 0
+    }
 
 
 def cityscapes_id2label() -> dict[int, str]:

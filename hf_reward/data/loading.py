@@ -173,8 +173,11 @@ def prepare_segmentation_dataset(
         if shuffle_buffer:
             raw = raw.shuffle(seed=seed, buffer_size=shuffle_buffer)
         # `stream` is read when an example is processed: the epoch of the dataset returned here.
-        stream = raw.map(lambda example, index: process(example, index, (stream.epoch, _worker_id(), index)),
-                         with_indices=True, remove_columns=columns)
+        stream = raw.map(
+            lambda example, index: process(example, index, (stream.epoch, _worker_id(), index)),
+            with_indices=True,
+            remove_columns=columns,
+        )
         return stream
 
     if shuffle_buffer:

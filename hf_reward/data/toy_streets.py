@@ -30,7 +30,15 @@ from .loading import SegmentationDataset, prepare_segmentation_dataset
 from .transforms import _size2
 
 ID2LABEL = {
-    0: "road", 1: "sidewalk", 2: "building", 3: "sky", 4: "vegetation", 5: "car", 6: "pole", 7: "person", 8: "sign"
+    0: "road",
+    1: "sidewalk",
+    2: "building",
+    3: "sky",
+    4: "vegetation",
+    5: "car",
+    6: "pole",
+    7: "person",
+    8: "sign",
 }
 ROAD, SIDEWALK, BUILDING, SKY, VEGETATION, CAR, POLE, PERSON, SIGN = range(9)
 # Different splits draw from different streams of the same seed, so they never share images.

@@ -14,9 +14,10 @@ from hf_reward.metrics import EXTRA_METRICS, StreamingMeanIoU
 
 _DESCRIPTION = """
 Mean intersection-over-union (and the other metrics hf-reward tunes: Dice, frequency-weighted
-IoU, Cohen's kappa) over a whole dataset: one confusion matrix accumulated over all images; IoU_c = TP / (TP + FP + FN); pixels whose reference is `ignore_index` do not count; a
-class absent from both predictions and references is NaN and left out of the mean (the
-Cityscapes and `evaluate` mean_iou convention).
+IoU, Cohen's kappa) over a whole dataset: one confusion matrix accumulated over all images;
+IoU_c = TP / (TP + FP + FN); pixels whose reference is `ignore_index` do not count; a class absent
+from both predictions and references is NaN and left out of the mean (the Cityscapes and
+`evaluate` mean_iou convention).
 """
 
 _KWARGS_DESCRIPTION = """
