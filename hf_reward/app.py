@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_type_hints
 
+import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.utils import logging as transformers_logging
@@ -46,6 +47,7 @@ from .data import (
 from .data.transforms import collate_segmentation
 from .metrics import StreamingMeanIoU
 from .modeling import build_segformer, load_segformer
+from .rewards import Reward
 from .trainer import RewardSegTrainer
 
 CAMVID_PATH = "../shared/datasets/camvid"  # where the project machines hold CamVid, from the repository root
@@ -416,17 +418,49 @@ def image_processor(data_args: DataArguments):
     )
 
 
+def pick_device(name: str) -> torch.device:
+    """``"auto"``: the GPU when there is one, else the CPU; any other name as torch reads it."""
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def evaluate_split(
+    model,
+    dataset,
+    id2label: dict[int, str],
+    *,
+    batch_size: int = 8,
+    ignore_index: int = 255,
+    reward: Reward | None = None,
+    desc: str = "evaluate",
+) -> StreamingMeanIoU:
+    """Dataset-level metrics of ``model`` (in eval mode, on its own device) over ``dataset``, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    metric = StreamingMeanIoU(len(id2label), id2label, ignore_index=ignore_index, reward=reward)
+    device = next(model.parameters()).device
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_segmentation)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for batch in tqdm(loader, unit="batch", desc=desc):
+            metric.update(model(pixel_values=batch["pixel_values"].to(device)).logits, batch["labels"].to(device))
+    model.train(was_training)
+    return metric
+
+
 def segmentation_trainer(
     model, args: RewardSegConfig, train, val, id2label: dict[int, str], **kwargs
 ) -> RewardSegTrainer:
-    """A :class:`RewardSegTrainer` with the library's collator and streaming dataset-level metrics."""
+    """A :class:`RewardSegTrainer` with the library's collator and streaming dataset-level metrics, which report
+    the reward ``args`` name (class weights and all) as ``reward`` beside mIoU and the other metrics."""
+    metrics = StreamingMeanIoU(len(id2label), id2label, args.ignore_index, reward=args.loss_settings().reward)
     return RewardSegTrainer(
         model=model,
         args=args,
         train_dataset=train,
         eval_dataset=val,
         data_collator=collate_segmentation,
-        compute_metrics=StreamingMeanIoU(len(id2label), id2label, args.ignore_index),
+        compute_metrics=metrics,
         **kwargs,
     )
 

@@ -49,12 +49,12 @@ the split you report are tuned on its own labels, and the score is then optimist
 
 Example::
 
-    >>> loader = DataLoader(train_ds, batch_size=8, collate_fn=collate_segmentation)
-    >>> cache = collect_logits(model, loader)                    # or cache_dir="/scratch" for big splits
-    >>> result = fit_offsets(cache, "miou")
-    >>> result.metric_before, result.metric_after, result.history
-    >>> fold_offsets(model, result, split="train")              # bias += offsets, record in model.config
-    >>> model.save_pretrained("runs/calibrated")                 # config.json holds "calibration"
+    loader = DataLoader(train_ds, batch_size=8, collate_fn=collate_segmentation)
+    cache = collect_logits(model, loader)                    # or cache_dir="/scratch" for big splits
+    result = fit_offsets(cache, "miou")
+    result.metric_before, result.metric_after, result.history
+    fold_offsets(model, result, split="train")              # bias += offsets, record in model.config
+    model.save_pretrained("runs/calibrated")                 # config.json holds "calibration"
 """
 
 from __future__ import annotations

@@ -99,14 +99,6 @@ def model_card(
     ``base_model`` is a Hub repo id or a description of where the starting model came from;
     ``calibration`` the record :func:`hf_reward.calibrate.fold_offsets` left in the model's config.
     """
-    metadata = {
-        "library_name": "transformers",
-        "pipeline_tag": "image-segmentation",
-        "tags": ["segformer", "semantic-segmentation", "reward-tuning", "hf-reward"],
-        "datasets": [dataset],
-    }
-    if "/" in base_model and not Path(base_model).exists():  # a Hub repo id, not a local path or description
-        metadata["base_model"] = base_model
     settings = [
         ("reward", args.reward),
         ("estimator", args.estimator),
@@ -128,29 +120,60 @@ def model_card(
         ("seed", args.seed),
     ]
     settings_table = "\n".join(["| setting | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in settings])
-    calibrated = ""
-    if calibration:
-        offsets = ", ".join(f"{name} {value:+.2f}" for name, value in calibration["offsets"].items())
-        calibrated = (
-            "## Calibration\n\n"
-            f"Per-class logit offsets fitted on {calibration['split']} to maximise the dataset-level "
-            f"{calibration['reward']} ({100 * calibration['metric_before']:.1f} -> "
-            f"{100 * calibration['metric_after']:.1f} there) are folded into the classifier bias, so this "
-            f"checkpoint predicts with them: {offsets}.\n\n"
-        )
+    calibrated = f"{_calibration_section(calibration)}\n\n" if calibration else ""
     return (
-        "---\n" + yaml.safe_dump(metadata, sort_keys=False) + "---\n\n"
-        f"# SegFormer tuned on {args.reward} with hf-reward\n\n"
+        _metadata(base_model, dataset, ["reward-tuning"]) + f"# SegFormer tuned on {args.reward} with hf-reward\n\n"
         f"Tuned from **{base_model}** on **{dataset}** with hf-reward: {describe_recipe(args)}.\n\n"
         f"## Tuning settings\n\n{settings_table}\n\n"
         f"## Results\n\nDataset-level validation mIoU (%), from the same start and on the same data.\n\n"
         f"{summary_table(results, args.max_steps)}\n\nPer-class IoU (%):\n\n{per_class_table(results, id2label)}\n\n"
-        f"{calibrated}"
-        "## Use\n\n"
-        "```python\n"
-        "from transformers import SegformerForSemanticSegmentation\n"
-        f'model = SegformerForSemanticSegmentation.from_pretrained("<this repo id>", use_safetensors=True)\n'
-        "```\n"
+        f"{calibrated}" + _USE
+    )
+
+
+def _calibration_section(calibration: Mapping) -> str:
+    offsets = ", ".join(f"{name} {value:+.2f}" for name, value in calibration["offsets"].items())
+    return (
+        "## Calibration\n\n"
+        f"Per-class logit offsets fitted on {calibration['split']} to maximise the dataset-level "
+        f"{calibration['reward']} ({100 * calibration['metric_before']:.1f} -> "
+        f"{100 * calibration['metric_after']:.1f} there) are folded into the classifier bias, so this "
+        f"checkpoint predicts with them: {offsets}."
+    )
+
+
+def _metadata(base_model: str, dataset: str, tags: list[str]) -> str:
+    metadata = {
+        "library_name": "transformers",
+        "pipeline_tag": "image-segmentation",
+        "tags": ["segformer", "semantic-segmentation", *tags, "hf-reward"],
+        "datasets": [dataset],
+    }
+    if "/" in base_model and not Path(base_model).exists():  # a Hub repo id, not a local path or description
+        metadata["base_model"] = base_model
+    return "---\n" + yaml.safe_dump(metadata, sort_keys=False) + "---\n\n"
+
+
+_USE = (
+    "## Use\n\n"
+    "```python\n"
+    "from transformers import SegformerForSemanticSegmentation\n"
+    'model = SegformerForSemanticSegmentation.from_pretrained("<this repo id>", use_safetensors=True)\n'
+    "```\n"
+)
+
+
+def calibration_card(
+    *, base_model: str, dataset: str, results: Results, id2label: Mapping[int, str], calibration: Mapping
+) -> str:
+    """The README.md of a calibrated model (``results``: ``"uncalibrated"`` and ``"calibrated"`` evaluate() dicts)."""
+    return (
+        _metadata(base_model, dataset, ["calibration"])
+        + f"# {base_model}, calibrated for {calibration['reward']} with hf-reward\n\n"
+        f"**{base_model}** with exact per-class logit offsets and no other change to its weights.\n\n"
+        f"{_calibration_section(calibration)}\n\n"
+        f"## Results\n\nDataset-level IoU (%) on the evaluation split of **{dataset}**.\n\n"
+        f"{per_class_table(results, id2label)}\n\n" + _USE
     )
 
 

@@ -91,15 +91,15 @@ class StreamingMeanIoU:
 
     Outside Trainer::
 
-        >>> metric = StreamingMeanIoU(19, cityscapes_id2label())
-        >>> for batch in loader:
-        ...     metric.update(model(pixel_values=batch["pixel_values"]).logits, batch["labels"])
-        >>> metric.compute()["mean_iou"]
+        metric = StreamingMeanIoU(19, cityscapes_id2label())
+        for batch in loader:
+                metric.update(model(pixel_values=batch["pixel_values"]).logits, batch["labels"])
+        metric.compute()["mean_iou"]
 
     With Trainer::
 
-        >>> args = TrainingArguments(..., batch_eval_metrics=True)
-        >>> trainer = Trainer(model, args, compute_metrics=StreamingMeanIoU(19, cityscapes_id2label()), ...)
+        args = TrainingArguments(..., batch_eval_metrics=True)
+        trainer = Trainer(model, args, compute_metrics=StreamingMeanIoU(19, cityscapes_id2label()), ...)
     """
 
     def __init__(

@@ -10,9 +10,9 @@ each means.
 
 Example::
 
-    >>> model = build_segformer({0: "road", 1: "car"}, hidden_sizes=(16, 32, 64, 128))
-    >>> model.save_pretrained("out/model")
-    >>> model = load_segformer("out/model", {0: "road", 1: "car"})  # or a Hub repo id
+    model = build_segformer({0: "road", 1: "car"}, hidden_sizes=(16, 32, 64, 128))
+    model.save_pretrained("out/model")
+    model = load_segformer("out/model", {0: "road", 1: "car"})  # or a Hub repo id
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ def check_id2label(model_id2label: Mapping, dataset_id2label: Mapping[int, str],
     "Traffic light").
 
     >>> check_id2label({0: "road", 1: "car"}, {0: "road", 1: "car"})      # passes
-    >>> check_id2label({0: "LABEL_0", 1: "LABEL_1"}, {0: "road", 1: "car"})
+    >>> check_id2label({0: "LABEL_0", 1: "LABEL_1"}, {0: "road", 1: "car"})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    ValueError: the model has no id2label (only placeholder names LABEL_0, LABEL_1) ...
+    ValueError: the model has no id2label (only placeholder names LABEL_0, LABEL_1): save it with ...
     """
     model_id2label = {int(k): v for k, v in (model_id2label or {}).items()}
     fix = (
@@ -113,7 +113,7 @@ def load_segformer(
     :func:`check_id2label`). ``new_head=True`` (pretraining on a new label set, e.g. from an
     encoder like ``nvidia/mit-b0``): the classifier is re-initialised for ``id2label``.
 
-    >>> model = load_segformer("nvidia/segformer-b0-finetuned-cityscapes-1024-1024", cityscapes_id2label())
+    model = load_segformer("nvidia/segformer-b0-finetuned-cityscapes-1024-1024", cityscapes_id2label())
     """
     kwargs = dict(use_safetensors=True, revision=revision)
     if new_head:

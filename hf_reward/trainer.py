@@ -60,9 +60,9 @@ class RewardSegTrainer(Trainer):
 
     Example::
 
-        >>> config = RewardSegConfig(output_dir="out", max_steps=200, per_device_train_batch_size=8)
-        >>> trainer = RewardSegTrainer(model=model, args=config, train_dataset=train, data_collator=collate)
-        >>> trainer.train()
+        config = RewardSegConfig(output_dir="out", max_steps=200, per_device_train_batch_size=8)
+        trainer = RewardSegTrainer(model=model, args=config, train_dataset=train, data_collator=collate)
+        trainer.train()
     """
 
     # compute_loss returns a per-micro-batch mean; Trainer divides it by the accumulation steps.

@@ -16,21 +16,19 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from tqdm.auto import tqdm
-
 from hf_reward.app import (
     DataArguments,
     ModelArguments,
     UsageError,
+    evaluate_split,
     load_model,
     load_splits,
     model_config,
     parse_config,
+    pick_device,
     run_script,
 )
-from hf_reward.data import collate_segmentation
-from hf_reward.metrics import EXTRA_METRICS, StreamingMeanIoU
+from hf_reward.metrics import EXTRA_METRICS
 
 
 @dataclass
@@ -73,21 +71,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if record:  # the tuning run's evaluation settings, under whatever --config and flags say
         model_args, data_args, eval_args = parse_config(ARGUMENTS, argv, defaults=record)
     _, dataset, id2label = load_splits(data_args, ignore_index=eval_args.ignore_index, id2label=classes)
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if eval_args.device == "auto" else eval_args.device
+    device = pick_device(eval_args.device)
+    model = load_model(model_args, id2label).to(device)
+    metric = evaluate_split(
+        model,
+        dataset,
+        id2label,
+        batch_size=eval_args.batch_size,
+        ignore_index=eval_args.ignore_index,
+        desc=f"{data_args.dataset}/{data_args.eval_split}",
     )
-    model = load_model(model_args, id2label).to(device).eval()
-
-    metric = StreamingMeanIoU(len(id2label), id2label, ignore_index=eval_args.ignore_index)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=eval_args.batch_size, collate_fn=collate_segmentation)
-    with (
-        torch.inference_mode(),
-        tqdm(total=data_args.max_eval_samples, unit="img", desc=f"{data_args.dataset}/{data_args.eval_split}") as bar,
-    ):
-        for batch in loader:
-            metric.update(model(pixel_values=batch["pixel_values"].to(device)).logits, batch["labels"].to(device))
-            bar.update(len(batch["labels"]))
-
     result = metric.compute()
     print(format_table(metric.scores(), result, id2label))
     if eval_args.output_json:

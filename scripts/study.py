@@ -90,7 +90,7 @@ def config(out: Path, fields: dict, **run) -> RewardSegConfig:
 
 
 def pretrain(cfg: dict, data, id2label, out: Path) -> Path:
-    path = out / "pretrain"
+    path = Path(cfg.get("pretrained") or out / "pretrain")
     if not (path / "model.safetensors").exists():
         model = build_segformer(id2label, **cfg["model"])
         args = config(
@@ -118,7 +118,8 @@ def score(model, data, id2label, args: RewardSegConfig) -> dict:
     )
     raw = evaluator.evaluate()
     loader = torch.utils.data.DataLoader(data["train_unflipped"], batch_size=16, collate_fn=collate_segmentation)
-    calibration = fit_offsets(collect_logits(model, loader, progress=False), "miou", progress=False)
+    reward = args.loss_settings().reward  # the study's metric: calibrated for, and reported as eval_*_reward
+    calibration = fit_offsets(collect_logits(model, loader, progress=False), reward, progress=False)
     fold_offsets(model, calibration, split="train")
     calibrated = evaluator.evaluate()
     return {"raw": raw, "calibrated": calibrated, "offsets": calibration.offsets.tolist()}
@@ -134,7 +135,7 @@ def run(cfg: dict, arm: str, horizon: str, lr: float, seed: int, data, id2label,
         return json.loads(path.read_text())
     fields = {k: v for k, v in cfg["arms"][arm].items() if k not in ("learning_rates", "horizons")}
     args = config(out / "tmp", {**cfg["tune"], **fields, **cfg["horizons"][horizon]}, learning_rate=lr, seed=seed)
-    model = load_segformer(str(out / "pretrain"), id2label)
+    model = load_segformer(cfg["pretrained"], id2label)
     trainer = quiet(
         segmentation_trainer(
             model, args, data["train"], {"dev": data["dev"], "validation": data["validation"]}, id2label
@@ -152,7 +153,7 @@ def run(cfg: dict, arm: str, horizon: str, lr: float, seed: int, data, id2label,
         "settings": cfg["arms"][arm],
         **score(model, data, id2label, args),
         "seconds_per_step": seconds / args.max_steps,
-        "eval_curve": [e for e in history if "eval_validation_mean_iou" in e or "eval_dev_mean_iou" in e],
+        "eval_curve": [e for e in history if "eval_validation_reward" in e or "eval_dev_reward" in e],
         "train_logs": [e for e in history if "loss" in e and "train_runtime" not in e],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -190,8 +191,8 @@ def run_all(cfg: dict, runs: list[tuple], out: Path, jobs: int) -> list[dict]:
     for r, result in tqdm(finished, total=len(todo), desc="study runs"):
         done[r] = result
         tqdm.write(
-            f"{run_name(*r)}: validation mIoU {result['raw']['eval_validation_mean_iou']:.4f}, "
-            f"calibrated {result['calibrated']['eval_validation_mean_iou']:.4f}, "
+            f"{run_name(*r)}: validation {cfg['metric']} {result['raw']['eval_validation_reward']:.4f}, "
+            f"calibrated {result['calibrated']['eval_validation_reward']:.4f}, "
             f"{result['seconds_per_step']:.2f} s/step"
         )
     return [done[r] for r in runs]
@@ -218,15 +219,11 @@ def main(argv: list[str] | None = None):
     out = Path(cfg["output_dir"])
     started = time.perf_counter()
     data, id2label = load_data(cfg, out)
-    pretrain(cfg, data, id2label, out)
+    cfg["pretrained"] = str(pretrain(cfg, data, id2label, out))  # the runs start from it
     start_path = out / "start.json"
     if not start_path.exists():
-        start_path.write_text(
-            json.dumps(
-                score(load_segformer(str(out / "pretrain"), id2label), data, id2label, config(out / "tmp", {})),
-                indent=1,
-            )
-        )
+        start = score(load_segformer(cfg["pretrained"], id2label), data, id2label, config(out / "tmp", cfg["tune"]))
+        start_path.write_text(json.dumps(start, indent=1))
     arms = cli.arms.split(",") if cli.arms else list(cfg["arms"])
     unknown = [a for a in arms if a not in cfg["arms"]]
     if unknown:

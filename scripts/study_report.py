@@ -1,8 +1,10 @@
 """The CamVid study's report: selection on dev, paired differences on validation, per-class IoU, curves.
 
-For every arm and horizon, the learning rate is the one with the best mean calibrated dev mIoU
+The metric is the study's ``metric`` (a reward of :mod:`hf_reward.rewards`, mIoU unless the
+config names another): the runs are calibrated for it, and it is what every number below is.
+For every arm and horizon, the learning rate is the one with the best mean calibrated dev score
 ("chosen"); validation is reported for every setting, and the verdict uses the chosen ones only.
-An arm clears the bar when its calibrated validation mIoU beats both
+An arm clears the bar when its calibrated validation score beats both
 
 - calibration alone (the starting checkpoint, calibrated), and
 - cross-entropy then calibration (the control at the same horizon and its own chosen learning
@@ -18,7 +20,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-SPLITS = {"dev": "eval_dev_mean_iou", "val": "eval_validation_mean_iou"}
+SPLITS = {"dev": "eval_dev_reward", "val": "eval_validation_reward"}  # the study's metric
 
 
 def _value(run: dict, split: str, calibrated: bool) -> float:
@@ -47,7 +49,7 @@ def group(results: list[dict]) -> dict[tuple[str, str, float], dict[int, dict]]:
 
 
 def chosen(groups: dict) -> dict[tuple[str, str], float]:
-    """(arm, horizon) -> the learning rate with the best mean calibrated dev mIoU."""
+    """(arm, horizon) -> the learning rate with the best mean calibrated dev score."""
     best = {}
     for (arm, horizon, lr), runs in groups.items():
         score = statistics.mean(_value(r, "dev", True) for r in runs.values())
@@ -60,11 +62,13 @@ def report(cfg: dict, start: dict, results: list[dict], id2label: dict[int, str]
     groups, bar, control = group(results), cfg["bar"] / 100, cfg["control"]
     picks = chosen(groups)
     start_cal = _value(start, "val", True)
+    start_line = (
+        f"Metric: {cfg['metric']}. Starting checkpoint: dev {_value(start, 'dev', False):.4f} raw, "
+        f"{_value(start, 'dev', True):.4f} calibrated; validation {_value(start, 'val', False):.4f} raw, "
+        f"{start_cal:.4f} calibrated."
+    )
     lines = [
-        f"Starting checkpoint: dev mIoU {_value(start, 'dev', False):.4f} raw, {_value(start, 'dev', True):.4f} "
-        f"calibrated; validation {_value(start, 'val', False):.4f} raw, {start_cal:.4f} calibrated. "
-        f"Mean ± sd over seeds {cfg['seeds']}; Δ in points of calibrated validation mIoU. Wall time "
-        f"{minutes:.0f} min.",
+        f"{start_line} Mean ± sd over seeds {cfg['seeds']}; Δ in points. Wall time {minutes:.0f} min.",
         "",
         "| arm | horizon | lr | chosen on dev | dev raw | dev calibrated | val raw | val calibrated | "
         "Δ vs calibration alone | Δ vs cross-entropy, calibrated | clears the bar | s/step |",
@@ -107,7 +111,7 @@ def _iou(i: int, id2label: dict[int, str]) -> str:
 
 
 def plot_curves(cfg: dict, groups: dict, picks: dict, start: dict, path: Path) -> None:
-    """One row per horizon: raw validation mIoU against steps and, dashed, each arm's calibrated end point
+    """One row per horizon: the raw validation score against steps and, dashed, each arm's calibrated end point
     (mean over seeds, at the chosen learning rate), with calibration alone as the dotted grey line."""
     from hf_reward.plots import pyplot
 
@@ -121,10 +125,10 @@ def plot_curves(cfg: dict, groups: dict, picks: dict, start: dict, path: Path) -
             if (arm, horizon) not in picks:
                 continue
             runs = list(groups[(arm, horizon, picks[(arm, horizon)])].values())
-            steps = [0] + [e["step"] for e in runs[0]["eval_curve"] if "eval_validation_mean_iou" in e]
+            steps = [0] + [e["step"] for e in runs[0]["eval_curve"] if "eval_validation_reward" in e]
             curves = [
                 [_value(start, "val", False)]
-                + [e["eval_validation_mean_iou"] for e in r["eval_curve"] if "eval_validation_mean_iou" in e]
+                + [e["eval_validation_reward"] for e in r["eval_curve"] if "eval_validation_reward" in e]
                 for r in runs
             ]
             ax.plot(
@@ -141,7 +145,7 @@ def plot_curves(cfg: dict, groups: dict, picks: dict, start: dict, path: Path) -
         ax.axhline(_value(start, "val", True), color="grey", linestyle=":", label="calibration alone")
         ax.set(
             xlabel="tuning step",
-            ylabel="validation mIoU",
+            ylabel=f"validation {cfg['metric']}",
             title=f"{horizon} horizon: raw during training, calibrated at the end (dashed)",
         )
         ax.legend(fontsize=7, ncol=2)

@@ -280,3 +280,33 @@ def test_bf16_on_cpu_tunes(tmp_path):
     assert len(logs) == 2 and all(0 <= e["reward"] <= 1 and e["entropy"] > 0 for e in logs)
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_calibrate_script_folds_offsets_into_a_plain_segformer_and_evaluate_reproduces_it(tmp_path, toy_start, capsys):
+    calibrate = load_script("calibrate")
+    out = tmp_path / "calibrated"
+    data = ["--toy_size", "32", "--toy_train_images", "16", "--toy_eval_images", "8"]
+    model, results = calibrate.main(["--model_name_or_path", str(toy_start), "--output_dir", str(out), *data])
+    printed = capsys.readouterr().out
+    assert "Offsets (" in printed and "| class | uncalibrated | calibrated |" in printed and "| pole |" in printed
+    # a plain SegFormer, loaded without project code, with the record in its config
+    from transformers import SegformerForSemanticSegmentation
+
+    plain = SegformerForSemanticSegmentation.from_pretrained(out, use_safetensors=True)
+    record = plain.config.calibration
+    assert record["split"] == "train (16 images)" and record["reward"] == "miou" and set(record["offsets"]) == set(
+        TOY_STREETS_ID2LABEL.values()
+    )
+    assert record["metric_after"] >= record["metric_before"]
+    start = load_segformer(str(toy_start), TOY_STREETS_ID2LABEL)
+    offsets = torch.tensor([record["offsets"][name] for name in TOY_STREETS_ID2LABEL.values()])
+    torch.testing.assert_close(plain.decode_head.classifier.bias, start.decode_head.classifier.bias + offsets)
+    assert "## Calibration" in (out / "README.md").read_text()
+    # evaluating it as it is reproduces the number calibrate printed
+    scores = EVALUATE.main(["--model_name_or_path", str(out)])
+    assert scores["mean_iou"] == pytest.approx(results["calibrated"]["eval_mean_iou"], abs=1e-9)
+
+
+def test_calibrate_script_refuses_a_push_without_a_repo(toy_start):
+    with pytest.raises(UsageError, match="--hub_model_id"):
+        load_script("calibrate").main(["--model_name_or_path", str(toy_start), "--push_to_hub", "true"])

@@ -32,8 +32,8 @@ def test_dev_split_is_the_first_frames_of_each_sequence():
 def fake_run(arm, horizon, lr, seed, dev, val, val_cal):
     def metrics(d, v):
         return {
-            "eval_dev_mean_iou": d,
-            "eval_validation_mean_iou": v,  # noqa: E731
+            "eval_dev_reward": d,
+            "eval_validation_reward": v,  # noqa: E731
             "eval_validation_iou_road": v,
             "eval_validation_iou_car": v,
         }
@@ -52,12 +52,12 @@ def fake_run(arm, horizon, lr, seed, dev, val, val_cal):
 
 
 def test_report_chooses_on_dev_and_pairs_with_the_control_by_seed(tmp_path):
-    cfg = {"bar": 1.0, "control": "ce", "seeds": [0, 1, 2], "horizons": {"short": {}}}
+    cfg = {"bar": 1.0, "control": "ce", "seeds": [0, 1, 2], "horizons": {"short": {}}, "metric": "mIoU"}
     start = {
-        "raw": {"eval_dev_mean_iou": 0.3, "eval_validation_mean_iou": 0.4},
+        "raw": {"eval_dev_reward": 0.3, "eval_validation_reward": 0.4},
         "calibrated": {
-            "eval_dev_mean_iou": 0.32,
-            "eval_validation_mean_iou": 0.42,
+            "eval_dev_reward": 0.32,
+            "eval_validation_reward": 0.42,
             "eval_validation_iou_road": 0.5,
             "eval_validation_iou_car": 0.34,
         },
@@ -103,9 +103,7 @@ def test_a_tiny_study_runs_every_stage_and_caches_them(tmp_path):
     runs = sorted(p.name for p in (out / "runs").glob("*.json"))
     assert runs == ["ce_hshort_lr0.0001_seed0.json", "local_hshort_lr0.0001_seed0.json"]
     local = json.loads((out / "runs" / runs[1]).read_text())
-    assert {"eval_dev_mean_iou", "eval_validation_mean_iou"} <= set(local["calibrated"]) and len(
-        local["offsets"]
-    ) == 11
+    assert {"eval_dev_reward", "eval_validation_reward"} <= set(local["calibrated"]) and len(local["offsets"]) == 11
     assert any("scope_reward" in e for e in local["train_logs"])
     assert "| local | short | 0.0001 | yes |" in (out / "results.md").read_text()
     mtime = (out / "runs" / runs[0]).stat().st_mtime

@@ -2,10 +2,10 @@
 
 Example::
 
-    >>> import evaluate
-    >>> from hf_reward.mean_iou import METRIC_PATH
-    >>> metric = evaluate.load(METRIC_PATH)
-    >>> metric.compute(predictions=[pred_mask], references=[label_mask], num_labels=19, ignore_index=255)
+    import evaluate
+    from hf_reward.mean_iou import METRIC_PATH
+    metric = evaluate.load(METRIC_PATH)
+    metric.compute(predictions=[pred_mask], references=[label_mask], num_labels=19, ignore_index=255)
 """
 
 from pathlib import Path

@@ -30,7 +30,8 @@ Returns:
     mean_iou (float), mean_accuracy (float), overall_accuracy (float), dice, fw_iou, cohen_kappa (floats),
     per_category_iou (C,) array, per_category_accuracy (C,) array (NaN: class does not count).
 Example:
-    >>> metric = evaluate.load("path/to/hf_reward/mean_iou")
+    >>> from hf_reward.mean_iou import METRIC_PATH
+    >>> metric = evaluate.load(METRIC_PATH)
     >>> metric.compute(predictions=[np.array([[0, 1]])], references=[np.array([[0, 0]])], num_labels=2)["mean_iou"]
     0.25
 """
