@@ -125,6 +125,12 @@ def score(model, data, id2label, args: RewardSegConfig) -> dict:
     return {"raw": raw, "calibrated": calibrated, "offsets": calibration.offsets.tolist()}
 
 
+def learning_rates(arm: dict, horizon: str) -> list[float]:
+    """An arm's learning rates at ``horizon``: one list for all its horizons, or a list per horizon."""
+    rates = arm["learning_rates"]
+    return rates[horizon] if isinstance(rates, dict) else rates
+
+
 def run_name(arm: str, horizon: str, lr: float, seed: int) -> str:
     return f"{arm}_h{horizon}_lr{lr:g}_seed{seed}"
 
@@ -232,10 +238,10 @@ def main(argv: list[str] | None = None):
         arms.insert(0, cfg["control"])
     seeds = [int(s) for s in cli.seeds.split(",")] if cli.seeds else cfg["seeds"]
     runs = [
-        (arm, str(h), lr, seed)
+        (arm, horizon, lr, seed)
         for arm in arms
-        for h in cfg["arms"][arm]["horizons"]
-        for lr in cfg["arms"][arm]["learning_rates"]
+        for horizon in cfg["arms"][arm]["horizons"]
+        for lr in learning_rates(cfg["arms"][arm], horizon)
         for seed in seeds
     ]
     results = run_all(cfg, runs, out, cli.jobs or (1 if torch.cuda.is_available() else 2))

@@ -294,8 +294,10 @@ def test_calibrate_script_folds_offsets_into_a_plain_segformer_and_evaluate_repr
 
     plain = SegformerForSemanticSegmentation.from_pretrained(out, use_safetensors=True)
     record = plain.config.calibration
-    assert record["split"] == "train (16 images)" and record["reward"] == "miou" and set(record["offsets"]) == set(
-        TOY_STREETS_ID2LABEL.values()
+    assert (
+        record["split"] == "train (16 images)"
+        and record["reward"] == "miou"
+        and set(record["offsets"]) == set(TOY_STREETS_ID2LABEL.values())
     )
     assert record["metric_after"] >= record["metric_before"]
     start = load_segformer(str(toy_start), TOY_STREETS_ID2LABEL)

@@ -109,3 +109,17 @@ def test_a_tiny_study_runs_every_stage_and_caches_them(tmp_path):
     mtime = (out / "runs" / runs[0]).stat().st_mtime
     STUDY.main(["--config", str(config), "--jobs", "1"])  # everything cached: nothing runs again
     assert (out / "runs" / runs[0]).stat().st_mtime == mtime
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("study_*.yaml")), ids=lambda p: p.name)
+def test_every_study_config_builds_every_run(path, tmp_path):
+    """Each arm x horizon x learning rate is a valid RewardSegConfig, and the control is among the arms."""
+    cfg = yaml.safe_load(path.read_text())
+    assert path.read_text().startswith(f"# python scripts/study.py --config configs/{path.name}")
+    assert cfg["control"] in cfg["arms"] and cfg["metric"]
+    for arm in cfg["arms"].values():
+        fields = {k: v for k, v in arm.items() if k not in ("learning_rates", "horizons")}
+        for horizon in arm["horizons"]:
+            for lr in STUDY.learning_rates(arm, horizon):
+                args = STUDY.config(tmp_path, {**cfg["tune"], **fields, **cfg["horizons"][horizon]}, learning_rate=lr)
+                assert args.max_steps == cfg["horizons"][horizon]["max_steps"] and args.learning_rate == lr
