@@ -44,14 +44,14 @@ from .data import (
     load_toy_streets,
     train_transform,
 )
+from .data.camvid import DEFAULT_ROOT as CAMVID_PATH
+from .data.cityscapes import HUB_REPO as CITYSCAPES_REPO
 from .data.transforms import collate_segmentation
 from .metrics import StreamingMeanIoU
 from .modeling import build_segformer, load_segformer
 from .rewards import Reward
 from .trainer import RewardSegTrainer
 
-CAMVID_PATH = "../shared/datasets/camvid"  # where the project machines hold CamVid, from the repository root
-CITYSCAPES_REPO = "Chris1/cityscapes"  # the Hub parquet mirror of Cityscapes
 NAMED_DATASETS = ("toy_streets", "camvid", "cityscapes")
 
 

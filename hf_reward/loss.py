@@ -124,7 +124,8 @@ class ReinforceOutput:
     valid pixels at the sampling resolution; images with none get no gradient and are left out of
     every mean (:attr:`valid_images`). greedy_rewards: ``(B,)`` per-image reward of the argmax
     mask. entropy: ``(B,)`` mean per-pixel entropy of the tempered policy over valid pixels.
-    advantages: ``(K, B)`` for the score estimator, else ``None``.
+    advantages, carried: ``(K, B)`` for the score estimator, else ``None``: the advantages, and which
+    of them enter the gradient (see :func:`score_function_weights`).
     sample_confusion: ``(C, C)`` the sampled counts summed over the batch (and processes),
     averaged over K, which the caller adds to its running matrix. scope_rewards: ``(K,)`` reward
     of each sample's scope matrix for the batch and dataset scopes, else ``None``.
@@ -138,6 +139,7 @@ class ReinforceOutput:
     entropy: torch.Tensor
     sample_confusion: torch.Tensor
     advantages: torch.Tensor | None = None
+    carried: torch.Tensor | None = None
     scope_rewards: torch.Tensor | None = None
 
     @property
@@ -188,23 +190,24 @@ def score_function_weights(
     baseline: str,
     greedy_rewards: torch.Tensor,
     ema_value: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step 3, REINFORCE: ``(weight (B, C, h, w) on log p, advantages (K, B))``.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Step 3, REINFORCE: ``(weight (B, C, h, w) on log p, advantages (K, B), carried (K, B) bool)``.
 
     sum(weight * log p) = mean_b mean_{k carrying gradient} A_kb log P(y_kb), b over the images with
-    a valid pixel, log P(y) summed over the valid pixels.
+    a valid pixel, log P(y) summed over the valid pixels. ``carried`` marks the advantages that
+    enter it: valid images, and not the baseline draws of ``baseline="sample"``.
     """
     masks = samples.masks
     k, batch = rewards.shape
     adv = baselines.advantages(
         rewards, baseline, valid=valid_images, greedy_rewards=greedy_rewards, ema_value=ema_value
-    )
+    )  # 0 wherever not carried
     carries = baselines.gradient_samples(baseline, k).to(adv.device)
-    coef = adv * carries.unsqueeze(1) / (int(carries.sum()) * valid_images.sum().clamp(min=1))  # (K, B)
+    coef = adv / (int(carries.sum()) * valid_images.sum().clamp(min=1))  # (K, B)
     weight = torch.zeros_like(samples.log_probs)
     # Each sampled class collects its samples' coefficients: sum_k coef_kb * onehot(y_kb).
     weight.scatter_add_(1, masks.transpose(0, 1), coef.T.reshape(batch, k, 1, 1).expand(-1, -1, *masks.shape[-2:]))
-    return weight * samples.valid.unsqueeze(1), adv
+    return weight * samples.valid.unsqueeze(1), adv, carries.unsqueeze(1) & valid_images
 
 
 def local_weights(samples: Samples, reward: Reward, scope: torch.Tensor | None, ignore_index: int) -> torch.Tensor:
@@ -280,7 +283,7 @@ def reinforce_loss(
         rewards = s.reward(*class_counts(samples.confusion)).float()  # (K, B)
         greedy = reward_of_masks(s.reward, samples.log_probs.argmax(1), samples.labels, num_classes, s.ignore_index)
         entropy = policy.entropy(samples.log_probs.exp(), samples.log_probs, samples.valid)
-        advantages = scope_rewards = None
+        advantages = carried = scope_rewards = None
         if s.reward_scope == "image":
             objective = (rewards * valid_images).sum(1).mean() / valid_images.sum().clamp(min=1)
             scope, own = None, samples.confusion.sum(1).double()
@@ -289,7 +292,7 @@ def reinforce_loss(
             scope_rewards = s.reward(*class_counts(scope)).float()
             objective = scope_rewards.mean()
         if s.estimator == "score":
-            weight, advantages = score_function_weights(
+            weight, advantages, carried = score_function_weights(
                 samples, rewards, valid_images, s.baseline, greedy.float(), ema_value
             )
         else:
@@ -305,6 +308,7 @@ def reinforce_loss(
         entropy=entropy,
         sample_confusion=own.mean(0).float(),
         advantages=advantages,
+        carried=carried,
         scope_rewards=scope_rewards,
     )
 

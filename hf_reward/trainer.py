@@ -230,10 +230,9 @@ class RewardSegTrainer(Trainer):
         if out.scope_rewards is not None:
             self._add_metric("scope_reward", out.scope_rewards.sum(), k)
         if out.advantages is not None:
-            carries = baselines.gradient_samples(self.args.baseline, k).to(valid.device).unsqueeze(1) & valid
-            adv = out.advantages[carries]
-            self._add_metric("frac_zero_advantage", (adv == 0).sum(), carries.sum())
-            self._add_metric("advantage_std", adv.std(correction=0).nan_to_num(), (carries.sum() > 0))
+            adv = out.advantages[out.carried]
+            self._add_metric("frac_zero_advantage", (adv == 0).sum(), out.carried.sum())
+            self._add_metric("advantage_std", adv.std(correction=0).nan_to_num(), (out.carried.sum() > 0))
 
     def _init_training_state(
         self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial

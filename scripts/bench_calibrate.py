@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 from hf_reward.calibrate import LogitCache, collect_logits, fit_offsets, fold_offsets
 from hf_reward.data import collate_segmentation, eval_transform, load_camvid
+from hf_reward.data.camvid import DEFAULT_ROOT
 from hf_reward.metrics import StreamingMeanIoU
 from hf_reward.modeling import build_segformer
 
@@ -158,7 +159,7 @@ def main():
     parser.add_argument("--case", choices=("camvid", "synthetic"), help="run one case here (the table runs each)")
     parser.add_argument("--images", type=int, default=50, help="synthetic: images in the split")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--camvid_root", default="../shared/datasets/camvid")
+    parser.add_argument("--camvid_root", default=DEFAULT_ROOT)
     parser.add_argument("--cache_dir", default=None, help="synthetic: the disk cache's place (default: the temp dir)")
     args = parser.parse_args()
     if args.case:

@@ -33,6 +33,7 @@ from transformers import SegformerForSemanticSegmentation
 
 from hf_reward import LossSettings, confusion_matrix, reinforce_loss
 from hf_reward.data import collate_segmentation, load_camvid
+from hf_reward.data.camvid import DEFAULT_ROOT
 from hf_reward.data.in_memory import InMemorySegmentation, materialise_split
 from hf_reward.policy import align_to_resolution
 from hf_reward.rewards import miou
@@ -129,7 +130,7 @@ def draw(
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default="runs/study_camvid/pretrain")
-    parser.add_argument("--data_root", default="../shared/datasets/camvid")
+    parser.add_argument("--data_root", default=DEFAULT_ROOT)
     parser.add_argument("--cache", default="runs/study_camvid/train.safetensors", help="materialise_split's cache")
     parser.add_argument("--size", type=int, nargs=2, default=[128, 176])
     parser.add_argument("--draws", type=int, default=32)

@@ -10,6 +10,7 @@ import PIL.Image
 import pytest
 import torch
 from cityscapesscripts.helpers.labels import id2label as cs_id2label
+from conftest import CAMVID
 
 from hf_reward.data import (
     TOY_STREETS_ID2LABEL,
@@ -27,8 +28,6 @@ from hf_reward.data import (
     toy_streets,
     train_transform,
 )
-
-CAMVID = Path(__file__).parents[2] / "shared/datasets/camvid"
 
 
 def png(array: np.ndarray) -> bytes:

@@ -1,16 +1,14 @@
 """In-memory splits: the safetensors cache against the direct load (real CamVid), normalisation on access, the
 flip keyed by (seed, epoch, row), and the fixed development split."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from conftest import CAMVID
 
 from hf_reward.data import InMemorySegmentation, eval_transform, load_camvid, materialise_split, split_indices
 from hf_reward.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-CAMVID = Path(__file__).parents[2] / "shared/datasets/camvid"
 SIZE = (45, 60)
 
 

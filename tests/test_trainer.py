@@ -6,7 +6,7 @@ import torch
 from conftest import BlobsDataset, tiny_segformer
 from transformers import TrainerCallback, TrainingArguments
 
-from hf_reward import RewardSegConfig, RewardSegTrainer
+from hf_reward import REWARDS, RewardSegConfig, RewardSegTrainer
 from hf_reward.metrics import StreamingMeanIoU
 
 
@@ -75,6 +75,15 @@ def test_training_changes_every_parameter_and_logs_metrics(tmp_path, blobs, knob
         assert -1.0 <= entry["reward"] <= 1.0 and -1.0 <= entry["greedy_reward"] <= 1.0  # kappa can be < 0
         assert all(math.isfinite(entry[key]) for key in REWARD_METRICS | extra)
     assert "kl" not in logs[0] or logs[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # first step: policy == reference
+
+
+@pytest.mark.parametrize("reward", sorted(REWARDS))
+def test_every_named_reward_trains_every_parameter(tmp_path, blobs, reward):
+    model = tiny_segformer()
+    before = [p.detach().clone() for p in model.parameters()]
+    logs = train_logs(train(tmp_path, blobs, model=model, reward=reward, max_steps=2))
+    assert all(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert all(math.isfinite(e["scope_reward"]) for e in logs)
 
 
 @pytest.mark.parametrize("surrogate", ["ce_weight", "lovasz_weight"])

@@ -19,6 +19,8 @@ import datasets
 
 from .loading import SegmentationDataset, load_segmentation_dataset
 
+DEFAULT_ROOT = "../shared/datasets/camvid"  # where the project machines hold CamVid, from the repository root
+
 
 def camvid_id2label(root: str | Path) -> tuple[dict[int, str], int]:
     """``(id2label, stored value of unlabelled pixels)`` from ``<root>/id2label.json``."""
@@ -29,7 +31,7 @@ def camvid_id2label(root: str | Path) -> tuple[dict[int, str], int]:
 def load_camvid(
     split: str = "train",
     *,
-    root: str | Path = "../shared/datasets/camvid",
+    root: str | Path = DEFAULT_ROOT,
     ignore_index: int = 255,
     streaming: bool = True,
     **pipeline,

@@ -18,6 +18,8 @@ import datasets
 
 from .loading import SegmentationDataset, load_segmentation_dataset
 
+HUB_REPO = "Chris1/cityscapes"  # the Hub parquet mirror: columns image and semantic_segmentation
+
 
 def _official_labels() -> list:
     try:
@@ -56,7 +58,7 @@ def cityscapes_id2label() -> dict[int, str]:
 def load_cityscapes(
     split: str = "train",
     *,
-    path: str = "Chris1/cityscapes",
+    path: str = HUB_REPO,
     data_files=None,
     image_column: str = "image",
     label_column: str = "semantic_segmentation",
