@@ -13,10 +13,11 @@ Protocol, each stage cached under ``output_dir`` so that a rerun only computes w
 2. Pretraining: a SegFormer from random init, cross-entropy on the other training images to
    convergence (``RewardSegTrainer`` with ``reward_weight=0``).
 3. Runs: every arm x horizon x learning rate x seed starts from that checkpoint. An arm is a set
-   of :class:`hf_reward.RewardSegConfig` fields (the cross-entropy and Lovász controls included);
-   a horizon sets the steps and schedule. Each run, and the start, is scored on dev and
-   validation, raw and after exact calibration (:mod:`hf_reward.calibrate`) fitted on the
-   training images. One JSON per run in ``runs/``; ``--jobs`` runs share the CPU cores.
+   of :class:`hf_reward.RewardSegConfig` fields (the cross-entropy and Lovász controls included),
+   ``calibrate_first: true`` tuning from the calibrated start; a horizon sets the steps and
+   schedule. Each run, and the start, is scored on dev and validation, raw and after exact
+   calibration (:mod:`hf_reward.calibrate`) fitted on the training images. One JSON per run in
+   ``runs/``; ``--jobs`` runs share the CPU cores.
 4. Report (``study_report.py``): ``results.md`` and ``curves.png``.
 """
 
@@ -111,18 +112,24 @@ def quiet(trainer):
     return trainer
 
 
+def calibrate(model, data, args: RewardSegConfig):
+    """Fit offsets for the study's metric (``args``' reward) on the training images, fold them into ``model``."""
+    loader = torch.utils.data.DataLoader(data["train_unflipped"], batch_size=16, collate_fn=collate_segmentation)
+    calibration = fit_offsets(
+        collect_logits(model, loader, progress=False), args.loss_settings().reward, progress=False
+    )
+    fold_offsets(model, calibration, split="train")
+    return calibration
+
+
 def score(model, data, id2label, args: RewardSegConfig) -> dict:
-    """Dev and validation metrics, raw and after calibration on the training images (left folded into ``model``)."""
+    """Dev and validation metrics (the study's as ``eval_*_reward``), raw and after calibration (left folded in)."""
     evaluator = quiet(
         segmentation_trainer(model, args, None, {"dev": data["dev"], "validation": data["validation"]}, id2label)
     )
     raw = evaluator.evaluate()
-    loader = torch.utils.data.DataLoader(data["train_unflipped"], batch_size=16, collate_fn=collate_segmentation)
-    reward = args.loss_settings().reward  # the study's metric: calibrated for, and reported as eval_*_reward
-    calibration = fit_offsets(collect_logits(model, loader, progress=False), reward, progress=False)
-    fold_offsets(model, calibration, split="train")
-    calibrated = evaluator.evaluate()
-    return {"raw": raw, "calibrated": calibrated, "offsets": calibration.offsets.tolist()}
+    calibration = calibrate(model, data, args)
+    return {"raw": raw, "calibrated": evaluator.evaluate(), "offsets": calibration.offsets.tolist()}
 
 
 def learning_rates(arm: dict, horizon: str) -> list[float]:
@@ -139,9 +146,11 @@ def run(cfg: dict, arm: str, horizon: str, lr: float, seed: int, data, id2label,
     path = out / "runs" / f"{run_name(arm, horizon, lr, seed)}.json"
     if path.exists():
         return json.loads(path.read_text())
-    fields = {k: v for k, v in cfg["arms"][arm].items() if k not in ("learning_rates", "horizons")}
+    fields = {k: v for k, v in cfg["arms"][arm].items() if k not in ("learning_rates", "horizons", "calibrate_first")}
     args = config(out / "tmp", {**cfg["tune"], **fields, **cfg["horizons"][horizon]}, learning_rate=lr, seed=seed)
     model = load_segformer(cfg["pretrained"], id2label)
+    if cfg["arms"][arm].get("calibrate_first"):  # tune from the calibrated start: the bias holds the offsets
+        calibrate(model, data, args)
     trainer = quiet(
         segmentation_trainer(
             model, args, data["train"], {"dev": data["dev"], "validation": data["validation"]}, id2label

@@ -43,23 +43,24 @@ def recording_sum_over(self, counts):
     return sum_over(self, counts)
 
 
-RewardSegTrainer.compute_loss = recording_compute_loss
-RewardSegTrainer._add_metric = recording_add_metric
-RewardSegTrainer._sum_over_processes = recording_sum_over
+if __name__ == "__main__":  # pytest --doctest-modules imports this file; patch nothing then
+    RewardSegTrainer.compute_loss = recording_compute_loss
+    RewardSegTrainer._add_metric = recording_add_metric
+    RewardSegTrainer._sum_over_processes = recording_sum_over
 
-prefix, argv = sys.argv[1], sys.argv[2:]
-trainer = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "tune.py"), run_name="tune")["main"](argv)
-params = b"".join(p.detach().cpu().numpy().tobytes() for p in trainer.model.parameters())
-Path(f"{prefix}{os.environ['RANK']}.json").write_text(
-    json.dumps(
-        {
-            "world_size": trainer.args.world_size,
-            "seen": seen,
-            "local_rewards": local_rewards,
-            "local_counts": local_counts,
-            "running_confusion": trainer._running_confusion.tolist(),
-            "params": hashlib.sha1(params).hexdigest(),
-            "log_history": trainer.state.log_history,
-        }
+    prefix, argv = sys.argv[1], sys.argv[2:]
+    trainer = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "tune.py"), run_name="tune")["main"](argv)
+    params = b"".join(p.detach().cpu().numpy().tobytes() for p in trainer.model.parameters())
+    Path(f"{prefix}{os.environ['RANK']}.json").write_text(
+        json.dumps(
+            {
+                "world_size": trainer.args.world_size,
+                "seen": seen,
+                "local_rewards": local_rewards,
+                "local_counts": local_counts,
+                "running_confusion": trainer._running_confusion.tolist(),
+                "params": hashlib.sha1(params).hexdigest(),
+                "log_history": trainer.state.log_history,
+            }
+        )
     )
-)

@@ -118,7 +118,7 @@ def test_every_study_config_builds_every_run(path, tmp_path):
     assert path.read_text().startswith(f"# python scripts/study.py --config configs/{path.name}")
     assert cfg["control"] in cfg["arms"] and cfg["metric"]
     for arm in cfg["arms"].values():
-        fields = {k: v for k, v in arm.items() if k not in ("learning_rates", "horizons")}
+        fields = {k: v for k, v in arm.items() if k not in ("learning_rates", "horizons", "calibrate_first")}
         for horizon in arm["horizons"]:
             for lr in STUDY.learning_rates(arm, horizon):
                 args = STUDY.config(tmp_path, {**cfg["tune"], **fields, **cfg["horizons"][horizon]}, learning_rate=lr)
