@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import CAMVID
 
-from hf_reward.data import InMemorySegmentation, eval_transform, load_camvid, materialise_split, split_indices
+from hf_reward.data import InMemorySegmentation, eval_transform, load_camvid, materialise_split
 from hf_reward.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 SIZE = (45, 60)
@@ -78,12 +78,3 @@ def test_flip_is_a_function_of_seed_epoch_and_row():
     other_seed.set_epoch(1)
     assert flips(other_seed) != flips(ds)
     assert not any(flips(InMemorySegmentation(images, labels)))  # no flip unless asked
-
-
-def test_dev_split_is_fixed_and_disjoint():
-    rest, dev = split_indices(367, 0.2, seed=0)
-    assert len(dev) == 73 and sorted(rest + dev) == list(range(367)) and not set(rest) & set(dev)
-    assert dev[:6] == [0, 5, 18, 31, 36, 38]  # the same split on every machine and run
-    assert (rest, dev) == split_indices(367, 0.2, seed=0) and split_indices(367, 0.2, seed=1)[1] != dev
-    with pytest.raises(ValueError, match="both parts must be non-empty"):
-        split_indices(3, 0.1)

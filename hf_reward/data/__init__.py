@@ -11,7 +11,7 @@ Example::
 
 from .camvid import load_camvid
 from .cityscapes import cityscapes_id2label, cityscapes_label_map, load_cityscapes
-from .in_memory import InMemorySegmentation, materialise_split, split_indices
+from .in_memory import InMemorySegmentation, materialise_split
 from .labels import check_num_labels, identity_label_map, label_lookup, map_mask
 from .loading import (
     SegmentationDataset,
@@ -31,7 +31,6 @@ __all__ = [
     "load_cityscapes",
     "InMemorySegmentation",
     "materialise_split",
-    "split_indices",
     "check_num_labels",
     "identity_label_map",
     "label_lookup",

@@ -4,15 +4,14 @@
 size (image bilinear, labels nearest), and caches it in a safetensors file; a later call reads
 the file. :class:`InMemorySegmentation` serves it normalised, optionally with a random horizontal
 flip keyed by ``(seed, epoch, row)`` like every augmentation of :mod:`hf_reward.data`, so that
-resuming is exact. :func:`split_indices` carves a fixed development split out of it.
+resuming is exact.
 
 Example::
 
     images, labels, id2label = materialise_split("out/camvid_train.safetensors", load_camvid, "train",
                                                  (128, 160), root="../shared/datasets/camvid")
-    train_rows, dev_rows = split_indices(len(labels), 0.2, seed=0)
-    train = InMemorySegmentation(images, labels, indices=train_rows, flip=True, seed=0)
-    dev = InMemorySegmentation(images, labels, indices=dev_rows)
+    train = InMemorySegmentation(images, labels, indices=range(300), flip=True, seed=0)
+    dev = InMemorySegmentation(images, labels, indices=range(300, 367))
 """
 
 from __future__ import annotations
@@ -128,16 +127,3 @@ class InMemorySegmentation(EpochDataset):
         if self.flip and np.random.default_rng([self.seed, self.epoch, row]).random() < 0.5:
             image, labels = image.flip(-1), labels.flip(-1)
         return {"pixel_values": (image - self.mean) / self.std, "labels": labels}
-
-
-def split_indices(n: int, fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
-    """A fixed, seeded split of ``range(n)`` into ``(rest, held_out)``, ``round(fraction * n)`` held out; both sorted.
-
-    >>> split_indices(10, 0.2, seed=0)
-    ([0, 1, 2, 3, 5, 7, 8, 9], [4, 6])
-    """
-    held = round(fraction * n)
-    if not 0 < held < n:
-        raise ValueError(f"fraction={fraction} of {n} rows holds out {held}: both parts must be non-empty")
-    order = np.random.default_rng(seed).permutation(n)
-    return sorted(order[held:].tolist()), sorted(order[:held].tolist())
