@@ -17,8 +17,10 @@ from .rewards import REWARDS, Reward, get_reward
 class RewardSegConfig(TrainingArguments):
     """Configuration of :class:`hf_reward.RewardSegTrainer`.
 
-    The defaults are the recipe that measured best (README, "Results"): the local estimator on
-    the dataset-scope mIoU at temperature 0.5, one sample per image, AdamW at a constant 1e-4.
+    The defaults are the reward recipe that measured best on the CamVid study's development
+    split (README, "Results"): the local estimator on the dataset-scope mIoU at temperature 0.5,
+    one sample per image, plus pixel cross-entropy at weight 1, AdamW at a constant 3e-5. On that
+    study no reward recipe beat calibrating the starting model (:mod:`hf_reward.calibrate`).
     Other defaults that differ from ``TrainingArguments``:
 
     - ``remove_unused_columns=False``: the trainer reads ``labels`` itself, and image datasets
@@ -36,7 +38,7 @@ class RewardSegConfig(TrainingArguments):
 
         >>> config = RewardSegConfig(output_dir="out", max_steps=100)                  # the recipe
         >>> config = RewardSegConfig(output_dir="out", reward="mean_accuracy")         # another metric
-        >>> config = RewardSegConfig(output_dir="out", reward_weight=0.0, lovasz_weight=1.0)  # Lovász only
+        >>> config = RewardSegConfig(output_dir="out", reward_weight=0.0, ce_weight=0.0, lovasz_weight=1.0)  # Lovász
     """
 
     reward: str = field(
@@ -92,7 +94,7 @@ class RewardSegConfig(TrainingArguments):
     )
     ema_decay: float = field(default=0.9, metadata={"help": "Decay of the running-mean reward of baseline='ema'."})
     reward_weight: float = field(default=1.0, metadata={"help": "Weight of the reward loss (0: no sampling at all)."})
-    ce_weight: float = field(default=0.0, metadata={"help": "Weight of pixel cross-entropy on the ground truth."})
+    ce_weight: float = field(default=1.0, metadata={"help": "Weight of pixel cross-entropy on the ground truth."})
     lovasz_weight: float = field(
         default=0.0, metadata={"help": "Weight of the Lovász-softmax loss (Berman et al. 2018)."}
     )
@@ -105,7 +107,7 @@ class RewardSegConfig(TrainingArguments):
     )
     ignore_index: int = field(default=255, metadata={"help": "Label value of void pixels, excluded everywhere."})
 
-    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate."})
+    learning_rate: float = field(default=3e-5, metadata={"help": "AdamW learning rate."})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "Learning-rate schedule."})
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the trainer reads 'labels' itself."}

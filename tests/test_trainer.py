@@ -16,6 +16,7 @@ def make_config(tmp_path, **kwargs):
         max_steps=3,
         per_device_train_batch_size=4,
         learning_rate=1e-2,
+        ce_weight=0.0,  # the reward alone, unless a test adds terms
         logging_steps=1,
         save_strategy="no",
         use_cpu=True,
@@ -49,6 +50,7 @@ REWARD_METRICS = {"reward", "greedy_reward", "entropy"}
     "knobs,extra",
     [
         (dict(), {"scope_reward"}),
+        (dict(ce_weight=1.0), {"scope_reward", "ce_loss"}),  # the default recipe
         (dict(estimator="score", reward_scope="image", num_samples=4), {"advantage_std", "frac_zero_advantage"}),
         (
             dict(
@@ -313,9 +315,9 @@ def test_config_defaults_are_the_recipe_and_every_field_has_help():
         reward_scope="dataset",
         temperature=0.5,
         num_samples=1,
-        learning_rate=1e-4,
+        learning_rate=3e-5,
         reward_weight=1.0,
-        ce_weight=0.0,
+        ce_weight=1.0,
         lovasz_weight=0.0,
         remove_unused_columns=False,
     )
