@@ -28,15 +28,19 @@ def _value(run: dict, split: str, calibrated: bool) -> float:
 
 
 def _mean_sd(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{statistics.mean(values):.4f} ± {sd:.4f}"
+    if len(values) == 1:  # one seed: no spread to report
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def _gain(deltas: list[float], bar: float) -> tuple[str, bool]:
     """``"+x.xx ± y.yy"`` in points, and whether the mean is >= ``bar`` and > 2 sd."""
     if not deltas:
         return "—", False
-    mean, sd = statistics.mean(deltas), statistics.stdev(deltas) if len(deltas) > 1 else float("inf")
+    mean = statistics.mean(deltas)
+    if len(deltas) == 1:  # one seed: a gain, but no evidence that it exceeds the noise
+        return f"{100 * mean:+.2f}", False
+    sd = statistics.stdev(deltas)
     return f"{100 * mean:+.2f} ± {100 * sd:.2f}", mean >= bar and mean > 2 * sd
 
 

@@ -80,6 +80,16 @@ def test_report_chooses_on_dev_and_pairs_with_the_control_by_seed(tmp_path):
     assert (tmp_path / "results.md").is_file() and (tmp_path / "curves.png").is_file()
 
 
+def test_report_of_one_seed_shows_no_spread_and_no_verdict(tmp_path):
+    cfg = {"bar": 1.0, "control": "ce", "seeds": [0], "horizons": {"short": {}}, "metric": "mIoU"}
+    start = fake_run("start", "", 0, 0, 0.32, 0.42, 0.42)  # calibrated: dev 0.32, validation 0.42
+    results = [fake_run("ce", "short", 1e-4, 0, 0.30, 0.40, 0.42), fake_run("arm", "short", 1e-4, 0, 0.4, 0.45, 0.5)]
+    text = REPORT.report(cfg, start, results, ID2LABEL, tmp_path, minutes=1.0)
+    row = next(line for line in text.splitlines() if line.startswith("| arm | short |"))
+    assert "nan" not in text and "inf" not in text and "±" not in row
+    assert row.endswith("| +8.00 | +8.00 | no | 0.50 |")  # 8 points up on both, but one seed proves nothing
+
+
 @pytest.mark.slow
 def test_a_tiny_study_runs_every_stage_and_caches_them(tmp_path):
     cfg = yaml.safe_load((ROOT / "configs/study_camvid.yaml").read_text())
