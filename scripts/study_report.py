@@ -72,7 +72,8 @@ def report(cfg: dict, start: dict, results: list[dict], id2label: dict[int, str]
         f"{start_cal:.4f} calibrated."
     )
     lines = [
-        f"{start_line} Mean ± sd over seeds {cfg['seeds']}; Δ in points. This invocation took {minutes:.0f} min (stages cached by earlier ones not counted).",
+        f"{start_line} Mean ± sd over seeds {cfg['seeds']}; Δ in points. This invocation took {minutes:.0f} min "
+        "(stages cached by earlier ones not counted).",
         "",
         "| arm | horizon | lr | chosen on dev | dev raw | dev calibrated | val raw | val calibrated | "
         "Δ vs calibration alone | Δ vs cross-entropy, calibrated | clears the bar | s/step |",
