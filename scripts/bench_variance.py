@@ -9,7 +9,7 @@ the model once, and draws ``--draws`` independent gradient estimates per estimat
 same parameters, backward through the same forward).
 
 Per-image objective (temperature 1, image scope, the score-function arms of the study): every
-estimator is unbiased for the same gradient g* = -grad E[per-image mIoU] / pixels, so the
+estimator is unbiased for the same gradient g* = -grad E[mean per-image mIoU], so the
 reference is the mean of ``--reference-draws`` estimates of the least noisy one (local, K=4):
 
 - SNR = ||g*|| / sqrt(trace Cov g): signal against noise of one estimate;
@@ -21,6 +21,10 @@ Dataset objective (temperature 0.5, dataset scope, the local arms): the running 
 is the greedy one of 72 other training images (what decay 0.9 holds after ~9 batches of 8). These
 rows have no common reference with the others; their signal is their own mean, with the noise
 of the mean subtracted (||mean||^2 - trace Cov / draws).
+
+Measured (the study's checkpoint, 2 CPU cores, 1 min; table in the README): one local estimate
+(K=1) has SNR 2.36 and cosine 0.94 to the reference; REINFORCE needs K=4 with the leave-one-out
+baseline for SNR 0.20 (cosine 0.27), and without a baseline SNR is 0.006.
 """
 
 from __future__ import annotations
