@@ -10,7 +10,7 @@ import PIL.Image
 import pytest
 import torch
 from cityscapesscripts.helpers.labels import id2label as cs_id2label
-from conftest import CAMVID
+from conftest import CAMVID, tiny_segformer
 
 from hf_reward.data import (
     TOY_STREETS_ID2LABEL,
@@ -98,25 +98,14 @@ def test_imagefolder_with_mask_files_in_metadata(tmp_path):
 
 
 def test_camvid_streams_real_examples_into_a_segformer():
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation
-
     ds, id2label = load_camvid("validation", root=CAMVID, transform=train_transform(64, seed=0))
     batch = collate_segmentation([ex for ex, _ in zip(ds, range(2))])
     assert batch["pixel_values"].shape == (2, 3, 64, 64) and batch["labels"].dtype == torch.long
     assert set(batch["labels"].unique().tolist()) <= set(range(11)) | {255}
 
-    config = SegformerConfig(
-        num_labels=len(id2label),
-        id2label=id2label,
-        label2id={v: k for k, v in id2label.items()},
-        depths=[1, 1, 1, 1],
-        hidden_sizes=[8, 16, 16, 16],
-        decoder_hidden_size=16,
-        num_attention_heads=[1, 1, 1, 1],
-    )
-    check_num_labels(config, id2label)
-    torch.manual_seed(0)
-    out = SegformerForSemanticSegmentation(config)(**batch)
+    model = tiny_segformer(id2label=id2label)
+    check_num_labels(model.config, id2label)
+    out = model(**batch)
     assert out.logits.shape == (2, 11, 16, 16) and torch.isfinite(out.loss)
 
 

@@ -5,7 +5,8 @@ import math
 
 import numpy as np
 import torch
-from transformers import SegformerConfig, SegformerForSemanticSegmentation, Trainer, TrainingArguments
+from conftest import tiny_segformer
+from transformers import Trainer, TrainingArguments
 
 from hf_reward.data import check_num_labels, collate_segmentation, eval_transform, load_toy_streets, train_transform
 from hf_reward.metrics import StreamingMeanIoU
@@ -21,26 +22,12 @@ class CountingMetric(StreamingMeanIoU):
         return super().__call__(eval_pred, compute_result)
 
 
-def tiny_segformer(id2label):
-    config = SegformerConfig(
-        num_labels=len(id2label),
-        id2label=id2label,
-        label2id={v: k for k, v in id2label.items()},
-        depths=[1, 1, 1, 1],
-        hidden_sizes=[8, 16, 16, 16],
-        decoder_hidden_size=16,
-        num_attention_heads=[1, 1, 1, 1],
-    )
-    torch.manual_seed(0)
-    return SegformerForSemanticSegmentation(config)
-
-
 def test_streaming_train_with_max_steps_and_batch_eval_metrics(tmp_path):
     train, id2label = load_toy_streets(
         "train", num_images=6, size=48, transform=train_transform(32, seed=0), shuffle_buffer=4
     )
     evaluation, _ = load_toy_streets("validation", num_images=5, size=32, transform=eval_transform())
-    model = tiny_segformer(id2label)
+    model = tiny_segformer(id2label=id2label)
     check_num_labels(model.config, id2label)
     metric = CountingMetric(len(id2label), id2label)
     args = TrainingArguments(
