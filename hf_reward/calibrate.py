@@ -39,10 +39,8 @@ the classes that compete for it sit near 0, where fp16 is finest: the rounding i
 margins between classes, not to the logits. The metrics reported are those of the cached logits;
 they differ from the model's float32 scores only at pixels whose margin fp16 cannot resolve.
 Working memory is a few copies of one item's upsampled logits (B, C, H, W) float32; nothing grows
-with the number of images. Measured on one CPU thread (``scripts/bench_calibrate.py``): CamVid
-train at 128 x 176 (367 images, 11 classes) fits in 22 s, 3 sweeps; a Cityscapes-sized image
-(19 x 256 x 512 logits, 1024 x 2048 labels) costs 0.35-0.45 s per pass, so about an hour per sweep
-of 500 images, at a peak RSS of 850-880 MB whether the split has 50, 100 or 200 images.
+with the number of images. ``scripts/bench_calibrate.py`` measures time and memory (README,
+"Calibration: time and memory").
 
 Which split: fit on train (or a held-out dev split) and report on validation. Offsets fitted on
 the split you report are tuned on its own labels, and the score is then optimistic.
@@ -72,7 +70,8 @@ from tqdm.auto import tqdm
 from transformers import SegformerForSemanticSegmentation
 
 from .metrics import scores_from_confusion, upsample_logits
-from .rewards import Reward, check_reward, class_counts, get_reward
+from .modeling import eval_mode
+from .rewards import Reward, check_labels, check_reward, class_counts, counted_labels, get_reward
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # logits (B, C, h, w), labels (B, H, W)
 
@@ -82,10 +81,11 @@ class LogitCache:
 
     Iterating yields ``(logits (1, C, h, w) float16, labels (1, H, W))`` per image, in the order
     added, as :func:`fit_offsets` reads them; images may differ in size. Labels are stored as
-    class indices with every pixel that does not count (``ignore_index``, or any value outside
-    [0, C)) set to C. On disk the files live in a temporary directory under ``directory``,
-    removed with the cache, and each pass reads them back one image at a time (plain reads, not a
-    memory map, so that pages of the whole split never count in the process's memory).
+    class indices with ``ignore_index`` set to C; a value that is neither a class nor
+    ``ignore_index`` is refused, naming the image, as training and evaluation refuse it. On disk
+    the files live in a temporary directory under ``directory``, removed with the cache, and each
+    pass reads them back one image at a time (plain reads, not a memory map, so that pages of the
+    whole split never count in the process's memory).
     """
 
     def __init__(self, num_classes: int, directory: str | Path | None = None):
@@ -110,7 +110,8 @@ class LogitCache:
         if not logits.isfinite().all():
             raise ValueError("logits are not finite (NaN, or a margin beyond fp16's 65504)")
         labels = labels.cpu().long()
-        labels = torch.where((labels >= 0) & (labels < c) & (labels != ignore_index), labels, c)
+        check_labels(labels, c, ignore_index, f"image {len(self)} of the calibration split")
+        labels = torch.where(labels == ignore_index, c, labels)
         logits, labels = logits.numpy(), labels.numpy().astype(self.label_dtype)
         self._shapes.append((logits.shape, labels.shape))
         if self._dir is None:
@@ -156,9 +157,7 @@ def collect_logits(
     num_classes = model.config.num_labels
     cache = LogitCache(num_classes, cache_dir)
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for batch in tqdm(batches, desc="logits", unit="batch", disable=not progress):
             pixels, labels = torch.as_tensor(batch["pixel_values"]), torch.as_tensor(batch["labels"])
             if pixels.dim() == 3:
@@ -166,8 +165,6 @@ def collect_logits(
             logits = model(pixel_values=pixels.to(device)).logits
             for z, y in zip(logits, labels):
                 cache.append(z, y, ignore_index)
-    finally:
-        model.train(was_training)
     return cache
 
 
@@ -251,7 +248,7 @@ def _switch_histogram(
             break
         k = k - down.long() + up.long()
     t = labels.reshape(k.shape).long()
-    counted = (t >= 0) & (t < num_classes) & (t != ignore_index)
+    counted = counted_labels(t, num_classes, ignore_index)
     bins = num_classes * num_classes * (k_max + 1)
     index = torch.where(counted, (t * num_classes + a) * (k_max + 1) + k, bins)
     return torch.bincount(index.reshape(-1), minlength=bins + 1)[:bins].view(num_classes, num_classes, k_max + 1)

@@ -159,4 +159,6 @@ class RewardSegConfig(TrainingArguments):
             baseline=self.baseline,
             sample_resolution=self.sample_resolution,
             ignore_index=self.ignore_index,
+            dataset_confusion_decay=self.dataset_confusion_decay,
+            ema_decay=self.ema_decay,
         )

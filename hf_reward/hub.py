@@ -1,15 +1,17 @@
 """Results tables, the model card, and pushing a tuned model to the Hub through Trainer.
 
-``results`` below map a model's name to its ``evaluate()`` dict; calibrated models are named
-``"<name>, calibrated"``.
+Scores are :class:`hf_reward.pipeline.ModelScores` by model name (or plain metric dicts, keys as
+:meth:`hf_reward.metrics.StreamingMeanIoU.compute` names them).
 
 Example::
 
-    >>> print(summary_table({"start": {"eval_mean_iou": 0.5}, "reward tuning": {"eval_mean_iou": 0.6}}, steps=200))
+    >>> from hf_reward.pipeline import ModelScores
+    >>> scores = {"start": ModelScores({"mean_iou": 0.5}), "tuned": ModelScores({"mean_iou": 0.6}, {"mean_iou": 0.7})}
+    >>> print(summary_table(scores, steps=200))
     | model | mIoU (%) | calibrated |
     |---|---:|---:|
     | start | 50.0 | — |
-    | reward tuning, 200 steps | 60.0 | — |
+    | tuned, 200 steps | 60.0 | 70.0 |
 """
 
 from __future__ import annotations
@@ -21,46 +23,53 @@ from pathlib import Path
 import yaml
 
 from .config import RewardSegConfig
+from .metrics import class_key
 
-Results = Mapping[str, Mapping[str, float]]
-
-
-def _iou(metrics: Mapping[str, float], name: str) -> float:
-    # StreamingMeanIoU names per-class keys iou_<name> with spaces as underscores; evaluate() adds "eval_".
-    return metrics.get(f"eval_iou_{str(name).replace(' ', '_')}", float("nan"))
+Metrics = Mapping[str, float]
 
 
 def _fmt(value: float | None) -> str:
     return "—" if value is None else "n/a" if math.isnan(value) else f"{100 * value:.1f}"
 
 
-def summary_table(results: Results, steps: int, metric: str = "mean_iou", label: str = "mIoU") -> str:
+def summary_table(scores: Mapping, steps: int, metric: str = "mean_iou", label: str = "mIoU") -> str:
     """One row per model (the start, then each tuned model with its steps): ``metric`` raw and calibrated, in %."""
-    rows = [name for name in results if not name.endswith(", calibrated")]
     lines = [f"| model | {label} (%) | calibrated |", "|---|---:|---:|"]
-    for name in rows:
-        raw = results[name].get(f"eval_{metric}", math.nan)
-        calibrated = results.get(f"{name}, calibrated", {}).get(f"eval_{metric}")
-        lines.append(f"| {name if name == 'start' else f'{name}, {steps} steps'} | {_fmt(raw)} | {_fmt(calibrated)} |")
+    for name, s in scores.items():
+        calibrated = None if s.calibrated is None else s.calibrated.get(metric, math.nan)
+        row = name if name == "start" else f"{name}, {steps} steps"
+        lines.append(f"| {row} | {_fmt(s.raw.get(metric, math.nan))} | {_fmt(calibrated)} |")
     return "\n".join(lines)
 
 
-def per_class_table(results: Results, id2label: Mapping[int, str]) -> str:
-    """Markdown table of mIoU and per-class IoU (%) of every model in ``results``, in label order.
+def score_columns(scores: Mapping) -> dict[str, Metrics]:
+    """Every model's metrics as table columns: ``name`` raw, then ``name, calibrated`` where it was calibrated."""
+    columns = {}
+    for name, s in scores.items():
+        columns[name] = s.raw
+        if s.calibrated is not None:
+            columns[f"{name}, calibrated"] = s.calibrated
+    return columns
+
+
+def per_class_table(columns: Mapping[str, Metrics], id2label: Mapping[int, str]) -> str:
+    """Markdown table of mIoU and per-class IoU (%) of every column (a name and its metrics), in label order.
 
     A class absent from both prediction and ground truth of the split shows ``n/a``.
 
-    >>> print(per_class_table({"start": {"eval_mean_iou": 0.5, "eval_iou_car": 0.5}}, {0: "car"}))
+    >>> print(per_class_table({"start": {"mean_iou": 0.5, "iou_car": 0.5}}, {0: "car"}))
     | class | start |
     |---|---:|
     | **mIoU** | 50.0 |
     | car | 50.0 |
     """
-    names = list(results)
+    names = list(columns)
     lines = ["| class | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-    lines.append("| **mIoU** | " + " | ".join(_fmt(results[n].get("eval_mean_iou", math.nan)) for n in names) + " |")
+    lines.append("| **mIoU** | " + " | ".join(_fmt(columns[n].get("mean_iou", math.nan)) for n in names) + " |")
     for _, label in sorted(id2label.items()):
-        lines.append(f"| {label} | " + " | ".join(_fmt(_iou(results[n], label)) for n in names) + " |")
+        lines.append(
+            f"| {label} | " + " | ".join(_fmt(columns[n].get(class_key(label), math.nan)) for n in names) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -90,7 +99,7 @@ def model_card(
     base_model: str,
     dataset: str,
     args: RewardSegConfig,
-    results: Results,
+    scores: Mapping,
     id2label: Mapping[int, str],
     calibration: Mapping | None = None,
 ) -> str:
@@ -126,7 +135,8 @@ def model_card(
         f"Tuned from **{base_model}** on **{dataset}** with hf-reward: {describe_recipe(args)}.\n\n"
         f"## Tuning settings\n\n{settings_table}\n\n"
         f"## Results\n\nDataset-level validation mIoU (%), from the same start and on the same data.\n\n"
-        f"{summary_table(results, args.max_steps)}\n\nPer-class IoU (%):\n\n{per_class_table(results, id2label)}\n\n"
+        f"{summary_table(scores, args.max_steps)}\n\n"
+        f"Per-class IoU (%):\n\n{per_class_table(score_columns(scores), id2label)}\n\n"
         f"{calibrated}" + _USE
     )
 
@@ -164,16 +174,16 @@ _USE = (
 
 
 def calibration_card(
-    *, base_model: str, dataset: str, results: Results, id2label: Mapping[int, str], calibration: Mapping
+    *, base_model: str, dataset: str, columns: Mapping[str, Metrics], id2label: Mapping[int, str], calibration: Mapping
 ) -> str:
-    """The README.md of a calibrated model (``results``: ``"uncalibrated"`` and ``"calibrated"`` evaluate() dicts)."""
+    """The README.md of a calibrated model (``columns``: the evaluation split's metrics before and after)."""
     return (
         _metadata(base_model, dataset, ["calibration"])
         + f"# {base_model}, calibrated for {calibration['reward']} with hf-reward\n\n"
         f"**{base_model}** with exact per-class logit offsets and no other change to its weights.\n\n"
         f"{_calibration_section(calibration)}\n\n"
         f"## Results\n\nDataset-level IoU (%) on the evaluation split of **{dataset}**.\n\n"
-        f"{per_class_table(results, id2label)}\n\n" + _USE
+        f"{per_class_table(columns, id2label)}\n\n" + _USE
     )
 
 

@@ -1,14 +1,15 @@
 """The reward-tuning loss: the gradient of the expected reward of masks sampled from the model.
 
 Algorithm, one call on one batch (K samples, B images, C classes, h x w sampling resolution);
-each step is a function below, and :func:`reinforce_loss` is their composition:
+each step is a function below, and :func:`reward_loss` is their composition:
 
 1. :func:`sample`: bring logits and labels to the sampling resolution, form the tempered policy
    p = softmax(logits / tau) per pixel (float32), draw K masks per image, and count each sampled
    mask's confusion matrix ``(K, B, C, C)``.
 2. :func:`scope_confusion` (batch and dataset scopes): pool each sample's counts over the batch,
-   sum them over processes, and add the ``context`` counts the caller keeps (the dataset scope's
-   running matrix of past batches, earlier micro-batches of the optimizer step).
+   sum them over processes, and add the counts the caller's :class:`RewardState` keeps (earlier
+   micro-batches of the optimizer step and, for the dataset scope, the running matrix of past
+   steps).
 3. Weights, one per pixel and class, under ``no_grad``:
 
    :func:`score_function_weights` (``estimator="score"``, REINFORCE): advantages
@@ -38,10 +39,16 @@ micro-batches and processes then keeps that scale.
 
 The loss *value* is -J (the objective being maximised, detached); its gradient is the estimate.
 Rewards and weights are computed under ``no_grad``; only log p (or p) carries gradient.
+
+State between calls (:class:`RewardState`, float64 counts): the optimizer step's earlier
+micro-batches, the dataset scope's running matrix (``running = decay * running + step counts``
+once per optimizer step) and the ``ema`` baseline's running mean. The trainer keeps one and
+saves its ``state_dict`` with each checkpoint.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -65,6 +72,8 @@ class LossSettings:
     baseline: of the score estimator, one of :data:`hf_reward.baselines.BASELINES`.
     sample_resolution: ``"logits"`` or ``"labels"`` (:func:`hf_reward.policy.align_to_resolution`).
     ignore_index: label of void pixels.
+    dataset_confusion_decay: of the dataset scope's running matrix, per optimizer step.
+    ema_decay: of the ``ema`` baseline's running mean reward.
     """
 
     reward: Reward
@@ -75,6 +84,8 @@ class LossSettings:
     baseline: str
     sample_resolution: str
     ignore_index: int
+    dataset_confusion_decay: float = 0.9
+    ema_decay: float = 0.9
 
     def __post_init__(self):
         if not callable(self.reward):
@@ -100,6 +111,49 @@ class LossSettings:
 
 
 @dataclass
+class RewardState:
+    """What the reward loss carries from one call to the next, on every process alike except ``ema``.
+
+    step: ``(C, C)`` float64, the sampled counts of the optimizer step's earlier micro-batches
+    (batch and dataset scopes). running: ``(C, C)`` float64, the dataset scope's decayed counts of
+    past optimizer steps. ema: scalar, the ``ema`` baseline's running mean reward (NaN until an
+    image with a valid pixel was seen).
+    """
+
+    step: torch.Tensor | None = None
+    running: torch.Tensor | None = None
+    ema: torch.Tensor | None = None
+
+    def context(self, reward_scope: str) -> torch.Tensor | None:
+        """The counts that join a micro-batch's own in its scope's matrix (``None``: none)."""
+        if reward_scope == "image":
+            return None
+        parts = [self.step] + ([self.running] if reward_scope == "dataset" else [])
+        parts = [p for p in parts if p is not None]
+        return sum(parts) if parts else None
+
+    def update(self, out: RewardLossOutput, settings: LossSettings, step_ends: bool) -> None:
+        """Take in one call's output; ``step_ends``: it was the optimizer step's last micro-batch."""
+        if settings.estimator == "score" and settings.baseline == "ema":
+            self.ema = baselines.update_ema(self.ema, out.rewards, out.valid_images, settings.ema_decay)
+        if settings.reward_scope == "image":
+            return
+        counts = out.sample_confusion
+        self.step = counts if self.step is None else self.step + counts
+        if step_ends:
+            if settings.reward_scope == "dataset":
+                decayed = 0.0 if self.running is None else settings.dataset_confusion_decay * self.running
+                self.running = decayed + self.step
+            self.step = None
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: value for name in ("step", "running", "ema") if (value := getattr(self, name)) is not None}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.step, self.running, self.ema = (state.get(name) for name in ("step", "running", "ema"))
+
+
+@dataclass
 class Samples:
     """What :func:`sample` returns.
 
@@ -116,8 +170,8 @@ class Samples:
 
 
 @dataclass
-class ReinforceOutput:
-    """What :func:`reinforce_loss` returns.
+class RewardLossOutput:
+    """What :func:`reward_loss` returns.
 
     loss: scalar, value -objective. objective: the expected reward J being maximised (detached).
     rewards: ``(K, B)`` per-image rewards of the samples. valid_pixels: ``(B,)`` each image's
@@ -126,8 +180,8 @@ class ReinforceOutput:
     mask. entropy: ``(B,)`` mean per-pixel entropy of the tempered policy over valid pixels.
     advantages, carried: ``(K, B)`` for the score estimator, else ``None``: the advantages, and which
     of them enter the gradient (see :func:`score_function_weights`).
-    sample_confusion: ``(C, C)`` the sampled counts summed over the batch (and processes),
-    averaged over K, which the caller adds to its running matrix. scope_rewards: ``(K,)`` reward
+    sample_confusion: ``(C, C)`` float64, the sampled counts summed over the batch (and processes),
+    averaged over K, which :meth:`RewardState.update` adds to its counts. scope_rewards: ``(K,)`` reward
     of each sample's scope matrix for the batch and dataset scopes, else ``None``.
     """
 
@@ -238,26 +292,23 @@ def local_weights(samples: Samples, reward: Reward, scope: torch.Tensor | None, 
     return weight * samples.valid.unsqueeze(1) / k
 
 
-def reinforce_loss(
+def reward_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
     settings: LossSettings,
     *,
-    context: torch.Tensor | None = None,
+    state: RewardState | None = None,
     reduce_counts: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ema_value: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-) -> ReinforceOutput:
+) -> RewardLossOutput:
     """Sample masks from ``logits (B, C, h, w)``, reward them against ``labels (B, H, W)``, return the loss.
 
     Args:
         settings: :class:`LossSettings`.
-        context: ``(C, C)`` counts that belong to the reward's scope besides this call's own masks
-            (batch and dataset scopes): the dataset scope's running matrix, earlier micro-batches
-            of the same optimizer step. ``None``: none.
+        state: what earlier calls left (:class:`RewardState`): the batch and dataset scopes' counts
+            and the ``ema`` baseline. Read here, not changed: call its ``update`` with the output.
         reduce_counts: sums a tensor over processes, so that every process credits its pixels
             against the same pooled matrix (e.g. ``lambda t: accelerator.reduce(t, "sum")``).
-        ema_value: running mean reward for ``baseline="ema"``.
         generator: optional ``torch.Generator`` for the sampling.
 
     Example::
@@ -266,7 +317,7 @@ def reinforce_loss(
         >>> settings = LossSettings(reward=miou, estimator="local", reward_scope="batch", num_samples=1,
         ...                         temperature=0.5, baseline="none", sample_resolution="logits", ignore_index=255)
         >>> logits = torch.randn(2, 3, 8, 8, requires_grad=True)
-        >>> out = reinforce_loss(logits, torch.randint(0, 3, (2, 32, 32)), settings)
+        >>> out = reward_loss(logits, torch.randint(0, 3, (2, 32, 32)), settings)
         >>> out.loss.backward(); out.rewards.shape, out.scope_rewards.shape
         (torch.Size([1, 2]), torch.Size([1]))
     """
@@ -275,6 +326,7 @@ def reinforce_loss(
             f"expected logits (B, C, h, w) and labels (B, H, W); got {tuple(logits.shape)} and {tuple(labels.shape)}"
         )
     s = settings
+    state = state or RewardState()
     num_classes = logits.shape[1]
     samples = sample(logits, labels, s, generator)
     with torch.no_grad():
@@ -288,29 +340,42 @@ def reinforce_loss(
             objective = (rewards * valid_images).sum(1).mean() / valid_images.sum().clamp(min=1)
             scope, own = None, samples.confusion.sum(1).double()
         else:
-            scope, own = scope_confusion(samples.confusion, context, reduce_counts)
+            scope, own = scope_confusion(samples.confusion, state.context(s.reward_scope), reduce_counts)
             scope_rewards = s.reward(*class_counts(scope)).float()
             objective = scope_rewards.mean()
         if s.estimator == "score":
             weight, advantages, carried = score_function_weights(
-                samples, rewards, valid_images, s.baseline, greedy.float(), ema_value
+                samples, rewards, valid_images, s.baseline, greedy.float(), state.ema
             )
         else:
             weight = local_weights(samples, s.reward, scope, s.ignore_index)
     # REINFORCE weights log p; the local estimator weights p itself.
     surrogate = (weight * (samples.log_probs if s.estimator == "score" else samples.log_probs.exp())).sum()
-    return ReinforceOutput(
+    return RewardLossOutput(
         loss=-(surrogate - surrogate.detach()) - objective,
         objective=objective,
         rewards=rewards,
         valid_pixels=valid_pixels,
         greedy_rewards=greedy.float(),
         entropy=entropy,
-        sample_confusion=own.mean(0).float(),
+        sample_confusion=own.mean(0),
         advantages=advantages,
         carried=carried,
         scope_rewards=scope_rewards,
     )
+
+
+def reinforce_loss(*args, **kwargs) -> RewardLossOutput:
+    """Deprecated name of :func:`reward_loss` (whose default estimator is not REINFORCE); ``context=`` and
+    ``ema_value=`` become a :class:`RewardState`."""
+    warnings.warn("reinforce_loss is renamed reward_loss; it will be removed", FutureWarning, stacklevel=2)
+    context, ema = kwargs.pop("context", None), kwargs.pop("ema_value", None)
+    if context is not None or ema is not None:
+        kwargs["state"] = RewardState(step=context, ema=ema)  # step: the counts both pooled scopes add
+    return reward_loss(*args, **kwargs)
+
+
+ReinforceOutput = RewardLossOutput  # the deprecated name
 
 
 def pixel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:

@@ -31,7 +31,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .rewards import REWARDS, Reward, class_counts, confusion_matrix
+from .rewards import (
+    REWARDS,
+    Reward,
+    check_labels,
+    class_counts,
+    confusion_matrix,
+    iou_per_class,
+    recall_per_class,
+)
 
 # The named rewards besides those evaluate's mean_iou reports (mean_iou, mean_accuracy, overall_accuracy);
 # f_beta at its default beta is dice.
@@ -46,7 +54,7 @@ def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
 
 
 def scores_from_confusion(cm: np.ndarray | torch.Tensor) -> dict[str, np.ndarray | float]:
-    """Dataset-level scores of a confusion matrix ``cm[target, pred]`` (C, C).
+    """Dataset-level scores of a confusion matrix ``cm[target, pred]`` (C, C), by the reward functions.
 
     Returns ``iou`` and ``accuracy`` per class (C,) with NaN for classes that do not count, and
     ``mean_iou``, ``mean_accuracy``, ``overall_accuracy`` floats (NaN if nothing counts).
@@ -55,28 +63,26 @@ def scores_from_confusion(cm: np.ndarray | torch.Tensor) -> dict[str, np.ndarray
     >>> s["iou"], s["mean_iou"]
     (array([0.75      , 0.66666667,        nan]), 0.7083333333333333)
     """
-    cm = np.asarray(cm.cpu() if isinstance(cm, torch.Tensor) else cm, dtype=np.float64)
-    tp, target, pred = np.diag(cm), cm.sum(1), cm.sum(0)
-    union = target + pred - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, tp / union, np.nan)
-        accuracy = np.where(target > 0, tp / target, np.nan)
-        overall = tp.sum() / target.sum() if target.sum() > 0 else float("nan")
+    counts = class_counts(torch.as_tensor(np.asarray(cm) if not isinstance(cm, torch.Tensor) else cm).cpu())
+    iou, present = iou_per_class(*counts)
+    accuracy, has_target = recall_per_class(*counts)
+    nothing = counts[1].sum() == 0
 
-    def nanmean(x):
-        return float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
+    def mean(name, mask):
+        return float("nan") if not mask.any() else float(REWARDS[name](*counts))
 
     return {
-        "iou": iou,
-        "accuracy": accuracy,
-        "mean_iou": nanmean(iou),
-        "mean_accuracy": nanmean(accuracy),
-        "overall_accuracy": float(overall),
+        "iou": torch.where(present, iou, torch.nan).numpy(),
+        "accuracy": torch.where(has_target, accuracy, torch.nan).numpy(),
+        "mean_iou": mean("miou", present),
+        "mean_accuracy": mean("mean_accuracy", has_target),
+        "overall_accuracy": float("nan") if nothing else float(REWARDS["pixel_accuracy"](*counts)),
     }
 
 
-def _key(name: str) -> str:
-    return str(name).replace(" ", "_")
+def class_key(name: str) -> str:
+    """The metrics' key of class ``name``'s IoU: ``iou_<name>``, spaces as underscores (``iou_traffic_light``)."""
+    return "iou_" + str(name).replace(" ", "_")
 
 
 class StreamingMeanIoU:
@@ -147,12 +153,7 @@ class StreamingMeanIoU:
             )
         # Out-of-range values would land in another class's bins: refuse them (one host sync per
         # batch, acceptable at evaluation).
-        bad = (labels != self.ignore_index) & ((labels < 0) | (labels >= self.num_classes))
-        if bad.any():
-            raise ValueError(
-                f"labels hold {labels[bad].unique().tolist()}: neither a class in [0, {self.num_classes}) "
-                f"nor ignore_index={self.ignore_index}"
-            )
+        check_labels(labels, self.num_classes, self.ignore_index, "evaluation")
         if ((pred < 0) | (pred >= self.num_classes)).any():
             raise ValueError(f"predictions must be classes in [0, {self.num_classes})")
         # The batch as one image: a (1, C, C) matrix whatever B is.
@@ -170,11 +171,16 @@ class StreamingMeanIoU:
         scores = self.scores()
         cm = self.confusion if self.confusion is not None else torch.zeros(self.num_classes, self.num_classes)
         counts = class_counts(cm.cpu())
+        nothing = counts[1].sum() == 0  # no pixel counted: every score is NaN, never a 0 for nothing
+
+        def score(reward):
+            return float("nan") if nothing else float(reward(*counts))
+
         out = {k: scores[k] for k in ("mean_iou", "mean_accuracy", "overall_accuracy")}
-        out.update({name: float(REWARDS[name](*counts)) for name in EXTRA_METRICS})
+        out.update({name: score(REWARDS[name]) for name in EXTRA_METRICS})
         if self.reward is not None:
-            out["reward"] = float(self.reward(*counts))
-        out.update({f"iou_{_key(name)}": float(scores["iou"][i]) for i, name in self.id2label.items()})
+            out["reward"] = score(self.reward)
+        out.update({class_key(name): float(scores["iou"][i]) for i, name in self.id2label.items()})
         return out
 
     def __call__(self, eval_pred, compute_result: bool = False) -> dict[str, float]:

@@ -17,7 +17,8 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from transformers import SegformerConfig, SegformerForSemanticSegmentation
@@ -140,3 +141,14 @@ def load_checkpoint_weights(model: torch.nn.Module, checkpoint: str) -> None:
     """
     saved = type(model).from_pretrained(checkpoint, use_safetensors=True)
     model.load_state_dict(saved.state_dict())
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in eval mode inside the block, back in the mode it had after it (also on an error)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

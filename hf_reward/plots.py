@@ -26,6 +26,7 @@ import torch
 
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, collate_segmentation
 from .metrics import upsample_logits
+from .modeling import eval_mode
 
 CAMVID_COLOURS = {
     "sky": (128, 128, 128),
@@ -100,11 +101,9 @@ def spread_sample(examples: Iterable[dict], count: int, seed: int = 0) -> list[d
 def predict_masks(model, examples: Sequence[dict]) -> torch.Tensor:
     """Argmax masks ``(N, H, W)`` at the label size of ``examples`` (dicts of ``pixel_values``, ``labels``)."""
     batch = collate_segmentation(examples)
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
-    logits = model(pixel_values=batch["pixel_values"].to(device)).logits.float()
-    model.train(was_training)
+    with eval_mode(model):
+        logits = model(pixel_values=batch["pixel_values"].to(device)).logits.float()
     return upsample_logits(logits, tuple(batch["labels"].shape[-2:])).argmax(1).cpu()
 
 

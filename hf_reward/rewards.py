@@ -51,6 +51,33 @@ import torch
 Reward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def counted_labels(labels: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+    """Which pixels count: their label is a class in [0, C) (so never ``ignore_index``); bool, ``labels``' shape."""
+    return (labels >= 0) & (labels < num_classes) & (labels != ignore_index)
+
+
+def unknown_labels(labels: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+    """Which pixels hold a label that is neither a class in [0, C) nor ``ignore_index``; bool."""
+    return (labels != ignore_index) & ~counted_labels(labels, num_classes, ignore_index)
+
+
+def unknown_labels_error(values, num_classes: int, ignore_index: int, where: str) -> ValueError:
+    """The error for masks holding ``values`` that are neither a class nor ``ignore_index``, found ``where``."""
+    values = sorted({int(v) for v in values})
+    return ValueError(
+        f"labels hold {values} ({where}): neither a class of the model in [0, {num_classes}) nor "
+        f"ignore_index={ignore_index}. Map the dataset's values to class indices "
+        "(hf_reward.data.load_segmentation_dataset's label_map), or give the model a head for this dataset's classes"
+    )
+
+
+def check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int, where: str) -> None:
+    """Raise :func:`unknown_labels_error` if ``labels`` hold a value neither a class nor ignore (a host sync)."""
+    unknown = unknown_labels(labels, num_classes, ignore_index)
+    if unknown.any():
+        raise unknown_labels_error(labels[unknown].unique().tolist(), num_classes, ignore_index, where)
+
+
 def confusion_matrix(
     pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
 ) -> torch.Tensor:
@@ -67,7 +94,7 @@ def confusion_matrix(
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
     batch, c = pred.shape[0], num_classes
     pred, target = pred.reshape(batch, -1), target.reshape(batch, -1)
-    counted = (target >= 0) & (target < c) & (target != ignore_index) & (pred >= 0) & (pred < c)
+    counted = counted_labels(target, c, ignore_index) & (pred >= 0) & (pred < c)
     bins = c * c + 1  # the last bin of each image collects what is not counted
     index = torch.where(counted, target * c + pred, c * c)
     index = index + torch.arange(batch, device=pred.device).unsqueeze(1) * bins
@@ -98,6 +125,11 @@ def iou_per_class(tp: torch.Tensor, gt: torch.Tensor, pd: torch.Tensor) -> tuple
     return _ratio(tp, gt + pd - tp)
 
 
+def recall_per_class(tp: torch.Tensor, gt: torch.Tensor, pd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Recall (class accuracy) ``(..., C)`` and the mask of classes present in the target."""
+    return _ratio(tp, gt)
+
+
 def miou(tp, gt, pd, class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean IoU over present classes, optionally weighted by ``class_weights (C,)``."""
     return _mean_present(*iou_per_class(tp, gt, pd), class_weights)
@@ -121,7 +153,7 @@ def pixel_accuracy(tp, gt, pd) -> torch.Tensor:
 
 def mean_accuracy(tp, gt, pd) -> torch.Tensor:
     """Mean over classes with ground truth of their recall tp / gt."""
-    return _mean_present(*_ratio(tp, gt), None)
+    return _mean_present(*recall_per_class(tp, gt, pd), None)
 
 
 def fw_iou(tp, gt, pd) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Per training step (see :mod:`hf_reward.loss` for the estimator):
 
     logits = model(pixel_values)                              # (B, C, H/4, W/4)
-    loss   = reward_weight * reinforce_loss(logits, labels)   # sampled masks, reward, baseline
+    loss   = reward_weight * reward_loss(logits, labels)      # sampled masks, reward, baseline
            + ce_weight     * pixel cross-entropy              # surrogates on the ground truth
            + lovasz_weight * Lovász-softmax
            + kl_coef       * KL(p_theta || p_ref)             # trust region to the starting model
@@ -39,12 +39,12 @@ from transformers import Trainer, TrainerState
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import has_length
 
-from . import baselines, policy
+from . import policy
 from .config import RewardSegConfig
-from .loss import ReinforceOutput, pixel_cross_entropy, reinforce_loss
+from .loss import RewardLossOutput, RewardState, pixel_cross_entropy, reward_loss
 from .lovasz import lovasz_softmax
 from .modeling import load_checkpoint_weights
-from .rewards import Reward, check_reward
+from .rewards import Reward, check_reward, unknown_labels, unknown_labels_error
 
 
 class RewardSegTrainer(Trainer):
@@ -91,9 +91,7 @@ class RewardSegTrainer(Trainer):
         self.num_classes = num_classes
         self.loss_settings = args.loss_settings(reward_fn)
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)  # name -> per-step (sum, count)
-        self._ema_reward: torch.Tensor | None = None
-        self._running_confusion: torch.Tensor | None = None  # (C, C) float64, dataset scope, every process alike
-        self._step_confusion: torch.Tensor | None = None  # this optimizer step's sampled counts so far
+        self.reward_state = RewardState()  # the scopes' counts and the ema baseline, saved with each checkpoint
         self.ref_model = None
         if args.kl_coef > 0:
             # One frozen copy of the starting weights: the parameters' memory again, no grads or
@@ -122,7 +120,7 @@ class RewardSegTrainer(Trainer):
         labels = inputs["labels"]
         outputs = model(pixel_values=inputs["pixel_values"])
         logits, args = outputs.logits, self.args
-        bad_labels = (labels != args.ignore_index) & ((labels < 0) | (labels >= self.num_classes))
+        bad_labels = unknown_labels(labels, self.num_classes, args.ignore_index)
         given, labels = labels, torch.where(bad_labels, args.ignore_index, labels)  # no index error before the check
         if not model.training:
             loss = pixel_cross_entropy(logits, labels, args.ignore_index)
@@ -132,13 +130,8 @@ class RewardSegTrainer(Trainer):
         terms: dict[str, torch.Tensor] = {}
         out = None
         if args.reward_weight > 0:
-            out = reinforce_loss(
-                logits,
-                labels,
-                self.loss_settings,
-                context=self._scope_context(),
-                reduce_counts=self._sum_over_processes,
-                ema_value=self._ema_reward,
+            out = reward_loss(
+                logits, labels, self.loss_settings, state=self.reward_state, reduce_counts=self._sum_over_processes
             )
             terms["reward_loss"] = (args.reward_weight, out.loss)
         if args.ce_weight > 0:
@@ -158,36 +151,12 @@ class RewardSegTrainer(Trainer):
             if name != "reward_loss":
                 self._add_metric(name, value.detach(), 1)
         if out is not None:
-            self._update_reward_state(out)
+            self.reward_state.update(out, self.loss_settings, step_ends=self.accelerator.sync_gradients)
             self._record(out)
         return (loss, outputs) if return_outputs else loss
 
     def _sum_over_processes(self, counts: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(counts, reduction="sum") if self.accelerator.num_processes > 1 else counts
-
-    def _scope_context(self) -> torch.Tensor | None:
-        """Counts that join this micro-batch's in its scope: earlier micro-batches of the step, the running matrix."""
-        if self.args.reward_scope == "image":
-            return None
-        context = self._step_confusion
-        if self.args.reward_scope == "dataset" and self._running_confusion is not None:
-            context = self._running_confusion if context is None else context + self._running_confusion
-        return context
-
-    def _update_reward_state(self, out: ReinforceOutput) -> None:
-        args = self.args
-        if args.estimator == "score" and args.baseline == "ema":
-            self._ema_reward = baselines.update_ema(self._ema_reward, out.rewards, out.valid_images, args.ema_decay)
-        if args.reward_scope == "image":
-            return
-        counts = out.sample_confusion.double()
-        self._step_confusion = counts if self._step_confusion is None else self._step_confusion + counts
-        if self.accelerator.sync_gradients:  # the optimizer step's last micro-batch
-            if args.reward_scope == "dataset":
-                running = self._running_confusion
-                decayed = 0.0 if running is None else args.dataset_confusion_decay * running
-                self._running_confusion = decayed + self._step_confusion
-            self._step_confusion = None
 
     def _check_step(self, loss: torch.Tensor, bad_labels: torch.Tensor, labels: torch.Tensor, where: str) -> None:
         # One host sync per step checks both, before backward and the optimizer step: no wrong
@@ -196,11 +165,11 @@ class RewardSegTrainer(Trainer):
             return
         if bad_labels.any():
             images = bad_labels.flatten(1).any(1).nonzero().flatten().tolist()
-            raise ValueError(
-                f"labels hold {labels[bad_labels].unique().tolist()} ({where}, images {images} of the batch): neither "
-                f"a class of the model in [0, {self.num_classes}) nor ignore_index={self.args.ignore_index}. Map the "
-                "dataset's values to class indices (hf_reward.data.load_segmentation_dataset's label_map), or give "
-                "the model a head for this dataset's classes"
+            raise unknown_labels_error(
+                labels[bad_labels].unique().tolist(),
+                self.num_classes,
+                self.args.ignore_index,
+                f"{where}, images {images} of the batch",
             )
         raise FloatingPointError(
             f"non-finite loss ({loss.item()}) at {where}: the logits or the reward produced NaN/inf. No update was "
@@ -221,7 +190,7 @@ class RewardSegTrainer(Trainer):
     def _add_metric(self, name: str, total: torch.Tensor, count) -> None:
         self._metrics[name].append(torch.stack([total.float(), torch.as_tensor(count, device=total.device).float()]))
 
-    def _record(self, out: ReinforceOutput) -> None:
+    def _record(self, out: RewardLossOutput) -> None:
         valid = out.valid_images
         k = out.rewards.shape[0]
         self._add_metric("reward", (out.rewards * valid).sum(), valid.sum() * k)
@@ -266,21 +235,20 @@ class RewardSegTrainer(Trainer):
         # Trainer's raw load misses SegFormer's legacy key names (see load_checkpoint_weights).
         load_checkpoint_weights(self.accelerator.unwrap_model(model or self.model), resume_from_checkpoint)
 
-    def _save_rng_state(self, output_dir: str) -> None:
-        super()._save_rng_state(output_dir)
-        # The ema baseline and the dataset-scope matrix live outside the model. The matrix is the
-        # same on every process; the ema is each process's own: one file per process, like the RNG.
-        state = {"ema_reward": self._ema_reward, "running_confusion": self._running_confusion}
-        state = {name: value.detach().cpu().contiguous() for name, value in state.items() if value is not None}
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        # The reward's state lives outside the model and the optimizer: one file per process (the ema is each
+        # process's own; the counts are the same everywhere).
+        state = {name: value.detach().cpu().contiguous() for name, value in self.reward_state.state_dict().items()}
         if state:
+            Path(output_dir).mkdir(parents=True, exist_ok=True)  # other processes may get here before the main one
             safetensors.torch.save_file(state, Path(output_dir, f"reward_state_{self.args.process_index}.safetensors"))
 
-    def _load_rng_state(self, checkpoint: str | None) -> None:
-        super()._load_rng_state(checkpoint)
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
         path = Path(checkpoint or "", f"reward_state_{self.args.process_index}.safetensors")
         if checkpoint is not None and path.is_file():
-            state = safetensors.torch.load_file(path, device=str(self.args.device))
-            self._ema_reward, self._running_confusion = state.get("ema_reward"), state.get("running_confusion")
+            self.reward_state.load_state_dict(safetensors.torch.load_file(path, device=str(self.args.device)))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.model.training and self._metrics:

@@ -3,7 +3,7 @@
     python scripts/bench_calibrate.py > bench_calibrate.md      # 45 min on 1 thread, see below
 
 Each case runs in its own subprocess, one after the other, so that its peak RSS
-(``getrusage``'s ``ru_maxrss``) is its own; torch uses ``--threads`` threads (default 1).
+(``getrusage``'s ``ru_maxrss``) is its own; torch uses ``--threads`` threads.
 
 1. ``camvid``: CamVid train (367 images at 128 x 176, ``--camvid_root``) through a randomly
    initialised SegFormer of the study's size (``configs/study_camvid.yaml``, 2.06M parameters; its
@@ -17,33 +17,25 @@ Each case runs in its own subprocess, one after the other, so that its peak RSS
    the peak RSS must not grow with the number of images, and the time per image and pass gives the
    cost of a full fit (500 images, C passes per sweep).
 
-Measured (2 CPU cores shared with other jobs, load about 4, 1 thread; torch 2.13):
-
-| case | images | collect (s) | fit (s) | sweeps | ms / image-pass | peak RSS (MB) | mIoU before -> after |
-|---|---|---|---|---|---|---|---|
-| CamVid train, RAM cache, random model | 367 | 5.7 | 21.8 | 3 | 2.5 | 701 | 0.0130 -> 0.0223 |
-| synthetic Cityscapes, disk cache | 50 | 4.6 | 418.5 | 1 (cap) | 440.5 | 854 | 0.2498 -> 0.3184 |
-| synthetic Cityscapes, disk cache | 100 | 9.5 | 742.9 | 1 (cap) | 391.0 | 877 | 0.2498 -> 0.3184 |
-| synthetic Cityscapes, disk cache | 200 | 17.3 | 1348.5 | 1 (cap) | 354.9 | 884 | 0.2494 -> 0.3183 |
-
-The folded CamVid model scores 0.022274 with its float32 logits, as the fit said from the fp16 cache.
+Results: README, "Calibration: time and memory".
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from hf_reward.calibrate import LogitCache, collect_logits, fit_offsets, fold_offsets
+from hf_reward.cli import parse_config, run_script
 from hf_reward.data import collate_segmentation, eval_transform, load_camvid
 from hf_reward.data.camvid import DEFAULT_ROOT
 from hf_reward.metrics import StreamingMeanIoU
@@ -154,16 +146,22 @@ def run_case(case: str, args, images: int | None = None) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--case", choices=("camvid", "synthetic"), help="run one case here (the table runs each)")
-    parser.add_argument("--images", type=int, default=50, help="synthetic: images in the split")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--camvid_root", default=DEFAULT_ROOT)
-    parser.add_argument("--cache_dir", default=None, help="synthetic: the disk cache's place (default: the temp dir)")
-    args = parser.parse_args()
+@dataclass
+class BenchArguments:
+    """which case to run (the table runs each in a subprocess)"""
+
+    case: str | None = field(default=None, metadata={"help": "'camvid' or 'synthetic': run one case here."})
+    images: int = field(default=50, metadata={"help": "synthetic: images in the split."})
+    camvid_root: str = field(default=DEFAULT_ROOT, metadata={"help": "CamVid's directory."})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "synthetic: the disk cache's place (default: the temp dir)."}
+    )
+
+
+def main(argv: list[str] | None = None):
+    (args,) = parse_config([BenchArguments], argv, description=__doc__.split("\n\n")[0])
+    args.threads = torch.get_num_threads()
     if args.case:
-        torch.set_num_threads(args.threads)
         out = camvid(args) if args.case == "camvid" else synthetic(args)
         out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(out))
@@ -199,4 +197,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -19,22 +19,21 @@ above what was resident before it (CUDA: ``max_memory_allocated``; CPU: the proc
 resident set, reset before each step through ``/proc/self/clear_refs``, Linux only), next to the
 size of the logits (B, C, 128, 128) in float32, the tensor the loss works on.
 
-Measured on CPU (2 threads; table in the README): C = 19, cross-entropy 6.00 s, local 5.29 s, the
-recipe 6.10 s; C = 150, cross-entropy 11.88 s (logits upsampled to 512 x 512), local 5.97 s, the
-recipe 13.03 s.
+Results: README, "Cost of a step".
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
-from hf_reward import LossSettings, reinforce_loss
+from hf_reward import LossSettings, RewardState, reward_loss
+from hf_reward.cli import parse_config, run_script
 from hf_reward.loss import pixel_cross_entropy
 from hf_reward.rewards import miou
 
@@ -70,9 +69,8 @@ def step(model, pixels, labels, knobs, context):
         ce = knobs.pop("ce", False)
         settings = LossSettings(reward=miou, sample_resolution="logits", ignore_index=255, **knobs)
         logits = model(pixel_values=pixels).logits
-        loss = reinforce_loss(
-            logits, labels, settings, context=context if knobs["reward_scope"] == "dataset" else None
-        ).loss
+        state = RewardState(running=context if knobs["reward_scope"] == "dataset" else None)
+        loss = reward_loss(logits, labels, settings, state=state).loss
         if ce:  # RewardSegConfig's default ce_weight=1: the trainer adds it at label resolution
             loss = loss + pixel_cross_entropy(logits, labels)
     loss.backward()
@@ -116,14 +114,19 @@ def measure(device, num_classes: int, batch: int, size: int, rounds: int) -> dic
     return {name: (statistics.median(times[name]), memory[name]) for name in VARIANTS}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--classes", type=int, nargs="+", default=[19, 150])
-    args = parser.parse_args()
+@dataclass
+class StepArguments:
+    """where and what to time"""
+
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda, ..."})
+    rounds: int = field(default=3, metadata={"help": "Timed rounds (after one warm-up round)."})
+    batch: int = field(default=8, metadata={"help": "Images per step."})
+    size: int = field(default=512, metadata={"help": "Image side."})
+    classes: list[int] = field(default_factory=lambda: [19, 150], metadata={"help": "Class counts C to time."})
+
+
+def main(argv: list[str] | None = None):
+    (args,) = parse_config([StepArguments], argv, description=__doc__.split("\n\n")[0])
     device = torch.device(args.device)
     print(
         f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
@@ -144,4 +147,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -22,20 +22,19 @@ is the greedy one of 72 other training images (what decay 0.9 holds after ~9 bat
 rows have no common reference with the others; their signal is their own mean, with the noise
 of the mean subtracted (||mean||^2 - trace Cov / draws).
 
-Measured (the study's checkpoint, 2 CPU cores, 1 min; table in the README): one local estimate
-(K=1) has SNR 2.36 and cosine 0.94 to the reference; REINFORCE needs K=4 with the leave-one-out
-baseline for SNR 0.20 (cosine 0.27), and without a baseline SNR is 0.006.
+Results: README, "Gradient noise of the estimators".
 """
 
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import dataclass, field
 
 import torch
 from transformers import SegformerForSemanticSegmentation
 
-from hf_reward import LossSettings, confusion_matrix, reinforce_loss
+from hf_reward import LossSettings, RewardState, confusion_matrix, reward_loss
+from hf_reward.cli import parse_config, run_script
 from hf_reward.data import collate_segmentation, load_camvid
 from hf_reward.data.camvid import DEFAULT_ROOT
 from hf_reward.data.in_memory import InMemorySegmentation, materialise_split
@@ -124,22 +123,29 @@ def draw(
 ) -> None:
     for i in range(draws):
         start = time.perf_counter()
-        loss = reinforce_loss(
+        loss = reward_loss(
             logits, labels, loss_settings, generator=torch.Generator().manual_seed(seed + i), **kwargs
         ).loss
         g = torch.cat([x.flatten() for x in torch.autograd.grad(loss, params, retain_graph=True)])
         stats.add(g, time.perf_counter() - start)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", default="runs/study_camvid/pretrain")
-    parser.add_argument("--data_root", default=DEFAULT_ROOT)
-    parser.add_argument("--cache", default="runs/study_camvid/train.safetensors", help="materialise_split's cache")
-    parser.add_argument("--size", type=int, nargs=2, default=[128, 176])
-    parser.add_argument("--draws", type=int, default=32)
-    parser.add_argument("--reference-draws", type=int, default=128)
-    args = parser.parse_args()
+@dataclass
+class VarianceArguments:
+    """the checkpoint, the data and the number of draws"""
+
+    checkpoint: str = field(default="runs/study_camvid/pretrain", metadata={"help": "The model to differentiate."})
+    data_root: str = field(default=DEFAULT_ROOT, metadata={"help": "CamVid's directory."})
+    cache: str = field(
+        default="runs/study_camvid/train.safetensors", metadata={"help": "materialise_split's cache of the split."}
+    )
+    size: list[int] = field(default_factory=lambda: [128, 176], metadata={"help": "Image size (height, width)."})
+    draws: int = field(default=32, metadata={"help": "Estimates per estimator."})
+    reference_draws: int = field(default=128, metadata={"help": "Estimates of local K=4 averaged as the reference."})
+
+
+def main(argv: list[str] | None = None):
+    (args,) = parse_config([VarianceArguments], argv, description=__doc__.split("\n\n")[0])
     torch.manual_seed(0)
     model = SegformerForSemanticSegmentation.from_pretrained(args.checkpoint, use_safetensors=True)
     model.eval()  # no dropout: the only randomness left is the sampling
@@ -162,7 +168,7 @@ def main():
     draw(logits, labels, params, reference_stats, args.reference_draws, 10_000, PER_IMAGE["local K=4"])
     reference = reference_stats.mean()
     with torch.no_grad():  # a converged running mean: the expected per-image reward under the policy
-        ema_value = reinforce_loss(logits, labels, settings("score", 64)).rewards.mean()
+        ema_value = reward_loss(logits, labels, settings("score", 64)).rewards.mean()
 
     print(
         f"{args.draws} draws per estimator; one batch of 8 CamVid training images at {tuple(labels.shape[-2:])}; "
@@ -172,13 +178,13 @@ def main():
     print("|---|---|---|---|---|")
     for name, loss_settings in PER_IMAGE.items():
         stats = GradientStats(reference)
-        draw(logits, labels, params, stats, args.draws, 0, loss_settings, ema_value=ema_value)
+        draw(logits, labels, params, stats, args.draws, 0, loss_settings, state=RewardState(ema=ema_value))
         print(stats.row(name), flush=True)
     for name, loss_settings in DATASET.items():
         stats = GradientStats()
-        draw(logits, labels, params, stats, args.draws, 0, loss_settings, context=running)
+        draw(logits, labels, params, stats, args.draws, 0, loss_settings, state=RewardState(running=running))
         print(stats.row(name + " (T=0.5, own mean)"), flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -22,24 +22,17 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from hf_reward.app import (
-    DataArguments,
-    ModelArguments,
-    UsageError,
-    evaluate_split,
-    image_processor,
-    load_model,
-    load_splits,
-    model_classes,
-    parse_config,
-    pick_device,
-    run_script,
-)
-from hf_reward.calibrate import collect_logits, fit_offsets, fold_offsets
-from hf_reward.data import collate_segmentation
+from hf_reward.cli import DataArguments, ModelArguments, UsageError, parse_config, run_script
 from hf_reward.hub import calibration_card, per_class_table
+from hf_reward.pipeline import (
+    calibrate_model,
+    evaluate,
+    image_processor,
+    load_data,
+    load_model,
+    model_classes,
+    pick_device,
+)
 from hf_reward.rewards import REWARDS, get_reward
 
 
@@ -74,54 +67,54 @@ ARGUMENTS = (ModelArguments, DataArguments, CalibrateArguments)
 
 
 def main(argv: list[str] | None = None):
-    model_args, data_args, args = parse_config(ARGUMENTS, argv)
+    model_args, data_args, args = parse_config(ARGUMENTS, argv, description=__doc__.split("\n\n")[0])
     if not model_args.model_name_or_path:
         raise UsageError("--model_name_or_path is required: a local directory or a Hub repo id")
     if args.push_to_hub and not args.hub_model_id:
         raise UsageError("--push_to_hub needs --hub_model_id <user>/<name>")
     reward = get_reward(args.reward, beta=args.reward_beta, class_weights=args.reward_class_weights)
     fit_data = dataclasses.replace(data_args, train_split=args.calibration_split)
-    fit_split, val, id2label = load_splits(
-        fit_data, ignore_index=args.ignore_index, id2label=model_classes(model_args), augment=False
-    )
+    splits = load_data(fit_data, ignore_index=args.ignore_index, id2label=model_classes(model_args), augment=False)
+    fit_split, id2label = splits.train, splits.id2label
     if args.max_calibration_images is not None:
         fit_split = fit_split.take(args.max_calibration_images)
     device = pick_device(args.device)
     model = load_model(model_args, id2label).to(device)
 
-    evaluate = dict(batch_size=args.batch_size, ignore_index=args.ignore_index, reward=reward)
-    before = evaluate_split(model, val, id2label, desc=f"{data_args.eval_split}, before", **evaluate).compute()
-    loader = torch.utils.data.DataLoader(fit_split, batch_size=args.batch_size, collate_fn=collate_segmentation)
-    cache = collect_logits(model, loader, cache_dir=args.cache_dir, ignore_index=args.ignore_index)
-    calibration = fit_offsets(
-        cache,
+    scoring = dict(batch_size=args.batch_size, ignore_index=args.ignore_index, reward=reward)
+    before = evaluate(model, splits.eval, id2label, desc=f"{data_args.eval_split}, before", **scoring).compute()
+    calibration = calibrate_model(
+        model,
+        fit_split,
         reward,
+        split=args.calibration_split,
+        batch_size=args.batch_size,
         ignore_index=args.ignore_index,
+        cache_dir=args.cache_dir,
         step=args.step,
         max_offset=args.max_offset,
         max_sweeps=args.max_sweeps,
     )
-    fold_offsets(model, calibration, split=f"{args.calibration_split} ({len(cache)} images)")
-    after = evaluate_split(model, val, id2label, desc=f"{data_args.eval_split}, after", **evaluate).compute()
+    after = evaluate(model, splits.eval, id2label, desc=f"{data_args.eval_split}, after", **scoring).compute()
 
-    model.config.hf_reward_evaluation = data_args.evaluation_record()  # evaluate_model.py scores it the same way
+    model.config.hf_reward_evaluation = data_args.settings("eval")  # evaluate_model.py scores it the same way
     out = Path(args.output_dir)
     model.save_pretrained(out)
     image_processor(data_args).save_pretrained(out)
-    results = {"uncalibrated": _eval_keys(before), "calibrated": _eval_keys(after)}
+    columns = {"uncalibrated": before, "calibrated": after}
     card = calibration_card(
         base_model=model_args.model_name_or_path,
         dataset=data_args.dataset,
-        results=results,
+        columns=columns,
         id2label=id2label,
         calibration=model.config.calibration,
     )
     (out / "README.md").write_text(card)
-    (out / "calibration.json").write_text(json.dumps({"calibration": model.config.calibration, **results}, indent=2))
+    (out / "calibration.json").write_text(json.dumps({"calibration": model.config.calibration, **columns}, indent=2))
     offsets = ", ".join(f"{name} {value:+.2f}" for name, value in model.config.calibration["offsets"].items())
     print(f"\nOffsets ({len(calibration.history)} sweeps): {offsets}")
     print(
-        f"\nValidation IoU (%) on {data_args.eval_split}, before and after:\n\n{per_class_table(results, id2label)}\n"
+        f"\nValidation IoU (%) on {data_args.eval_split}, before and after:\n\n{per_class_table(columns, id2label)}\n"
     )
     print(
         f"{args.reward} on {data_args.eval_split}: {100 * before['reward']:.1f} -> {100 * after['reward']:.1f}. "
@@ -133,12 +126,7 @@ def main(argv: list[str] | None = None):
         from huggingface_hub import upload_file
 
         upload_file(path_or_fileobj=str(out / "README.md"), path_in_repo="README.md", repo_id=args.hub_model_id)
-    return model, results
-
-
-def _eval_keys(metrics: dict) -> dict:
-    """StreamingMeanIoU's keys as ``evaluate()`` names them, for the tables of :mod:`hf_reward.hub`."""
-    return {f"eval_{key}": value for key, value in metrics.items()}
+    return model, columns
 
 
 if __name__ == "__main__":

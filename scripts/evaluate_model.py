@@ -16,19 +16,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hf_reward.app import (
-    DataArguments,
-    ModelArguments,
-    UsageError,
-    evaluate_split,
-    load_model,
-    load_splits,
-    model_config,
-    parse_config,
-    pick_device,
-    run_script,
-)
+from hf_reward.cli import DataArguments, ModelArguments, UsageError, parse_config, run_script
 from hf_reward.metrics import EXTRA_METRICS
+from hf_reward.pipeline import evaluate, load_data, load_model, model_config, pick_device
 
 
 @dataclass
@@ -62,27 +52,28 @@ def format_table(scores: dict, computed: dict, id2label: dict[int, str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    model_args, data_args, eval_args = parse_config(ARGUMENTS, argv)
+    description = __doc__.split("\n\n")[0]
+    model_args, data_args, eval_args = parse_config(ARGUMENTS, argv, description=description)
     if not model_args.model_name_or_path:
         raise UsageError("--model_name_or_path is required: a local directory or a Hub repo id")
     config = model_config(model_args)
     classes = {int(k): v for k, v in config.id2label.items()}
     record = getattr(config, "hf_reward_evaluation", None)
     if record:  # the tuning run's evaluation settings, under whatever --config and flags say
-        model_args, data_args, eval_args = parse_config(ARGUMENTS, argv, defaults=record)
-    _, dataset, id2label = load_splits(data_args, ignore_index=eval_args.ignore_index, id2label=classes)
+        model_args, data_args, eval_args = parse_config(ARGUMENTS, argv, defaults=record, description=description)
+    splits = load_data(data_args, ignore_index=eval_args.ignore_index, id2label=classes)
     device = pick_device(eval_args.device)
-    model = load_model(model_args, id2label).to(device)
-    metric = evaluate_split(
+    model = load_model(model_args, splits.id2label).to(device)
+    metric = evaluate(
         model,
-        dataset,
-        id2label,
+        splits.eval,
+        splits.id2label,
         batch_size=eval_args.batch_size,
         ignore_index=eval_args.ignore_index,
         desc=f"{data_args.dataset}/{data_args.eval_split}",
     )
     result = metric.compute()
-    print(format_table(metric.scores(), result, id2label))
+    print(format_table(metric.scores(), result, splits.id2label))
     if eval_args.output_json:
         Path(eval_args.output_json).write_text(json.dumps(result, indent=2))
     return result

@@ -14,16 +14,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hf_reward.app import (
-    DataArguments,
-    ModelArguments,
+from hf_reward.cli import DataArguments, ModelArguments, parse_config, run_script
+from hf_reward.pipeline import (
     PretrainConfig,
     image_processor,
+    load_data,
     load_model,
-    load_splits,
     model_classes,
-    parse_config,
-    run_script,
     segmentation_trainer,
 )
 
@@ -45,15 +42,17 @@ ARGUMENTS = (ModelArguments, DataArguments, PretrainArguments, PretrainConfig)
 
 
 def main(argv: list[str] | None = None):
-    model_args, data_args, pretrain_args, args = parse_config(ARGUMENTS, argv)
-    train, val, id2label = load_splits(
+    model_args, data_args, pretrain_args, args = parse_config(ARGUMENTS, argv, description=__doc__.split("\n\n")[0])
+    splits = load_data(
         data_args,
         seed=args.seed,
         ignore_index=args.ignore_index,
         id2label=None if pretrain_args.new_head else model_classes(model_args),
     )
-    model = load_model(model_args, id2label, seed=args.seed, new_head=pretrain_args.new_head)
-    trainer = segmentation_trainer(model, args, train, val, id2label, processing_class=image_processor(data_args))
+    model = load_model(model_args, splits.id2label, seed=args.seed, new_head=pretrain_args.new_head)
+    trainer = segmentation_trainer(
+        model, args, splits.train, splits.eval, splits.id2label, processing_class=image_processor(data_args)
+    )
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     metrics = trainer.evaluate()
     trainer.save_model()

@@ -8,7 +8,7 @@ Without ``--model_name_or_path`` a small SegFormer is built and pretrained by cr
 (cached in ``<output_dir>/pretrained``). Then, from that start and on the same data:
 
 1. reward tuning for ``max_steps`` (``RewardSegConfig``: by default the local estimator of the
-   dataset-scope mIoU), saved to ``--output_dir``;
+   dataset-scope mIoU plus cross-entropy), saved to ``--output_dir``;
 2. with ``--control`` (default), continued cross-entropy for the same steps, the control;
 3. with ``--calibrate`` (default), exact per-class logit offsets fitted on training images for the
    start, the tuned model and the control (:mod:`hf_reward.calibrate`); the saved model is the
@@ -24,109 +24,165 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from hf_reward.app import (
-    CITYSCAPES_REPO,
-    NAMED_DATASETS,
-    DataArguments,
-    ModelArguments,
-    TuneArguments,
+from hf_reward.cli import DataArguments, ModelArguments, parse_config, run_script
+from hf_reward.data.cityscapes import HUB_REPO as CITYSCAPES_REPO
+from hf_reward.hub import model_card, per_class_table, push_to_hub, score_columns, summary_table
+from hf_reward.pipeline import (
+    DATASETS,
+    ModelScores,
+    PretrainConfig,
     TuneConfig,
+    calibrate_model,
     image_processor,
+    load_data,
     load_model,
-    load_splits,
     model_classes,
-    parse_config,
-    pretrained_start,
-    run_script,
+    pretrain,
     segmentation_trainer,
+    unprefixed,
 )
-from hf_reward.calibrate import collect_logits, fit_offsets, fold_offsets
-from hf_reward.data import collate_segmentation
-from hf_reward.hub import model_card, per_class_table, push_to_hub, summary_table
 
-ARGUMENTS = (ModelArguments, DataArguments, TuneArguments, TuneConfig)
 TUNED, CONTROL, START = "reward tuning", "cross-entropy", "start"
 
 
+@dataclass
+class TuneArguments:
+    """what scripts/tune.py does around tuning: pretraining a built model, controls, calibration, plots"""
+
+    pretrain_steps: int = field(
+        default=600,
+        metadata={
+            "help": "Without model_name_or_path: steps of cross-entropy pretraining of the built model, cached in "
+            "<output_dir>/pretrained and reused while its settings stay the same."
+        },
+    )
+    pretrain_learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate of that pretraining."})
+    control: bool = field(
+        default=True,
+        metadata={"help": "Also run continued cross-entropy for the same steps from the same start, as the control."},
+    )
+    calibrate: bool = field(
+        default=True,
+        metadata={
+            "help": "Fit exact per-class logit offsets on the training split for the start, the tuned model "
+            "and the control, and report each calibrated; the saved model is the tuned one, calibrated."
+        },
+    )
+    calibration_images: int = field(
+        default=256, metadata={"help": "Training images the offsets are fitted on (streamed, without augmentation)."}
+    )
+    num_overlays: int = field(default=4, metadata={"help": "Evaluation images drawn in the overlays (0: no plots)."})
+
+
+ARGUMENTS = (ModelArguments, DataArguments, TuneArguments, TuneConfig)
+
+
+def pretrained_start(
+    model_args: ModelArguments, data_args: DataArguments, tune_args: TuneArguments, args: TuneConfig
+) -> str:
+    """``<output_dir>/pretrained``: the built model trained by cross-entropy, or reused from an earlier run."""
+    inherited = (
+        "seed",
+        "use_cpu",
+        "bf16",
+        "disable_tqdm",
+        "ignore_index",
+        "dataloader_num_workers",
+        "per_device_train_batch_size",
+    )
+    config = PretrainConfig(
+        output_dir=str(Path(args.output_dir) / "pretrained"),
+        max_steps=tune_args.pretrain_steps,
+        learning_rate=tune_args.pretrain_learning_rate,
+        logging_steps=max(tune_args.pretrain_steps // 10, 1),
+        **{name: getattr(args, name) for name in inherited},
+    )
+
+    def make():
+        # A stream of its own: reading the tuning stream would advance its shuffle and augmentation, and
+        # tuning after a fresh pretraining would then differ from tuning from the cached model.
+        splits = load_data(data_args, seed=args.seed, ignore_index=args.ignore_index)
+        return load_model(model_args, splits.id2label, seed=args.seed), splits.train, None, splits.id2label
+
+    settings = {"model": dataclasses.asdict(model_args), "data": data_args.settings("train")}
+    return str(pretrain(config, settings, make))
+
+
 def calibrate(model, data_args: DataArguments, tune_args: TuneArguments, args: TuneConfig, id2label, reward):
-    """Fit offsets on the first ``calibration_images`` training images (no augmentation), fold them into ``model``."""
-    train, _, _ = load_splits(
-        data_args, seed=args.seed, ignore_index=args.ignore_index, id2label=id2label, augment=False
-    )
-    loader = torch.utils.data.DataLoader(
-        train.take(tune_args.calibration_images),
+    """Offsets fitted on the first ``calibration_images`` training images (no augmentation), folded into ``model``."""
+    splits = load_data(data_args, seed=args.seed, ignore_index=args.ignore_index, id2label=id2label, augment=False)
+    return calibrate_model(
+        model,
+        splits.train.take(tune_args.calibration_images),
+        reward,
+        split=f"{data_args.train_split}, first images",
         batch_size=args.per_device_eval_batch_size,
-        collate_fn=collate_segmentation,
+        ignore_index=args.ignore_index,
+        progress=not args.disable_tqdm,
     )
-    cache = collect_logits(model, loader, ignore_index=args.ignore_index, progress=not args.disable_tqdm)
-    calibration = fit_offsets(cache, reward, ignore_index=args.ignore_index, progress=not args.disable_tqdm)
-    fold_offsets(model, calibration, split=f"{data_args.train_split}, first {len(cache)} images")
-    return calibration
+
+
+def run_control(start_args: ModelArguments, data_args: DataArguments, args: TuneConfig, val, id2label):
+    """Continued cross-entropy from the same start, on the same data, for the same steps."""
+    control_args = dataclasses.replace(
+        args,
+        reward_weight=0.0,
+        ce_weight=1.0,
+        lovasz_weight=0.0,
+        kl_coef=0.0,
+        output_dir=str(Path(args.output_dir) / "control"),
+        save_strategy="no",
+        push_to_hub=False,
+        resume_from_checkpoint=None,
+    )
+    train = load_data(data_args, seed=args.seed, ignore_index=args.ignore_index, id2label=id2label).train
+    control = segmentation_trainer(load_model(start_args, id2label), control_args, train, val, id2label)
+    control.train()
+    return control
 
 
 def main(argv: list[str] | None = None):
-    model_args, data_args, tune_args, args = parse_config(ARGUMENTS, argv)
-    classes = model_classes(model_args) if data_args.dataset not in NAMED_DATASETS else None
-    train, val, id2label = load_splits(data_args, seed=args.seed, ignore_index=args.ignore_index, id2label=classes)
+    model_args, data_args, tune_args, args = parse_config(ARGUMENTS, argv, description=__doc__.split("\n\n")[0])
+    classes = model_classes(model_args) if data_args.dataset not in DATASETS else None
+    splits = load_data(data_args, seed=args.seed, ignore_index=args.ignore_index, id2label=classes)
+    id2label = splits.id2label
     start_path = model_args.model_name_or_path or pretrained_start(model_args, data_args, tune_args, args)
     start_args = dataclasses.replace(model_args, model_name_or_path=start_path)
     model = load_model(start_args, id2label)
-    start_model = copy.deepcopy(model)
-    trainer = segmentation_trainer(model, args, train, val, id2label, processing_class=image_processor(data_args))
+    models = {START: copy.deepcopy(model), TUNED: model}
+    trainer = segmentation_trainer(
+        model, args, splits.train, splits.eval, id2label, processing_class=image_processor(data_args)
+    )
     reward = trainer.loss_settings.reward
-    out = Path(args.output_dir)
     shown = []
     if tune_args.num_overlays and trainer.is_world_process_zero():
         from hf_reward.plots import spread_sample
 
-        shown = spread_sample(val, tune_args.num_overlays)
+        shown = spread_sample(splits.eval, tune_args.num_overlays)
 
-    results = {START: trainer.evaluate()}
+    scores = {START: ModelScores(unprefixed(trainer.evaluate()))}
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    results[TUNED] = trainer.evaluate()
-    models = {START: start_model, TUNED: model}
+    scores[TUNED] = ModelScores(unprefixed(trainer.evaluate()))
     histories = {TUNED: trainer.state.log_history}
     if tune_args.control:
-        control_args = dataclasses.replace(
-            args,
-            reward_weight=0.0,
-            ce_weight=1.0,
-            lovasz_weight=0.0,
-            kl_coef=0.0,
-            output_dir=str(out / "control"),
-            save_strategy="no",
-            push_to_hub=False,
-            resume_from_checkpoint=None,
-        )
-        control_train, _, _ = load_splits(data_args, seed=args.seed, ignore_index=args.ignore_index, id2label=id2label)
-        control = segmentation_trainer(load_model(start_args, id2label), control_args, control_train, val, id2label)
-        control.train()
-        results[CONTROL] = control.evaluate()
+        control = run_control(start_args, data_args, args, splits.eval, id2label)
+        scores[CONTROL] = ModelScores(unprefixed(control.evaluate()))
         models[CONTROL], histories[CONTROL] = control.model, control.state.log_history
 
-    if shown:
-        from hf_reward.plots import predict_masks
-
-        predictions = {name: predict_masks(models[name], shown) for name in (START, TUNED)}
-    calibrations = {}
+    raw_masks = _masks(models, shown)
+    calibrated_masks = {}
     if tune_args.calibrate:
+        eval_args = dataclasses.replace(args, push_to_hub=False)
         for name, calibrated in models.items():
-            calibrations[name] = calibrate(calibrated, data_args, tune_args, args, id2label, reward)
-            evaluator = segmentation_trainer(
-                calibrated, dataclasses.replace(args, push_to_hub=False), None, val, id2label
-            )
-            results[f"{name}, calibrated"] = evaluator.evaluate()
-        if shown:
-            predictions.update({f"{name}, calibrated": predict_masks(models[name], shown) for name in (START, TUNED)})
-            predictions = {
-                name: predictions[name] for name in (START, f"{START}, calibrated", TUNED, f"{TUNED}, calibrated")
-            }
+            scores[name].calibration = calibrate(calibrated, data_args, tune_args, args, id2label, reward)
+            evaluator = segmentation_trainer(calibrated, eval_args, None, splits.eval, id2label)
+            scores[name].calibrated = unprefixed(evaluator.evaluate())
+        calibrated_masks = _masks(models, shown)
 
-    model.config.hf_reward_evaluation = data_args.evaluation_record()  # evaluate_model.py scores it the same way
+    model.config.hf_reward_evaluation = data_args.settings("eval")  # evaluate_model.py scores it the same way
     trainer.save_model()
     base = (
         model_args.model_name_or_path
@@ -137,48 +193,64 @@ def main(argv: list[str] | None = None):
         base_model=base,
         dataset=dataset,
         args=args,
-        results=results,
+        scores=scores,
         id2label=id2label,
         calibration=model.config.to_dict().get("calibration"),
     )
     if trainer.is_world_process_zero():
-        summary = summary_table(results, trainer.state.global_step)
-        per_class = per_class_table(results, id2label)
-        print(f"\nValidation mIoU (%), from the same start and on the same data:\n\n{summary}\n")
-        (out / "results.md").write_text(f"{summary}\n\nPer-class validation IoU (%):\n\n{per_class}\n")
-        (out / "results.json").write_text(
-            json.dumps(
-                {"results": results, "calibration": {k: dataclasses.asdict(v) for k, v in calibrations.items()}},
-                indent=2,
-                default=lambda value: value.tolist(),
-            )
-        )
-        (out / "README.md").write_text(card)
-        written = [
-            ("tuned model" + (" (calibrated)" if calibrations else ""), out / "model.safetensors"),
-            ("results, per-class IoU", out / "results.md"),
-            ("all metrics", out / "results.json"),
-            ("model card", out / "README.md"),
-        ]
+        written = write_outputs(Path(args.output_dir), scores, histories, trainer.state.global_step, id2label, card)
         if shown:
-            from hf_reward.plots import plot_overlays, plot_training
-
-            start_miou = results[START]["eval_mean_iou"]
-            levels = {
-                name.removesuffix(", calibrated"): r["eval_mean_iou"]
-                for name, r in results.items()
-                if name.endswith("calibrated")
-            }
-            plot_training(histories, out / "training.png", start=start_miou, calibrated=levels)
-            plot_overlays(shown, predictions, id2label, out / "overlays.png", ignore_index=args.ignore_index)
-            written += [("curves", out / "training.png"), ("predictions", out / "overlays.png")]
-        checkpoints = sorted(out.glob("checkpoint-*"))
+            written += _plot(
+                Path(args.output_dir), shown, scores, histories, raw_masks, calibrated_masks, id2label, args
+            )
+        checkpoints = sorted(Path(args.output_dir).glob("checkpoint-*"))
         if checkpoints:
             written.append(("checkpoints", ", ".join(str(c) for c in checkpoints)))
         print("Wrote:\n" + "\n".join(f"  {what:<24} {where}" for what, where in written))
     if args.push_to_hub:
         push_to_hub(trainer, card)
     return trainer
+
+
+def _masks(models: dict, shown: list) -> dict:
+    """Each model's argmax masks of the overlay examples (none without overlays)."""
+    if not shown:
+        return {}
+    from hf_reward.plots import predict_masks
+
+    return {name: predict_masks(model, shown) for name, model in models.items()}
+
+
+def write_outputs(out: Path, scores: dict[str, ModelScores], histories, steps: int, id2label, card: str) -> list:
+    """The summary on stdout; ``results.md``, ``results.json`` and the card in ``out``; what was written."""
+    summary, per_class = summary_table(scores, steps), per_class_table(score_columns(scores), id2label)
+    print(f"\nValidation mIoU (%), from the same start and on the same data:\n\n{summary}\n")
+    (out / "results.md").write_text(f"{summary}\n\nPer-class validation IoU (%):\n\n{per_class}\n")
+    (out / "results.json").write_text(
+        json.dumps({name: s.to_dict() for name, s in scores.items()}, indent=2, default=lambda v: v.tolist())
+    )
+    (out / "README.md").write_text(card)
+    calibrated = any(s.calibrated is not None for s in scores.values())
+    return [
+        ("tuned model" + (" (calibrated)" if calibrated else ""), out / "model.safetensors"),
+        ("results, per-class IoU", out / "results.md"),
+        ("all metrics", out / "results.json"),
+        ("model card", out / "README.md"),
+    ]
+
+
+def _plot(out: Path, shown, scores, histories, raw_masks, calibrated_masks, id2label, args) -> list:
+    from hf_reward.plots import plot_overlays, plot_training
+
+    levels = {name: s.calibrated["mean_iou"] for name, s in scores.items() if s.calibrated is not None}
+    plot_training(histories, out / "training.png", start=scores[START].raw["mean_iou"], calibrated=levels)
+    predictions = {}
+    for name in (START, TUNED):
+        predictions[name] = raw_masks[name]
+        if name in calibrated_masks:
+            predictions[f"{name}, calibrated"] = calibrated_masks[name]
+    plot_overlays(shown, predictions, id2label, out / "overlays.png", ignore_index=args.ignore_index)
+    return [("curves", out / "training.png"), ("predictions", out / "overlays.png")]
 
 
 if __name__ == "__main__":

@@ -16,6 +16,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import SegformerConfig, SegformerForSemanticSegmentation  # noqa: E402
 
+from hf_reward.cli import default_threads  # noqa: E402
+
+# The scripts' thread count (one fewer than the cores): the suite stays fast beside other work, and a script run
+# in a subprocess computes what the same run computes in this process.
+torch.set_num_threads(default_threads())
+
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / "shared" / "datasets" / "camvid"
 
@@ -74,10 +80,7 @@ class BlobsDataset(torch.utils.data.Dataset):
 
 
 def load_script(name: str):
-    """``scripts/<name>.py`` as a module (its dataclasses resolve their annotations through ``sys.modules``), with
-    ``scripts/`` on the path as when it runs, for the modules it imports beside it."""
-    if str(ROOT / "scripts") not in sys.path:
-        sys.path.insert(0, str(ROOT / "scripts"))
+    """``scripts/<name>.py`` as a module (its dataclasses resolve their annotations through ``sys.modules``)."""
     spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

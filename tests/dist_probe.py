@@ -58,7 +58,7 @@ if __name__ == "__main__":  # pytest --doctest-modules imports this file; patch 
                 "seen": seen,
                 "local_rewards": local_rewards,
                 "local_counts": local_counts,
-                "running_confusion": trainer._running_confusion.tolist(),
+                "running_confusion": trainer.reward_state.running.tolist(),
                 "params": hashlib.sha1(params).hexdigest(),
                 "log_history": trainer.state.log_history,
             }

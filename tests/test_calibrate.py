@@ -8,6 +8,7 @@ from transformers import SegformerForSemanticSegmentation
 
 from hf_reward.calibrate import (
     Calibration,
+    LogitCache,
     _candidate_confusions,
     _grid,
     _switch_histogram,
@@ -166,8 +167,8 @@ def test_fold_gives_the_calibrated_predictions_and_saves(tmp_path):
 def test_disk_cache_gives_the_same_offsets_as_ram(tmp_path):
     _, _, ram = calibrate_tiny()
     _, _, disk = calibrate_tiny(cache_dir=tmp_path)
-    logits, labels = torch.randn(C, 3, 5), torch.tensor([[0, 1, 255, 7, 3]] * 12)
-    for cache in (ram, disk):  # an image of another size, with ignored and out-of-range labels
+    logits, labels = torch.randn(C, 3, 5), torch.tensor([[0, 1, 255, 255, 3]] * 12)
+    for cache in (ram, disk):  # an image of another size, with ignored labels
         cache.append(logits, labels)
     assert len(ram) == len(disk) == 9
     for (z, y), (z2, y2) in zip(ram, disk):
@@ -180,6 +181,14 @@ def test_disk_cache_gives_the_same_offsets_as_ram(tmp_path):
     del disk, cache, b
     gc.collect()
     assert not any(tmp_path.iterdir())  # the cache's files go with it
+
+
+def test_the_cache_refuses_labels_that_are_neither_a_class_nor_ignore():
+    """As training and evaluation do: 57 on an 11-class model is a wrong label map, not void."""
+    cache = LogitCache(C)
+    cache.append(torch.randn(C, 2, 2), torch.zeros(4, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"labels hold \[57\] \(image 1 of the calibration split\)"):
+        cache.append(torch.randn(C, 2, 2), torch.full((4, 4), 57))
 
 
 def test_fit_rejects_a_one_pass_iterator():

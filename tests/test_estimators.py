@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from hf_reward import LossSettings, reinforce_loss
+from hf_reward import LossSettings, RewardState, reward_loss
 from hf_reward.rewards import (
     REWARDS,
     class_counts,
@@ -61,7 +61,7 @@ def estimate_gradient(theta, labels, draws, loss_settings, **kwargs):
     grads = []
     for seed in range(draws):
         theta.grad = None
-        reinforce_loss(
+        reward_loss(
             theta, labels, loss_settings, generator=torch.Generator().manual_seed(seed), **kwargs
         ).loss.backward()
         grads.append(theta.grad.clone())
@@ -128,7 +128,7 @@ def test_local_unbiased_for_wider_scopes(scope, name):
         labels,
         20,
         settings(reward=reward, estimator="local", reward_scope=scope, num_samples=256, baseline="none"),
-        context=running,
+        state=RewardState(running=running),
     )
     scale = (running.sum() + 5) / 5 if scope == "dataset" else 1.0  # n_scope / n_batch
     check_unbiased(mean, se, -exact * scale, 1e-5, 0.98)
@@ -159,7 +159,7 @@ def test_gradient_scale_does_not_depend_on_resolution_or_batch_size():
     def gradient_norm(logits, labels, **kwargs):
         weights = torch.ones(1, 4, 1, 1, requires_grad=True)  # one gradient for every logit map, whatever its size
         loss = sum(
-            reinforce_loss(
+            reward_loss(
                 logits * weights,
                 labels,
                 settings(estimator="local", num_samples=4, temperature=0.5, baseline="none", **kwargs),
@@ -191,11 +191,11 @@ def test_all_ignore_image_gives_finite_loss_and_zero_gradient():
     labels[1] = IGNORE
     for estimator, scope in [("score", "image"), ("local", "image"), ("local", "batch"), ("local", "dataset")]:
         logits.grad = None
-        out = reinforce_loss(
+        out = reward_loss(
             logits,
             labels,
             settings(estimator=estimator, reward_scope=scope),
-            context=torch.zeros(C, C) if scope == "dataset" else None,
+            state=RewardState(running=torch.zeros(C, C, dtype=torch.float64) if scope == "dataset" else None),
         )
         out.loss.backward()
         assert out.loss.isfinite() and logits.grad.isfinite().all()
@@ -208,7 +208,7 @@ def test_all_ignore_image_gives_finite_loss_and_zero_gradient():
 def test_shapes_rewards_in_range_and_greedy(resolution):
     logits = torch.randn(3, 4, 8, 8, requires_grad=True)
     labels = torch.randint(0, 4, (3, 32, 32))
-    out = reinforce_loss(logits, labels, settings(num_samples=5, sample_resolution=resolution))
+    out = reward_loss(logits, labels, settings(num_samples=5, sample_resolution=resolution))
     assert out.rewards.shape == (5, 3) and out.advantages.shape == (5, 3) and out.greedy_rewards.shape == (3,)
     assert ((out.rewards >= 0) & (out.rewards <= 1)).all()
     small = labels[:, 2::4, 2::4]  # the centre of each 4 x 4 cell, where bilinear upsampling puts the logit
@@ -224,17 +224,17 @@ def test_shapes_rewards_in_range_and_greedy(resolution):
 def test_loss_value_is_minus_the_objective():
     logits = torch.randn(3, 4, 8, 8, requires_grad=True)
     labels = torch.randint(0, 4, (3, 8, 8))
-    image = reinforce_loss(logits, labels, settings(num_samples=4))
+    image = reward_loss(logits, labels, settings(num_samples=4))
     assert image.loss.item() == pytest.approx(-image.rewards.mean().item(), rel=1e-5)
-    pooled = reinforce_loss(logits, labels, settings(estimator="local", reward_scope="batch", num_samples=3))
+    pooled = reward_loss(logits, labels, settings(estimator="local", reward_scope="batch", num_samples=3))
     assert pooled.loss.item() == pytest.approx(-pooled.scope_rewards.mean().item(), rel=1e-5)
 
 
 def test_temperature_sharpens_samples_toward_argmax():
     logits = torch.randn(4, 5, 16, 16)
     labels = logits.argmax(1)
-    cold = reinforce_loss(logits, labels, settings(reward=pixel_accuracy, num_samples=4, temperature=0.05))
-    warm = reinforce_loss(logits, labels, settings(reward=pixel_accuracy, num_samples=4, temperature=1.0))
+    cold = reward_loss(logits, labels, settings(reward=pixel_accuracy, num_samples=4, temperature=0.05))
+    warm = reward_loss(logits, labels, settings(reward=pixel_accuracy, num_samples=4, temperature=1.0))
     assert cold.rewards.mean() > 0.9 > 0.7 > warm.rewards.mean()
     assert cold.entropy.mean() < warm.entropy.mean()
 
@@ -246,9 +246,9 @@ def test_custom_reward_works_with_both_estimators():
     def constant(tp, gt, pd):
         return torch.ones(tp.shape[:-1], dtype=tp.dtype)
 
-    out = reinforce_loss(logits, labels, settings(reward=constant))
+    out = reward_loss(logits, labels, settings(reward=constant))
     assert (out.rewards == 1).all() and (out.advantages == 0).all()
-    out = reinforce_loss(logits, labels, settings(reward=constant, estimator="local", reward_scope="batch"))
+    out = reward_loss(logits, labels, settings(reward=constant, estimator="local", reward_scope="batch"))
     out.loss.backward()
     assert logits.grad.abs().max() == 0  # a constant reward has no gradient
 
@@ -278,12 +278,14 @@ def test_scope_rewards_are_the_scope_matrix_metric(scope):
     labels = torch.randint(0, 4, (3, 6, 6), generator=g)
     logits = 60.0 * torch.nn.functional.one_hot(pred, 4).permute(0, 3, 1, 2).float()  # samples == pred
     running = torch.rand(4, 4, generator=g) * 50 if scope == "dataset" else None
-    out = reinforce_loss(logits, labels, settings(estimator="local", reward_scope=scope), context=running)
+    out = reward_loss(
+        logits, labels, settings(estimator="local", reward_scope=scope), state=RewardState(running=running)
+    )
     batch_cm = confusion_matrix(pred, labels, 4).sum(0).double()
     expected = miou(*class_counts(batch_cm + (running.double() if running is not None else 0)))
     torch.testing.assert_close(out.scope_rewards, expected.expand(2).float())
-    torch.testing.assert_close(out.sample_confusion, batch_cm.float())
-    assert reinforce_loss(logits, labels, settings(estimator="local")).scope_rewards is None
+    torch.testing.assert_close(out.sample_confusion, batch_cm)
+    assert reward_loss(logits, labels, settings(estimator="local")).scope_rewards is None
 
 
 def test_counts_are_summed_over_processes_before_they_join_the_scope():
@@ -295,14 +297,14 @@ def test_counts_are_summed_over_processes_before_they_join_the_scope():
         calls.append(counts.shape)
         return 2 * counts
 
-    out = reinforce_loss(
+    out = reward_loss(
         logits,
         labels,
         settings(estimator="local", reward_scope="batch", num_samples=2),
         reduce_counts=twice,
         generator=torch.Generator().manual_seed(0),
     )
-    single = reinforce_loss(
+    single = reward_loss(
         logits,
         labels,
         settings(estimator="local", reward_scope="batch", num_samples=2),

@@ -5,7 +5,7 @@ import json
 import pytest
 from conftest import load_script, tiny_segformer
 
-from hf_reward.app import UsageError
+from hf_reward.cli import UsageError
 from hf_reward.data import TOY_STREETS_ID2LABEL
 from hf_reward.metrics import EXTRA_METRICS
 

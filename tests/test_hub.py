@@ -17,9 +17,10 @@ import transformers.trainer
 from conftest import TINY, drop, load_script
 
 from hf_reward import RewardSegConfig
-from hf_reward.app import ModelArguments, UsageError, load_model
+from hf_reward.cli import ModelArguments, UsageError
 from hf_reward.data import TOY_STREETS_ID2LABEL
 from hf_reward.hub import model_card, per_class_table, summary_table
+from hf_reward.pipeline import ModelScores, load_model
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -105,20 +106,14 @@ def test_model_card_records_settings_results_and_calibration():
         max_steps=300,
     )
     id2label = {0: "road", 1: "traffic light", 2: "rider"}
-    results = {
-        "start": {
-            "eval_mean_iou": 0.5,
-            "eval_iou_road": 0.9,
-            "eval_iou_traffic_light": 0.1,
-            "eval_iou_rider": float("nan"),
-        },
-        "reward tuning": {
-            "eval_mean_iou": 0.55,
-            "eval_iou_road": 0.9,
-            "eval_iou_traffic_light": 0.2,
-            "eval_iou_rider": float("nan"),
-        },
-        "reward tuning, calibrated": {"eval_mean_iou": 0.6},
+    scores = {
+        "start": ModelScores(
+            {"mean_iou": 0.5, "iou_road": 0.9, "iou_traffic_light": 0.1, "iou_rider": float("nan")},
+        ),
+        "reward tuning": ModelScores(
+            {"mean_iou": 0.55, "iou_road": 0.9, "iou_traffic_light": 0.2, "iou_rider": float("nan")},
+            calibrated={"mean_iou": 0.6},
+        ),
     }
     calibration = {
         "offsets": {"road": -0.5, "traffic light": 1.25, "rider": 0.0},
@@ -131,7 +126,7 @@ def test_model_card_records_settings_results_and_calibration():
         base_model="nvidia/segformer-b0-finetuned-cityscapes-1024-1024",
         dataset="Chris1/cityscapes",
         args=args,
-        results=results,
+        scores=scores,
         id2label=id2label,
         calibration=calibration,
     )
@@ -159,8 +154,8 @@ def test_model_card_records_settings_results_and_calibration():
 def test_per_class_rows_follow_the_label_order():
     table = per_class_table(
         {
-            "a": {"eval_mean_iou": 0.25, "eval_iou_b": 0.5, "eval_iou_a": 0.0},
-            "b": {"eval_mean_iou": 0.5, "eval_iou_b": 0.5, "eval_iou_a": 0.5},
+            "a": {"mean_iou": 0.25, "iou_b": 0.5, "iou_a": 0.0},
+            "b": {"mean_iou": 0.5, "iou_b": 0.5, "iou_a": 0.5},
         },
         {0: "b", 1: "a"},
     )
@@ -169,7 +164,7 @@ def test_per_class_rows_follow_the_label_order():
 
 def test_summary_table_of_another_metric():
     table = summary_table(
-        {"start": {"eval_mean_accuracy": 0.5}, "start, calibrated": {"eval_mean_accuracy": 0.7}},
+        {"start": ModelScores({"mean_accuracy": 0.5}, calibrated={"mean_accuracy": 0.7})},
         steps=10,
         metric="mean_accuracy",
         label="mean accuracy",

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import torch
-from conftest import tiny_segformer
+from conftest import BlobsDataset, tiny_segformer
 from transformers import Trainer, TrainingArguments
 
 from hf_reward.data import check_num_labels, collate_segmentation, eval_transform, load_toy_streets, train_transform
@@ -70,3 +70,31 @@ def test_streaming_train_with_max_steps_and_batch_eval_metrics(tmp_path):
         for batch in torch.utils.data.DataLoader(evaluation, batch_size=2, collate_fn=collate_segmentation):
             outside.update(model(pixel_values=batch["pixel_values"]).logits, batch["labels"])
     np.testing.assert_allclose(outside.compute()["mean_iou"], metrics["eval_mean_iou"], rtol=1e-6)
+
+
+def test_pretrain_is_reused_with_the_same_settings_and_retrained_after_any_change(tmp_path):
+    from hf_reward.pipeline import PretrainConfig, pretrain
+
+    made = []
+
+    def make():
+        made.append(1)
+        return tiny_segformer(), BlobsDataset(n=8), None, {i: f"class{i}" for i in range(4)}
+
+    def args(**changes):
+        return PretrainConfig(
+            output_dir=str(tmp_path),
+            max_steps=1,
+            per_device_train_batch_size=4,
+            use_cpu=True,
+            disable_tqdm=True,
+            **changes,
+        )
+
+    settings = {"model": "tiny", "data": "blobs"}
+    assert pretrain(args(), settings, make) == tmp_path and len(made) == 1
+    pretrain(args(logging_steps=5, save_strategy="no"), settings, make)  # where and how loudly: the same run
+    assert len(made) == 1
+    pretrain(args(learning_rate=1e-4), settings, make)  # another learning rate: trained again
+    pretrain(args(learning_rate=1e-4), {**settings, "data": "other"}, make)  # other data: trained again
+    assert len(made) == 3

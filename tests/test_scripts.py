@@ -13,9 +13,10 @@ import yaml
 from conftest import ROOT, TINY, BlobsDataset, drop, load_script, tiny_segformer
 
 from hf_reward import RewardSegConfig, RewardSegTrainer
-from hf_reward.app import TuneConfig, UsageError, parse_config
+from hf_reward.cli import UsageError, parse_config
 from hf_reward.data import TOY_STREETS_ID2LABEL
 from hf_reward.modeling import load_segformer
+from hf_reward.pipeline import TuneConfig
 
 TUNE, PRETRAIN, EVALUATE = load_script("tune"), load_script("pretrain"), load_script("evaluate_model")
 SCRIPTS = {"scripts/tune.py": TUNE, "scripts/pretrain.py": PRETRAIN}
@@ -157,15 +158,9 @@ def test_tune_runs_the_whole_job_against_its_control_and_reuses_the_pretrained_m
         assert (out / name).is_file(), name
     assert "| pole |" in (out / "results.md").read_text()
     assert not list(out.rglob("*.bin")) or all(p.name == "training_args.bin" for p in out.rglob("*.bin"))
-    results = json.loads((out / "results.json").read_text())["results"]
-    assert set(results) == {
-        "start",
-        "reward tuning",
-        "cross-entropy",
-        "start, calibrated",
-        "reward tuning, calibrated",
-        "cross-entropy, calibrated",
-    }
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"start", "reward tuning", "cross-entropy"}
+    assert all(set(r) == {"raw", "calibrated", "calibration"} and r["calibrated"] for r in results.values())
     # the saved model is the tuned one, calibrated, and records how it was calibrated and scored
     saved = load_segformer(str(out), TOY_STREETS_ID2LABEL)
     assert (
@@ -177,13 +172,13 @@ def test_tune_runs_the_whole_job_against_its_control_and_reuses_the_pretrained_m
     printed = capsys.readouterr().out
     assert "Reusing the pretrained model" in printed and "Cross-entropy pretraining" not in printed
     # the cached model and the same seed: the same run
-    again = json.loads((out / "results.json").read_text())["results"]
+    again = json.loads((out / "results.json").read_text())
     for name in results:
-        assert again[name]["eval_mean_iou"] == results[name]["eval_mean_iou"], name
+        assert again[name]["raw"]["mean_iou"] == results[name]["raw"]["mean_iou"], name
 
     # evaluating the saved model with the evaluation script's defaults reproduces the number tune reported
     scores = EVALUATE.main(["--model_name_or_path", str(out)])
-    assert scores["mean_iou"] == pytest.approx(results["reward tuning, calibrated"]["eval_mean_iou"], abs=1e-6)
+    assert scores["mean_iou"] == pytest.approx(results["reward tuning"]["calibrated"]["mean_iou"], abs=1e-6)
 
 
 def test_pretrain_script_trains_and_saves(tmp_path):
@@ -306,7 +301,7 @@ def test_calibrate_script_folds_offsets_into_a_plain_segformer_and_evaluate_repr
     assert "## Calibration" in (out / "README.md").read_text()
     # evaluating it as it is reproduces the number calibrate printed
     scores = EVALUATE.main(["--model_name_or_path", str(out)])
-    assert scores["mean_iou"] == pytest.approx(results["calibrated"]["eval_mean_iou"], abs=1e-9)
+    assert scores["mean_iou"] == pytest.approx(results["calibrated"]["mean_iou"], abs=1e-9)
 
 
 def test_calibrate_script_refuses_a_push_without_a_repo(toy_start):

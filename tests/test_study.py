@@ -1,12 +1,17 @@
-"""scripts/study.py and study_report.py: the dev split, selection on dev, the paired verdict, and a tiny study."""
+"""hf_reward.study and study_report: the dev split, selection on dev, the paired verdict, caching, a tiny study."""
 
+import dataclasses
 import json
 
 import pytest
 import yaml
 from conftest import CAMVID, ROOT, load_script
 
-STUDY, REPORT = load_script("study"), load_script("study_report")
+from hf_reward import study_report as REPORT
+from hf_reward.cli import parse_config
+from hf_reward.study import StudyConfig, dev_rows, run_dir, run_key
+
+STUDY = load_script("study")
 ID2LABEL = {0: "road", 1: "car"}
 
 
@@ -24,44 +29,45 @@ def test_dev_split_is_the_first_frames_of_each_sequence():
         "A_f01020.png",
     ]
     # A: 870 900 930 960 990 1020 -> first 20% is 1 frame (870, row 5); B: 0 30 60 90 -> 1 frame (0, row 3)
-    assert STUDY.dev_rows(files, 0.2) == [3, 5]
+    assert dev_rows(files, 0.2) == [3, 5]
     # 50%: A's 870, 900, 930 (rows 5, 1, 2) and B's 0, 30 (rows 3, 0)
-    assert STUDY.dev_rows(files, 0.5) == [0, 1, 2, 3, 5]
+    assert dev_rows(files, 0.5) == [0, 1, 2, 3, 5]
+
+
+def scores(dev_raw, dev_cal, val_raw, val_cal):
+    def metrics(v):
+        return {"reward": v, "iou_road": v, "iou_car": v}
+
+    return {
+        "dev": {"argmax": metrics(dev_raw), "offsets": metrics(dev_cal)},
+        "validation": {"argmax": metrics(val_raw), "offsets": metrics(val_cal)},
+    }
 
 
 def fake_run(arm, horizon, lr, seed, dev, val, val_cal):
-    def metrics(d, v):
-        return {
-            "eval_dev_reward": d,
-            "eval_validation_reward": v,  # noqa: E731
-            "eval_validation_iou_road": v,
-            "eval_validation_iou_car": v,
-        }
-
     return {
         "arm": arm,
         "horizon": horizon,
         "learning_rate": lr,
         "seed": seed,
-        "raw": metrics(dev, val - 0.01),
-        "calibrated": metrics(dev, val_cal),
+        "scores": scores(dev, dev, val - 0.01, val_cal),
         "seconds_per_step": 0.5,
         "eval_curve": [],
         "train_logs": [],
     }
 
 
-def test_report_chooses_on_dev_and_pairs_with_the_control_by_seed(tmp_path):
-    cfg = {"bar": 1.0, "control": "ce", "seeds": [0, 1, 2], "horizons": {"short": {}}, "metric": "mIoU"}
-    start = {
-        "raw": {"eval_dev_reward": 0.3, "eval_validation_reward": 0.4},
-        "calibrated": {
-            "eval_dev_reward": 0.32,
-            "eval_validation_reward": 0.42,
-            "eval_validation_iou_road": 0.5,
-            "eval_validation_iou_car": 0.34,
-        },
+def config(**changes):
+    arms = {
+        "ce": {"learning_rates": [1e-4], "horizons": ["short"]},
+        "arm": {"learning_rates": [1e-4], "horizons": ["short"]},
     }
+    return StudyConfig(**{"horizons": {"short": {"max_steps": 2}}, "arms": arms, "metrics": ["reward"], **changes})
+
+
+def test_report_chooses_on_dev_and_pairs_with_the_control_by_seed(tmp_path):
+    cfg = config(seeds=[0, 1, 2])
+    start = scores(0.3, 0.32, 0.4, 0.42)
     results = []
     for seed in range(3):
         results += [
@@ -70,8 +76,8 @@ def test_report_chooses_on_dev_and_pairs_with_the_control_by_seed(tmp_path):
             fake_run("arm", "short", 1e-4, seed, 0.40, 0.45, 0.450 + 0.001 * seed),  # chosen, clears the bar
             fake_run("arm", "short", 3e-4, seed, 0.20, 0.60, 0.600),
         ]  # best on validation, not chosen
-    picks = REPORT.chosen(REPORT.group(results))
-    assert picks == {("ce", "short"): 3e-5, ("arm", "short"): 1e-4}
+    picks = REPORT.chosen(REPORT.group(results), cfg.decoders, "reward")
+    assert picks == {("ce", "short"): (3e-5, "offsets"), ("arm", "short"): (1e-4, "offsets")}
     text = REPORT.report(cfg, start, results, ID2LABEL, tmp_path, minutes=1.0)
     row = next(line for line in text.splitlines() if line.startswith("| arm | short | 0.0001 |"))
     assert "| yes |" in row and "+3.10 ± 0.10" in row and "+5.10 ± 0.10" in row and row.count("| yes |") == 2
@@ -81,8 +87,8 @@ def test_report_chooses_on_dev_and_pairs_with_the_control_by_seed(tmp_path):
 
 
 def test_report_of_one_seed_shows_no_spread_and_no_verdict(tmp_path):
-    cfg = {"bar": 1.0, "control": "ce", "seeds": [0], "horizons": {"short": {}}, "metric": "mIoU"}
-    start = fake_run("start", "", 0, 0, 0.32, 0.42, 0.42)  # calibrated: dev 0.32, validation 0.42
+    cfg = config(seeds=[0])
+    start = scores(0.3, 0.32, 0.4, 0.42)
     results = [fake_run("ce", "short", 1e-4, 0, 0.30, 0.40, 0.42), fake_run("arm", "short", 1e-4, 0, 0.4, 0.45, 0.5)]
     text = REPORT.report(cfg, start, results, ID2LABEL, tmp_path, minutes=1.0)
     row = next(line for line in text.splitlines() if line.startswith("| arm | short |"))
@@ -90,8 +96,25 @@ def test_report_of_one_seed_shows_no_spread_and_no_verdict(tmp_path):
     assert row.endswith("| +8.00 | +8.00 | no | 0.50 |")  # 8 points up on both, but one seed proves nothing
 
 
+def test_a_run_is_keyed_on_its_settings(tmp_path):
+    """Editing an arm, a horizon, the tune fields or the starting weights moves the run to a new key."""
+    start = tmp_path / "start"
+    start.mkdir()
+    (start / "model.safetensors").write_bytes(b"weights")
+    cfg = config(output_dir=str(tmp_path / "study"))
+    run = cfg.runs()[0]
+    key = run_key(cfg, run, start)
+    assert run_key(cfg, run, start) == key
+    edited = config(arms={**cfg.arms, "ce": dataclasses.replace(cfg.arms["ce"], fields={"temperature": 0.25})})
+    assert run_key(edited, run, start) != key
+    assert run_key(config(tune={"weight_decay": 0.1}), run, start) != key
+    assert run_key(config(horizons={"short": {"max_steps": 3}}), run, start) != key
+    (start / "model.safetensors").write_bytes(b"other weights")
+    assert run_key(cfg, run, start) != key
+
+
 @pytest.mark.slow
-def test_a_tiny_study_runs_every_stage_and_caches_them(tmp_path):
+def test_a_tiny_study_runs_every_stage_caches_them_and_reruns_an_edited_arm(tmp_path):
     cfg = yaml.safe_load((ROOT / "configs/study_camvid.yaml").read_text())
     cfg.update(
         output_dir=str(tmp_path / "study"),
@@ -106,30 +129,34 @@ def test_a_tiny_study_runs_every_stage_and_caches_them(tmp_path):
             "local": {"learning_rates": [1e-4], "horizons": ["short"]},
         },
     )
-    config = tmp_path / "study.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    STUDY.main(["--config", str(config), "--jobs", "1"])
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    STUDY.main(["--config", str(path), "--jobs", "1"])
     out = tmp_path / "study"
-    runs = sorted(p.name for p in (out / "runs").glob("*.json"))
-    assert runs == ["ce_hshort_lr0.0001_seed0.json", "local_hshort_lr0.0001_seed0.json"]
-    local = json.loads((out / "runs" / runs[1]).read_text())
-    assert {"eval_dev_reward", "eval_validation_reward"} <= set(local["calibrated"]) and len(local["offsets"]) == 11
+    runs = sorted(p.name.rsplit("-", 1)[0] for p in (out / "runs").iterdir())
+    assert runs == ["ce_hshort_lr0.0001_seed0", "local_hshort_lr0.0001_seed0"]
+    (study,) = parse_config([StudyConfig], ["--config", str(path)])
+    local_dir = run_dir(study, study.runs()[1], out / "pretrain")
+    local = json.loads((local_dir / "train.json").read_text())
+    scores = json.loads(next(local_dir.glob("scores-*.json")).read_text())
+    assert {"reward", "mean_iou"} <= set(scores["validation"]["offsets"]) and len(scores["fitted"]["offsets"]) == 11
     assert any("scope_reward" in e for e in local["train_logs"])
-    assert "| local | short | 0.0001 | yes |" in (out / "results.md").read_text()
-    mtime = (out / "runs" / runs[0]).stat().st_mtime
-    STUDY.main(["--config", str(config), "--jobs", "1"])  # everything cached: nothing runs again
-    assert (out / "runs" / runs[0]).stat().st_mtime == mtime
+    assert "| local | short | 0.0001 | yes | offsets |" in (out / "results.md").read_text()
+    ce_dir = run_dir(study, study.runs()[0], out / "pretrain")
+    mtime = (ce_dir / "train.json").stat().st_mtime
+    STUDY.main(["--config", str(path), "--jobs", "1"])  # everything cached: nothing runs again
+    assert (ce_dir / "train.json").stat().st_mtime == mtime
+    cfg["arms"]["local"]["temperature"] = 0.25  # an edited arm trains again, under a new key
+    path.write_text(yaml.safe_dump(cfg))
+    STUDY.main(["--config", str(path), "--jobs", "1"])
+    assert len(list((out / "runs").glob("local_*"))) == 2 and len(list((out / "runs").glob("ce_*"))) == 1
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("study_*.yaml")), ids=lambda p: p.name)
 def test_every_study_config_builds_every_run(path, tmp_path):
-    """Each arm x horizon x learning rate is a valid RewardSegConfig, and the control is among the arms."""
-    cfg = yaml.safe_load(path.read_text())
+    """Each config parses into a StudyConfig; each arm x horizon x learning rate is a valid RewardSegConfig."""
     assert path.read_text().startswith(f"# python scripts/study.py --config configs/{path.name}")
-    assert cfg["control"] in cfg["arms"] and cfg["metric"]
-    for arm in cfg["arms"].values():
-        fields = {k: v for k, v in arm.items() if k not in ("learning_rates", "horizons", "calibrate_first")}
-        for horizon in arm["horizons"]:
-            for lr in STUDY.learning_rates(arm, horizon):
-                args = STUDY.config(tmp_path, {**cfg["tune"], **fields, **cfg["horizons"][horizon]}, learning_rate=lr)
-                assert args.max_steps == cfg["horizons"][horizon]["max_steps"] and args.learning_rate == lr
+    (cfg,) = parse_config([StudyConfig], ["--config", str(path)])
+    for run in cfg.runs():
+        args = cfg.run_args(*run, output_dir=tmp_path)
+        assert args.max_steps == cfg.horizons[run.horizon]["max_steps"] and args.learning_rate == run.learning_rate

@@ -169,7 +169,7 @@ def test_dataset_scope_gradient_and_decay_do_not_depend_on_how_the_step_is_split
         grads = GradientNorms()
         trainer.add_callback(grads)
         trainer.train()
-        norms[batch], running[batch] = grads, trainer._running_confusion
+        norms[batch], running[batch] = grads, trainer.reward_state.running
     ratios = [a / b for a, b in zip(norms[4], norms[8])]
     assert all(0.8 < r < 1.25 for r in ratios), ratios  # it was x2 when the scope was per micro-batch
     # 3 steps of 8 pixels-worth each: decay 0.9 applied twice (not 5 times) to the first step's counts

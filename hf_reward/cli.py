@@ -1,0 +1,237 @@
+"""What every script shares on the command line: parsing, one-line errors, CPU threads, the shared arguments.
+
+Every script in ``scripts/`` parses a few dataclasses with :func:`parse_config`: ``--config
+file.yaml`` sets their values (one flat mapping, keys are field names) and flags on the command
+line override the file. Flags must be spelled out (no prefix matching: ``--max_step`` is an
+error, not ``--max_steps``), and unknown keys in the file are errors too::
+
+    accelerate launch scripts/tune.py --config configs/camvid_tune.yaml --max_steps 50
+
+Mistakes in what the user asked for (a bad flag, a missing file or model, a model whose classes
+are not the dataset's) raise :class:`UsageError`; :func:`run_script` prints its message on one
+line and exits with status 2.
+
+CPU threads: torch's default, one per core, is the fastest on an idle machine and collapses
+beside any other busy process (its threads spin-wait for each other; ``scripts/bench_threads.py``
+measures both). Scripts run one thread fewer than the cores they may use (at least one, shared
+among the processes of a launch); ``--threads N`` sets another number.
+
+Example::
+
+    >>> model_args, data_args = parse_config([ModelArguments, DataArguments], ["--dataset", "camvid"])
+    >>> data_args.dataset, data_args.settings("eval")["eval_split"]
+    ('camvid', 'validation')
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import os
+import sys
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import get_type_hints
+
+import torch
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+from transformers.utils import logging as transformers_logging
+
+from .data.camvid import DEFAULT_ROOT as CAMVID_PATH
+from .data.cityscapes import HUB_REPO as CITYSCAPES_REPO
+
+# transformers draws a bar for every weight load and save, dozens in a run, each of a fraction of a second.
+_QUIET_BARS = ("Loading weights", "Writing model shards")
+
+
+def _quiet_bars(factory, args, kwargs):
+    if kwargs.get("desc") in _QUIET_BARS:
+        kwargs = {**kwargs, "disable": True}
+    return factory(*args, **kwargs)
+
+
+transformers_logging.set_tqdm_hook(_quiet_bars)
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for; scripts report it on one line, without a traceback."""
+
+
+def default_threads() -> int:
+    """One thread fewer than the cores this process may use, shared among the launch's local processes; >= 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, (cores - 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+
+
+class _OneLineErrors(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{message} (see --help)")
+
+
+class _Parser(HfArgumentParser, _OneLineErrors):
+    """HfArgumentParser with the project's own options first in ``--help`` and one-line errors."""
+
+    def _add_dataclass_arguments(self, dtype):
+        hints = get_type_hints(dtype)
+        inherited = (
+            {f.name for f in dataclasses.fields(TrainingArguments)} if issubclass(dtype, TrainingArguments) else set()
+        )
+        own = self.add_argument_group(f"{dtype.__name__} ({(dtype.__doc__ or '').strip().splitlines()[0]})")
+        rest = self.add_argument_group("transformers.TrainingArguments") if inherited else None
+        for f in dataclasses.fields(dtype):
+            if f.init:
+                f = copy.copy(f)
+                f.type = hints[f.name]
+                # argparse takes the metadata as keyword arguments: only its own.
+                f.metadata = types.MappingProxyType({k: v for k, v in f.metadata.items() if k != "used_by"})
+                self._parse_dataclass_field(rest if f.name in inherited else own, f)
+
+
+def parse_config(
+    dataclass_types: Sequence[type],
+    argv: Sequence[str] | None = None,
+    defaults: dict | None = None,
+    description: str | None = None,
+) -> tuple:
+    """Instances of ``dataclass_types`` from ``defaults``, then ``--config <yaml>``, then flags (``argv``).
+
+    ``--threads`` is accepted here and applied by :func:`run_script`.
+    """
+    parser = _Parser(
+        dataclass_types,
+        allow_abbrev=False,
+        usage="%(prog)s [--config FILE.yaml] [--option value ...]",
+        description=description,
+    )
+    parser.add_argument("--config", default=None, help="YAML file of argument values; command-line flags override it.")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: one fewer than the cores, at least 1: fast beside another busy process).",
+    )
+    known, _ = _pre_parser().parse_known_args(argv)
+    fields = {f.name for t in dataclass_types for f in dataclasses.fields(t) if f.init}
+    values = dict(defaults or {})
+    if known.config:
+        path = Path(known.config)
+        if not path.is_file():
+            raise UsageError(f"--config {known.config}: no such file")
+        from_file = yaml.safe_load(path.read_text()) or {}
+        unknown = sorted(set(from_file) - fields)
+        if unknown:
+            raise UsageError(
+                f"{known.config}: unknown keys {unknown}; every key must be an argument of the script (see --help)"
+            )
+        values.update(from_file)
+    parser.set_defaults(**{k: v for k, v in values.items() if k in fields})
+    try:
+        *parsed, _, unknown = parser.parse_args_into_dataclasses(
+            argv, look_for_args_file=False, return_remaining_strings=True
+        )
+    except ValueError as err:  # a dataclass's __post_init__ refused a value
+        raise UsageError(str(err)) from err
+    if unknown:
+        raise UsageError(f"unknown arguments {unknown}: flags are spelled out in full (see --help)")
+    return tuple(parsed)
+
+
+def _pre_parser() -> argparse.ArgumentParser:
+    """The options read before the dataclasses: the config file and the threads."""
+    pre = _OneLineErrors(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config", default=None)
+    pre.add_argument("--threads", type=int, default=None)
+    return pre
+
+
+def run_script(main: Callable[[], object]) -> None:
+    """Run a script's ``main`` with its CPU threads set: a :class:`UsageError` prints one line and exits with 2."""
+    try:
+        threads = _pre_parser().parse_known_args()[0].threads
+        if threads is not None and threads < 1:
+            raise UsageError(f"--threads {threads}: give at least 1")
+        torch.set_num_threads(threads or default_threads())
+        main()
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _arg(default, help: str, *, used_by: str = "both", **kwargs):
+    """A dataclass field with its help; ``used_by`` ("train", "eval" or "both") says which split it shapes."""
+    if callable(default):
+        return field(default_factory=default, metadata={"help": help, "used_by": used_by}, **kwargs)
+    return field(default=default, metadata={"help": help, "used_by": used_by}, **kwargs)
+
+
+@dataclass
+class ModelArguments:
+    """which model to start from; without model_name_or_path, a small SegFormer built from the sizes below"""
+
+    model_name_or_path: str | None = _arg(
+        None, "Local directory or Hub repo id of a SegFormer (safetensors). None: build one of the sizes below."
+    )
+    revision: str | None = _arg(None, "Hub revision (branch, tag or commit) to load.")
+    hidden_sizes: list[int] = _arg(lambda: [16, 32, 64, 128], "Built model: width of each of the 4 encoder stages.")
+    depths: list[int] = _arg(lambda: [1, 1, 1, 1], "Built model: blocks per stage.")
+    decoder_hidden_size: int = _arg(64, "Built model: width of the all-MLP decoder.")
+
+    def sizes(self) -> dict:
+        """The built model's sizes, as :func:`hf_reward.modeling.build_segformer` takes them."""
+        return {
+            "hidden_sizes": self.hidden_sizes,
+            "depths": self.depths,
+            "decoder_hidden_size": self.decoder_hidden_size,
+        }
+
+
+@dataclass
+class DataArguments:
+    """which dataset, and how it is cropped and scored"""
+
+    dataset: str = _arg(
+        "toy_streets",
+        "One of 'toy_streets', 'camvid', 'cityscapes', or any image + mask dataset: a Hub repo id, a local "
+        "directory, or a builder ('parquet', 'imagefolder') with --data_path as its files.",
+    )
+    data_path: str | None = _arg(
+        None,
+        f"camvid: its directory (default {CAMVID_PATH}). cityscapes: a Hub repo id (default {CITYSCAPES_REPO}) "
+        "or a directory of <split>-*.parquet files. Other datasets: a glob of their files, '{split}' standing "
+        "for the split name (e.g. 'data/{split}-*.parquet').",
+    )
+    image_column: str = _arg("image", "Other datasets: the image column.")
+    label_column: str = _arg("label", "Other datasets: the mask column (class indices).")
+    train_split: str = _arg("train", "Split to train on.", used_by="train")
+    eval_split: str = _arg("validation", "Split to evaluate on.", used_by="eval")
+    crop_size: list[int] = _arg(lambda: [64, 64], "Training crop (height, width).", used_by="train")
+    scale_range: list[float] = _arg(
+        lambda: [0.75, 1.5], "Training random rescale range (min, max), before the crop.", used_by="train"
+    )
+    eval_size: list[int] | None = _arg(
+        None,
+        "Resize evaluation images to (height, width); labels stay at full size. None: full size.",
+        used_by="eval",
+    )
+    max_eval_samples: int | None = _arg(None, "Evaluate on the first N images only.", used_by="eval")
+    shuffle_buffer: int = _arg(256, "Streaming shuffle buffer (images) of the training split.", used_by="train")
+    toy_size: int = _arg(64, "toy_streets: image side in pixels.")
+    toy_train_images: int = _arg(4000, "toy_streets: training images.", used_by="train")
+    toy_eval_images: int = _arg(64, "toy_streets: evaluation images.", used_by="eval")
+    toy_seed: int = _arg(0, "toy_streets: the seed that draws the scenes.")
+
+    def settings(self, used_by: str) -> dict:
+        """The fields that shape the ``"train"`` or ``"eval"`` split.
+
+        The evaluation ones are recorded with a saved model, so that evaluating it later scores the
+        same images; the training ones key the cache of pretraining.
+        """
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.metadata["used_by"] in (used_by, "both")
+        }

@@ -1,0 +1,392 @@
+"""The jobs every script runs, as typed functions: data, models, pretraining (cached), evaluation, calibration.
+
+Each script in ``scripts/`` parses its arguments (:mod:`hf_reward.cli`) and calls these:
+
+- :func:`load_data` -> :class:`Splits`: a dataset named in :data:`DATASETS`, or any image + mask set;
+- :func:`load_model`: a SegFormer from a directory or the Hub (safetensors only), or built;
+- :func:`pretrain`: cross-entropy training, cached in its directory under a hash of its resolved
+  settings, so a rerun with the same settings reuses it and any change retrains;
+- :func:`evaluate`: the streaming metrics of a model over a split;
+- :func:`calibrate_model`: exact per-class offsets fitted on a split and folded into the model.
+
+Example::
+
+    splits = load_data(DataArguments(dataset="camvid"), augment=False)
+    model = load_model(ModelArguments(model_name_or_path="outputs/camvid"), splits.id2label)
+    before = evaluate(model, splits.eval, splits.id2label).compute()["mean_iou"]
+    calibrate_model(model, splits.train, "miou", split="train")
+    after = evaluate(model, splits.eval, splits.id2label).compute()["mean_iou"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import TrainingArguments
+
+from .calibrate import Calibration, collect_logits, fit_offsets, fold_offsets
+from .cli import DataArguments, ModelArguments, UsageError
+from .config import RewardSegConfig
+from .data import eval_transform, load_camvid, load_cityscapes, load_segmentation_dataset, load_toy_streets
+from .data import train_transform as make_train_transform
+from .data.camvid import DEFAULT_ROOT as CAMVID_PATH
+from .data.cityscapes import HUB_REPO as CITYSCAPES_REPO
+from .data.transforms import collate_segmentation
+from .metrics import StreamingMeanIoU
+from .modeling import build_segformer, eval_mode, load_segformer
+from .rewards import Reward, get_reward
+from .trainer import RewardSegTrainer
+
+
+@dataclass
+class Splits:
+    """A dataset's training and evaluation splits, and its classes."""
+
+    train: torch.utils.data.Dataset | torch.utils.data.IterableDataset
+    eval: torch.utils.data.Dataset | torch.utils.data.IterableDataset
+    id2label: dict[int, str]
+
+
+def _toy_streets(d: DataArguments, split: str, role: str, pipeline: dict):
+    images = d.toy_train_images if role == "train" else d.toy_eval_images
+    return load_toy_streets(split, num_images=images, size=d.toy_size, seed=d.toy_seed, **pipeline)
+
+
+def _camvid(d: DataArguments, split: str, role: str, pipeline: dict):
+    root = Path(d.data_path or CAMVID_PATH)
+    if not (root / "id2label.json").is_file():
+        raise UsageError(f"CamVid is not at {root.resolve()} (no id2label.json): give its directory as --data_path")
+    return load_camvid(split, root=root, **pipeline)
+
+
+def _cityscapes(d: DataArguments, split: str, role: str, pipeline: dict):
+    if d.data_path and Path(d.data_path).is_dir():
+        files = sorted(str(p) for p in Path(d.data_path).glob(f"{split}-*.parquet"))
+        return load_cityscapes(split, path="parquet", data_files=files, **pipeline)
+    return load_cityscapes(split, path=d.data_path or CITYSCAPES_REPO, **pipeline)
+
+
+# The datasets --dataset names; each adapter brings its classes. Any other value is an image + mask dataset.
+DATASETS: dict[str, Callable] = {"toy_streets": _toy_streets, "camvid": _camvid, "cityscapes": _cityscapes}
+
+
+def _any_dataset(d: DataArguments, split: str, id2label: dict[int, str] | None, pipeline: dict):
+    if id2label is None:
+        raise UsageError(f"dataset {d.dataset!r} brings no class names: start from a model whose id2label names them")
+    ds = load_segmentation_dataset(
+        d.dataset,
+        split,
+        data_files=d.data_path.format(split=split) if d.data_path else None,
+        image_column=d.image_column,
+        label_column=d.label_column,
+        num_classes=len(id2label),
+        **pipeline,
+    )
+    return ds, id2label
+
+
+def load_data(
+    data_args: DataArguments,
+    *,
+    seed: int = 0,
+    ignore_index: int = 255,
+    id2label: dict[int, str] | None = None,
+    augment: bool = True,
+) -> Splits:
+    """A shuffled, augmented training stream and a deterministic evaluation stream, and the classes.
+
+    ``id2label``: the classes of a dataset that is not one of :data:`DATASETS` (its masks hold
+    class indices); those bring their own. ``augment=False`` streams the training split like the
+    evaluation one (full size, no shuffle), for calibration. Trainer gives each process its part
+    of the training stream (accelerate's batch dispatch), so every process loads the whole stream.
+    """
+    d = data_args
+    train_pipeline = dict(
+        transform=make_train_transform(
+            d.crop_size, scale_range=tuple(d.scale_range), ignore_index=ignore_index, seed=seed
+        ),
+        shuffle_buffer=d.shuffle_buffer,
+    )
+    # Labels keep their size: the metric upsamples the logits and scores at full resolution.
+    eval_pipeline = dict(transform=eval_transform(d.eval_size, resize_labels=False))
+    splits = {
+        "train": (d.train_split, train_pipeline if augment else eval_pipeline),
+        "eval": (d.eval_split, eval_pipeline),
+    }
+    loaded = {}
+    for role, (split, pipeline) in splits.items():
+        pipeline = {**pipeline, "ignore_index": ignore_index}
+        if d.dataset in DATASETS:
+            if d.dataset != "toy_streets":  # toy_streets' seed draws its scenes; the shuffle follows it
+                pipeline["seed"] = seed
+            loaded[role] = DATASETS[d.dataset](d, split, role, pipeline)
+        else:
+            loaded[role] = _any_dataset(d, split, id2label, {**pipeline, "seed": seed})
+    (train, id2label), (val, _) = loaded["train"], loaded["eval"]
+    if d.max_eval_samples is not None:
+        val = val.take(d.max_eval_samples)
+    return Splits(train, val, id2label)
+
+
+def load_model(model_args: ModelArguments, id2label: dict[int, str] | None, seed: int = 0, new_head: bool = False):
+    """The starting model: ``model_name_or_path`` loaded (safetensors only, label map checked), or built."""
+    name = model_args.model_name_or_path
+    if not name:
+        return build_segformer(id2label, **model_args.sizes(), seed=seed)
+    try:
+        return load_segformer(name, id2label, new_head=new_head, revision=model_args.revision)
+    except ValueError as err:  # the model's classes are not the dataset's
+        raise UsageError(str(err)) from err
+    except OSError as err:
+        raise _unloadable(name, err) from err
+
+
+def _unloadable(name: str, err: OSError) -> UsageError:
+    if Path(name).exists():
+        return UsageError(f"model {name!r}: {err}")
+    return UsageError(
+        f"model {name!r}: there is no such directory here ({Path.cwd()}), and as a Hub repo id it could not be loaded "
+        f"({str(err).splitlines()[0]}). If another command makes this model (the --config file's header names it, "
+        "e.g. scripts/pretrain.py), run that first."
+    )
+
+
+def model_config(model_args: ModelArguments):
+    """The ``PretrainedConfig`` of ``model_name_or_path`` without loading weights; ``None`` without one."""
+    if not model_args.model_name_or_path:
+        return None
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.revision)
+    except OSError as err:
+        raise _unloadable(model_args.model_name_or_path, err) from err
+
+
+def model_classes(model_args: ModelArguments) -> dict[int, str] | None:
+    """The ``id2label`` of ``model_name_or_path`` (for datasets that bring no class names); ``None`` without one."""
+    config = model_config(model_args)
+    return None if config is None else {int(k): v for k, v in config.id2label.items()}
+
+
+def image_processor(data_args: DataArguments):
+    """The preprocessing of evaluation, saved with the model so that users of the repo get it too."""
+    # The PIL implementation: the default one needs torchvision, which this project does not.
+    from transformers import SegformerImageProcessorPil
+
+    size = data_args.eval_size
+    return SegformerImageProcessorPil(
+        do_resize=size is not None,
+        size={"height": size[0], "width": size[1]} if size else None,
+        do_reduce_labels=False,
+    )
+
+
+def pick_device(name: str) -> torch.device:
+    """``"auto"``: the GPU when there is one, else the CPU; any other name as torch reads it."""
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def segmentation_trainer(
+    model, args: RewardSegConfig, train, val, id2label: dict[int, str], **kwargs
+) -> RewardSegTrainer:
+    """A :class:`RewardSegTrainer` with the library's collator and streaming dataset-level metrics, which report
+    the reward ``args`` name (class weights and all) as ``reward`` beside mIoU and the other metrics."""
+    metrics = StreamingMeanIoU(len(id2label), id2label, args.ignore_index, reward=args.loss_settings().reward)
+    return RewardSegTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=val,
+        data_collator=collate_segmentation,
+        compute_metrics=metrics,
+        **kwargs,
+    )
+
+
+@dataclass
+class ModelScores:
+    """One model's metrics (:meth:`StreamingMeanIoU.compute` keys), raw and, once it is calibrated, after."""
+
+    raw: dict[str, float]
+    calibrated: dict[str, float] | None = None
+    calibration: Calibration | None = None
+
+    def to_dict(self) -> dict:
+        calibration = None if self.calibration is None else dataclasses.asdict(self.calibration)
+        return {"raw": self.raw, "calibrated": self.calibrated, "calibration": calibration}
+
+
+def unprefixed(metrics: dict[str, float], prefix: str = "eval_") -> dict[str, float]:
+    """``Trainer.evaluate()``'s metrics under :class:`StreamingMeanIoU`'s own keys."""
+    return {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
+
+
+def _default(cls: type, name: str, value):
+    """A field of ``cls`` with another default and the same help."""
+    return dataclasses.field(default=value, metadata=cls.__dataclass_fields__[name].metadata)
+
+
+@dataclass
+class PretrainConfig(RewardSegConfig):
+    """cross-entropy training (RewardSegConfig with reward_weight=0, ce_weight=1), from scratch on toy streets"""
+
+    output_dir: str | None = _default(RewardSegConfig, "output_dir", "outputs/pretrain")
+    reward_weight: float = _default(RewardSegConfig, "reward_weight", 0.0)
+    # Explicit, whatever the recipe's default becomes: pretraining is cross-entropy.
+    ce_weight: float = _default(RewardSegConfig, "ce_weight", 1.0)
+    max_steps: int = _default(RewardSegConfig, "max_steps", 600)
+    learning_rate: float = _default(RewardSegConfig, "learning_rate", 2e-3)
+    lr_scheduler_type: str = _default(RewardSegConfig, "lr_scheduler_type", "cosine")
+    warmup_steps: float = _default(RewardSegConfig, "warmup_steps", 50)
+    per_device_train_batch_size: int = _default(RewardSegConfig, "per_device_train_batch_size", 8)
+    per_device_eval_batch_size: int = _default(RewardSegConfig, "per_device_eval_batch_size", 16)
+    logging_steps: float = _default(RewardSegConfig, "logging_steps", 50)
+    save_strategy: str = _default(RewardSegConfig, "save_strategy", "no")
+    # StreamingMeanIoU accumulates batch by batch instead of holding every logit of the split.
+    batch_eval_metrics: bool = _default(RewardSegConfig, "batch_eval_metrics", True)
+
+
+@dataclass
+class TuneConfig(RewardSegConfig):
+    """reward tuning: RewardSegConfig (its defaults are the recipe) with scripts/tune.py's length and logging"""
+
+    # Here, not in the script: Trainer pickles its arguments into every checkpoint (training_args.bin), and a
+    # class defined in a script does not unpickle anywhere else.
+    output_dir: str | None = _default(RewardSegConfig, "output_dir", "outputs/default")
+    max_steps: int = _default(RewardSegConfig, "max_steps", 200)
+    per_device_train_batch_size: int = _default(RewardSegConfig, "per_device_train_batch_size", 8)
+    per_device_eval_batch_size: int = _default(RewardSegConfig, "per_device_eval_batch_size", 16)
+    eval_strategy: str = _default(RewardSegConfig, "eval_strategy", "steps")
+    eval_steps: float | None = _default(RewardSegConfig, "eval_steps", 50)
+    save_steps: float = _default(RewardSegConfig, "save_steps", 100)
+    save_total_limit: int | None = _default(RewardSegConfig, "save_total_limit", 2)
+    batch_eval_metrics: bool = _default(RewardSegConfig, "batch_eval_metrics", True)
+
+
+# TrainingArguments fields that change where and how loudly a run goes, not the model it trains.
+_NOT_RESULT_FIELDS = {
+    "output_dir",
+    "logging_dir",
+    "run_name",
+    "disable_tqdm",
+    "report_to",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_token",
+    "hub_strategy",
+    "hub_private_repo",
+    "overwrite_output_dir",
+    "resume_from_checkpoint",
+    "logging_steps",
+    "logging_strategy",
+    "logging_first_step",
+    "save_strategy",
+    "save_steps",
+    "save_total_limit",
+    "eval_strategy",
+    "eval_steps",
+    "per_device_eval_batch_size",
+    "dataloader_num_workers",
+    "dataloader_pin_memory",
+    "dataloader_persistent_workers",
+    "dataloader_prefetch_factor",
+}
+
+
+def training_settings(args: TrainingArguments) -> dict:
+    """The fields of ``args`` that decide what a run trains (JSON types), for a cache key."""
+    return {k: v for k, v in json.loads(args.to_json_string()).items() if k not in _NOT_RESULT_FIELDS}
+
+
+def settings_hash(settings) -> str:
+    """A short stable hash of JSON-able ``settings``."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def pretrain(
+    args: PretrainConfig,
+    settings: dict,
+    make: Callable[[], tuple[torch.nn.Module, object, object, dict[int, str]]],
+) -> Path:
+    """Train by cross-entropy into ``args.output_dir``, or reuse the model there when it was trained the same way.
+
+    ``settings`` describe the model and the data (JSON-able); with :func:`training_settings` of
+    ``args`` they are hashed into ``pretrain_settings.json`` beside the model. ``make()`` returns
+    ``(model, train, eval, id2label)``; it is called only when training is needed.
+    """
+    directory = Path(args.output_dir)
+    settings = json.loads(json.dumps({**settings, "training": training_settings(args)}, default=str))
+    key = settings_hash(settings)
+    marker = directory / "pretrain_settings.json"
+    say = print if args.process_index == 0 else (lambda *_: None)
+    if (
+        marker.is_file()
+        and json.loads(marker.read_text()).get("hash") == key
+        and (directory / "config.json").is_file()
+    ):
+        say(f"Reusing the pretrained model in {directory} (same settings).")
+        return directory
+    say(f"Cross-entropy pretraining for {args.max_steps} steps, saved to {directory}.")
+    model, train, val, id2label = make()
+    trainer = segmentation_trainer(model, args, train, val, id2label)
+    trainer.train()
+    trainer.save_model()
+    if trainer.is_world_process_zero():
+        marker.write_text(json.dumps({"hash": key, "settings": settings}, indent=2))
+    trainer.accelerator.wait_for_everyone()  # every process loads the saved model next
+    return directory
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    dataset,
+    id2label: dict[int, str],
+    *,
+    batch_size: int = 8,
+    ignore_index: int = 255,
+    reward: Reward | None = None,
+    desc: str = "evaluate",
+    progress: bool = True,
+) -> StreamingMeanIoU:
+    """The metrics of ``model`` (in eval mode, on its own device) over ``dataset``, with a progress bar."""
+    metric = StreamingMeanIoU(len(id2label), id2label, ignore_index=ignore_index, reward=reward)
+    device = next(model.parameters()).device
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_segmentation)
+    with eval_mode(model):
+        for batch in tqdm(loader, unit="batch", desc=desc, disable=not progress):
+            metric.update(model(pixel_values=batch["pixel_values"].to(device)).logits, batch["labels"].to(device))
+    return metric
+
+
+def calibrate_model(
+    model,
+    dataset,
+    reward: str | Reward,
+    *,
+    split: str,
+    batch_size: int = 8,
+    ignore_index: int = 255,
+    cache_dir: str | None = None,
+    progress: bool = True,
+    **fit_kwargs,
+) -> Calibration:
+    """Fit exact per-class offsets for ``reward`` on ``dataset`` (as evaluation sees it) and fold them into ``model``.
+
+    ``split`` names the data in the model's calibration record. ``fit_kwargs`` go to
+    :func:`hf_reward.calibrate.fit_offsets` (``step``, ``max_offset``, ``max_sweeps``).
+    """
+    reward = get_reward(reward) if isinstance(reward, str) else reward
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_segmentation)
+    cache = collect_logits(model, loader, cache_dir=cache_dir, ignore_index=ignore_index, progress=progress)
+    calibration = fit_offsets(cache, reward, ignore_index=ignore_index, progress=progress, **fit_kwargs)
+    fold_offsets(model, calibration, split=f"{split} ({len(cache)} images)")
+    return calibration

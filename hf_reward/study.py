@@ -1,0 +1,374 @@
+"""Studies: does tuning add to what the best post-hoc decoder gives? Cached, resumable, one command.
+
+    python scripts/study.py --config configs/study_camvid.yaml
+
+Protocol (:class:`StudyConfig` holds every setting; ``scripts/study.py`` parses it from YAML):
+
+1. Data: CamVid train and validation at ``size``, in memory (:mod:`hf_reward.data.in_memory`).
+   The development split is the first ``dev_fraction`` of the frames of each training video
+   sequence: contiguous blocks, so no dev frame is a near-duplicate of a training frame (frames
+   are one second apart). Settings are chosen on dev; validation is reported.
+2. Pretraining: a SegFormer from random init, cross-entropy on the other training images
+   (:func:`hf_reward.pipeline.pretrain`), unless ``pretrained`` names another study's checkpoint.
+3. Runs: every arm x horizon x learning rate x seed starts from that checkpoint. An arm is a set
+   of :class:`hf_reward.RewardSegConfig` fields (the cross-entropy and Lovász controls included);
+   ``calibrate_first`` tunes from the calibrated start; a horizon sets the steps and schedule.
+4. Scores: each run, and the start, is scored on dev and validation for every metric in
+   ``metrics``, by every decoder in ``decoders`` (:mod:`hf_reward.decoders`), each fitted on the
+   training images.
+5. Report (:mod:`hf_reward.study_report`): ``results.md`` and ``curves.png``.
+
+Caching: every stage is stored under ``output_dir`` with a hash of everything that decides it.
+A run's model is kept under the hash of its training settings (the arm's fields, the horizon,
+learning rate, seed, the tune fields, the data and the starting checkpoint's bytes), its scores
+under that hash plus the scoring settings. Edit an arm and its runs train again; add a decoder
+or a metric and every model is scored again without training; change nothing and nothing runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import re
+import time
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import datasets
+import torch
+from tqdm.auto import tqdm
+from transformers import PrinterCallback
+
+from .config import RewardSegConfig
+from .data import load_camvid
+from .data.camvid import DEFAULT_ROOT as CAMVID_PATH
+from .data.in_memory import InMemorySegmentation, materialise_split
+from .decoders import DECODERS, score_decoders
+from .modeling import build_segformer, load_segformer
+from .pipeline import PretrainConfig, calibrate_model, pretrain, segmentation_trainer, settings_hash, training_settings
+
+ARM_KEYS = ("learning_rates", "horizons", "calibrate_first")  # an arm's keys that are not RewardSegConfig fields
+
+
+@dataclass
+class Arm:
+    """One arm: RewardSegConfig ``fields``, ``learning_rates`` per horizon, whether it tunes the calibrated start."""
+
+    fields: dict
+    learning_rates: dict[str, list[float]]
+    calibrate_first: bool = False
+
+    @classmethod
+    def from_dict(cls, name: str, spec: dict) -> Arm:
+        rates, horizons = spec.get("learning_rates"), spec.get("horizons")
+        if not rates or not horizons:
+            raise ValueError(f"arm {name!r} needs learning_rates and horizons")
+        rates = {h: rates[h] if isinstance(rates, dict) else rates for h in horizons}
+        fields = {k: v for k, v in spec.items() if k not in ARM_KEYS}
+        return cls(fields, rates, bool(spec.get("calibrate_first", False)))
+
+
+def _h(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class StudyConfig:
+    """a study: data, model, pretraining, arms, horizons, seeds, metrics and decoders (see hf_reward.study)"""
+
+    output_dir: str = field(default="runs/study_camvid", metadata=_h("Where every stage is cached."))
+    data_root: str = field(default=CAMVID_PATH, metadata=_h("CamVid's directory."))
+    size: list[int] = field(default_factory=lambda: [128, 176], metadata=_h("Image size (height, width)."))
+    full_resolution_size: list[int] = field(
+        default_factory=lambda: [360, 480], metadata=_h("The size of --full_resolution runs.")
+    )
+    dev_fraction: float = field(default=0.2, metadata=_h("The first fraction of each training sequence: dev."))
+    model: dict = field(
+        default_factory=lambda: {
+            "hidden_sizes": [32, 64, 128, 256],
+            "depths": [1, 1, 2, 1],
+            "decoder_hidden_size": 128,
+        },
+        metadata=_h("Sizes of the SegFormer built from random init (hf_reward.modeling.build_segformer)."),
+    )
+    pretrain: dict = field(
+        default_factory=dict, metadata=_h("RewardSegConfig fields of the cross-entropy pretraining.")
+    )
+    pretrained: str | None = field(
+        default=None, metadata=_h("Start from this checkpoint (another study's pretrain/) instead of pretraining.")
+    )
+    tune: dict = field(default_factory=dict, metadata=_h("RewardSegConfig fields every run shares."))
+    horizons: dict = field(
+        default_factory=dict, metadata=_h("Horizon name -> RewardSegConfig fields (steps, schedule).")
+    )
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata=_h("Seeds of every setting."))
+    control: str = field(default="ce", metadata=_h("The arm every other is paired with, seed by seed."))
+    metrics: list[str] = field(
+        default_factory=lambda: ["reward"],
+        metadata=_h("Metric keys reported (hf_reward.metrics); 'reward' is the tune fields' reward."),
+    )
+    decoders: list[str] = field(
+        default_factory=lambda: ["argmax", "offsets"],
+        metadata=_h(f"Decoders every model is scored with, of {tuple(DECODERS)}; argmax is the raw model."),
+    )
+    thing_classes: list[str] | None = field(
+        default=None, metadata=_h("Classes scored as objects (connected components), for the object metrics.")
+    )
+    bar: float = field(default=1.0, metadata=_h("Points a recipe must gain over both references to clear the bar."))
+    arms: dict = field(
+        default_factory=dict, metadata=_h("Arm name -> RewardSegConfig fields + learning_rates, horizons.")
+    )
+
+    def __post_init__(self):
+        self.arms = {
+            name: spec if isinstance(spec, Arm) else Arm.from_dict(name, spec) for name, spec in self.arms.items()
+        }
+        if self.control not in self.arms:
+            raise ValueError(f"control {self.control!r} is not one of the arms {list(self.arms)}")
+        unknown = [d for d in self.decoders if d not in DECODERS]
+        if unknown or "argmax" not in self.decoders:
+            raise ValueError(f"decoders must include 'argmax' and come from {tuple(DECODERS)}, got {self.decoders}")
+        for name, arm in self.arms.items():
+            missing = [h for h in arm.learning_rates if h not in self.horizons]
+            if missing:
+                raise ValueError(f"arm {name!r} names horizons {missing} that are not in {list(self.horizons)}")
+
+    def run_args(self, arm: str, horizon: str, lr: float, seed: int, output_dir: str | Path) -> RewardSegConfig:
+        """The RewardSegConfig of one run."""
+        fields = {**self.tune, **self.arms[arm].fields, **self.horizons[horizon]}
+        return study_args(output_dir, fields, learning_rate=lr, seed=seed)
+
+    def runs(self, arms: list[str] | None = None, seeds: list[int] | None = None) -> list[Run]:
+        """Every arm x horizon x learning rate x seed, of ``arms`` (the control always) and ``seeds``."""
+        arms = list(self.arms) if arms is None else [self.control] + [a for a in arms if a != self.control]
+        unknown = [a for a in arms if a not in self.arms]
+        if unknown:
+            raise ValueError(f"unknown arm(s) {unknown}; the config has {list(self.arms)}")
+        return [
+            Run(arm, horizon, lr, seed)
+            for arm in arms
+            for horizon, rates in self.arms[arm].learning_rates.items()
+            for lr in rates
+            for seed in (self.seeds if seeds is None else seeds)
+        ]
+
+
+class Run(NamedTuple):
+    arm: str
+    horizon: str
+    learning_rate: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.arm}_h{self.horizon}_lr{self.learning_rate:g}_seed{self.seed}"
+
+
+def study_args(output_dir: str | Path, fields: dict, **run) -> RewardSegConfig:
+    """A RewardSegConfig for the study: quiet, no checkpoints, dev and validation scored during training."""
+    common = dict(
+        output_dir=str(output_dir),
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        per_device_eval_batch_size=16,
+        batch_eval_metrics=True,
+        eval_strategy="steps",
+        logging_steps=10,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    return RewardSegConfig(**{**common, **fields, **run})
+
+
+def dev_rows(files: list[str], fraction: float) -> list[int]:
+    """Rows of the first ``fraction`` of each sequence's frames (CamVid files are ``<sequence>_<frame>.png``)."""
+    sequences = defaultdict(list)
+    for row, name in enumerate(files):
+        sequence, frame = name.rsplit(".", 1)[0].split("_", 1)
+        sequences[sequence].append((int(re.sub(r"\D", "", frame)), row))
+    return sorted(row for frames in sequences.values() for _, row in sorted(frames)[: round(fraction * len(frames))])
+
+
+def load_data(cfg: StudyConfig) -> tuple[dict[str, InMemorySegmentation], dict[int, str]]:
+    """The splits in memory: ``train`` (flipped), ``train_unflipped`` (decoders fit on it), ``dev``, ``validation``."""
+    root, size, out = Path(cfg.data_root), tuple(cfg.size), Path(cfg.output_dir)
+    splits = {
+        s: materialise_split(out / f"{s}.safetensors", load_camvid, s, size, root=root, streaming=False)
+        for s in ("train", "validation")
+    }
+    (images, labels, id2label), (val_images, val_labels, _) = splits["train"], splits["validation"]
+    files = datasets.load_dataset("parquet", data_files=str(root / "train-*.parquet"), split="train")["file"]
+    dev = dev_rows(files, cfg.dev_fraction)
+    rest = sorted(set(range(len(labels))) - set(dev))
+    return {
+        "train": InMemorySegmentation(images, labels, indices=rest, flip=True),
+        "train_unflipped": InMemorySegmentation(images, labels, indices=rest),
+        "dev": InMemorySegmentation(images, labels, indices=dev),
+        "validation": InMemorySegmentation(val_images, val_labels),
+    }, id2label
+
+
+def _data_settings(cfg: StudyConfig) -> dict:
+    return {"camvid": str(Path(cfg.data_root).resolve()), "size": list(cfg.size), "dev_fraction": cfg.dev_fraction}
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def pretrained_checkpoint(cfg: StudyConfig, data, id2label) -> Path:
+    """The checkpoint every run starts from: ``pretrained``, or pretrained here (cached on its settings)."""
+    if cfg.pretrained:
+        return Path(cfg.pretrained)
+    args = PretrainConfig(
+        **{
+            **dataclasses.asdict(study_args(Path(cfg.output_dir) / "pretrain", {})),
+            "disable_tqdm": False,
+            **cfg.pretrain,
+            "eval_steps": cfg.pretrain.get("max_steps", 600),
+        }
+    )
+
+    def make():
+        model = build_segformer(id2label, **cfg.model)
+        return model, data["train"], {"dev": data["dev"], "validation": data["validation"]}, id2label
+
+    return pretrain(args, {"model": cfg.model, "data": _data_settings(cfg)}, make)
+
+
+def quiet(trainer):
+    trainer.remove_callback(PrinterCallback)  # parallel runs: one line per finished run instead of every log
+    return trainer
+
+
+def run_key(cfg: StudyConfig, run: Run, start: Path) -> str:
+    """The hash of everything that decides what a run trains."""
+    args = cfg.run_args(*run, output_dir="unused")
+    return settings_hash(
+        {
+            "training": training_settings(args),
+            "calibrate_first": cfg.arms[run.arm].calibrate_first,
+            "calibration_reward": _reward_name(args),
+            "data": _data_settings(cfg),
+            "start": file_hash(start / "model.safetensors"),
+        }
+    )
+
+
+def score_key(cfg: StudyConfig) -> str:
+    """The hash of the scoring settings: the splits, decoders, thing classes and the reward decoders are fitted for."""
+    reward = _reward_name(study_args("unused", cfg.tune))
+    return settings_hash(
+        {"data": _data_settings(cfg), "decoders": cfg.decoders, "things": cfg.thing_classes, "reward": reward}
+    )
+
+
+def _reward_name(args: RewardSegConfig) -> dict:
+    return {"reward": args.reward, "beta": args.reward_beta, "class_weights": args.reward_class_weights}
+
+
+def train_run(cfg: StudyConfig, run: Run, start: Path, data, id2label) -> Path:
+    """Train one run from ``start`` into its cached directory (if it is not there yet); the directory."""
+    out = run_dir(cfg, run, start)
+    if (out / "train.json").is_file():
+        return out
+    args = cfg.run_args(*run, output_dir=out / "trainer")
+    model = load_segformer(str(start), id2label)
+    if cfg.arms[run.arm].calibrate_first:  # tune from the calibrated start: the bias holds the offsets
+        reward = args.loss_settings().reward
+        calibrate_model(model, data["train_unflipped"], reward, split="train", batch_size=16, progress=False)
+    evals = {"dev": data["dev"], "validation": data["validation"]}
+    trainer = quiet(segmentation_trainer(model, args, data["train"], evals, id2label))
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    model.save_pretrained(out)
+    history = trainer.state.log_history
+    record = {
+        **run._asdict(),
+        "settings": dataclasses.asdict(cfg.arms[run.arm]),
+        "seconds_per_step": seconds / args.max_steps,
+        "eval_curve": [e for e in history if any(k.startswith(("eval_dev_", "eval_validation_")) for k in e)],
+        "train_logs": [e for e in history if "loss" in e and "train_runtime" not in e],
+    }
+    (out / "train.json").write_text(json.dumps(record, indent=1))
+    return out
+
+
+def score_model(cfg: StudyConfig, model_dir: Path, data, id2label) -> dict:
+    """Every decoder's metrics on dev and validation for ``model_dir``'s model, cached beside it."""
+    path = model_dir / f"scores-{score_key(cfg)}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    model = load_segformer(str(model_dir), id2label)
+    scores = score_decoders(
+        model,
+        data["train_unflipped"],
+        {"dev": data["dev"], "validation": data["validation"]},
+        cfg.decoders,
+        study_args("unused", cfg.tune).loss_settings().reward,
+        id2label,
+        thing_classes=cfg.thing_classes,
+    )
+    path.write_text(json.dumps(scores, indent=1))
+    return scores
+
+
+def run_dir(cfg: StudyConfig, run: Run, start: Path) -> Path:
+    return Path(cfg.output_dir) / "runs" / f"{run.name}-{run_key(cfg, run, start)}"
+
+
+def _result(cfg: StudyConfig, run: Run, start: Path, data=None, id2label=None) -> dict | None:
+    """A run's record and scores: trained and scored now when ``data`` is given, else read back (None: not yet)."""
+    out = run_dir(cfg, run, start)
+    if data is not None:
+        train_run(cfg, run, start, data, id2label)
+        score_model(cfg, out, data, id2label)
+    scores = out / f"scores-{score_key(cfg)}.json"
+    if not ((out / "train.json").is_file() and scores.is_file()):
+        return None
+    return {**json.loads((out / "train.json").read_text()), "scores": json.loads(scores.read_text())}
+
+
+_worker = {}
+
+
+def _init_worker(cfg: StudyConfig, start: Path, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _worker.update(cfg=cfg, start=start, data=load_data(cfg))
+
+
+def _run_in_worker(run: Run) -> dict:
+    data, id2label = _worker["data"]
+    return _result(_worker["cfg"], run, _worker["start"], data, id2label)
+
+
+def run_all(cfg: StudyConfig, runs: list[Run], start: Path, jobs: int) -> list[dict]:
+    """Every run, cached ones read back; the longest first, ``jobs`` processes sharing the CPU cores."""
+    done = {r: result for r in runs if (result := _result(cfg, r, start)) is not None}
+    todo = sorted((r for r in runs if r not in done), key=lambda r: -cfg.horizons[r.horizon]["max_steps"])
+    print(f"{len(done)} of {len(runs)} runs cached; {len(todo)} to run with {jobs} process(es)")
+    if jobs == 1:  # in this process (a GPU, or a test)
+        _init_worker(cfg, start, torch.get_num_threads())
+        finished = ((r, _run_in_worker(r)) for r in todo)
+    else:
+        context = multiprocessing.get_context("spawn")  # fork after torch has started threads can hang
+        threads = max(1, torch.get_num_threads() // jobs)
+        pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(cfg, start, threads))
+        futures = {pool.submit(_run_in_worker, r): r for r in todo}
+        finished = ((futures[f], f.result()) for f in as_completed(futures))
+    first = cfg.metrics[0]
+    for r, result in tqdm(finished, total=len(todo), desc="study runs"):
+        done[r] = result
+        scores = result["scores"]["validation"]
+        tqdm.write(
+            f"{r.name}: validation {first} {scores['argmax'][first]:.4f} raw, "
+            f"{max(s[first] for s in scores.values()):.4f} best decoded, {result['seconds_per_step']:.2f} s/step"
+        )
+    return [done[r] for r in runs]

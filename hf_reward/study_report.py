@@ -1,0 +1,193 @@
+"""A study's report: selection on dev, paired differences on validation, per-class IoU, curves.
+
+For every metric of the study (:class:`hf_reward.study.StudyConfig` ``metrics``), each run is
+scored raw (``argmax``) and by every decoder; a setting's decoded score is that of the decoder
+with the best mean dev score over its seeds. For every arm and horizon, the learning rate is the
+one with the best mean decoded dev score ("chosen"); validation is reported for every setting,
+and the verdict uses the chosen ones only. An arm clears the bar when its decoded validation
+score beats both
+
+- the best decoder alone (the starting checkpoint, its decoder chosen on dev), and
+- the control then its best decoder (the control at the same horizon and its own chosen learning
+  rate, paired by seed),
+
+by at least ``bar`` points, each gain larger than two standard deviations (over seeds for the
+first, of the paired differences for the second).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from .metrics import class_key
+
+SPLITS = ("dev", "validation")
+
+
+def value(scores: dict, split: str, decoder: str, metric: str) -> float:
+    return scores[split][decoder][metric]
+
+
+def _mean_sd(values: list[float]) -> str:
+    if len(values) == 1:  # one seed: no spread to report
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def _gain(deltas: list[float], bar: float) -> tuple[str, bool]:
+    """``"+x.xx ± y.yy"`` in points, and whether the mean is >= ``bar`` and > 2 sd."""
+    if not deltas:
+        return "—", False
+    mean = statistics.mean(deltas)
+    if len(deltas) == 1:  # one seed: a gain, but no evidence that it exceeds the noise
+        return f"{100 * mean:+.2f}", False
+    sd = statistics.stdev(deltas)
+    return f"{100 * mean:+.2f} ± {100 * sd:.2f}", mean >= bar and mean > 2 * sd
+
+
+def group(results: list[dict]) -> dict[tuple[str, str, float], dict[int, dict]]:
+    """(arm, horizon, learning rate) -> {seed: run}, in the order of the runs."""
+    groups = defaultdict(dict)
+    for r in results:
+        groups[(r["arm"], r["horizon"], r["learning_rate"])][r["seed"]] = r
+    return groups
+
+
+def best_decoder(runs: list[dict], decoders: list[str], metric: str) -> str:
+    """The decoder with the best mean dev score over ``runs`` (the raw argmax if it is the only one)."""
+    candidates = [d for d in decoders if d != "argmax"] or ["argmax"]
+    return max(candidates, key=lambda d: statistics.mean(value(r["scores"], "dev", d, metric) for r in runs))
+
+
+def chosen(groups: dict, decoders: list[str], metric: str) -> dict[tuple[str, str], tuple[float, str]]:
+    """(arm, horizon) -> (learning rate, decoder) with the best mean decoded dev score."""
+    best = {}
+    for (arm, horizon, lr), runs in groups.items():
+        decoder = best_decoder(list(runs.values()), decoders, metric)
+        score = statistics.mean(value(r["scores"], "dev", decoder, metric) for r in runs.values())
+        if (arm, horizon) not in best or score > best[(arm, horizon)][2]:
+            best[(arm, horizon)] = (lr, decoder, score)
+    return {key: (lr, decoder) for key, (lr, decoder, _) in best.items()}
+
+
+def metric_table(cfg, start: dict, results: list[dict], metric: str) -> list[str]:
+    """The table of one metric: every setting, raw and decoded, with the verdict on the chosen ones."""
+    groups, bar = group(results), cfg.bar / 100
+    picks = chosen(groups, cfg.decoders, metric)
+    start_decoder = best_decoder([{"scores": start}], cfg.decoders, metric)
+    alone = value(start, "validation", start_decoder, metric)
+    lines = [
+        f"**{metric}**. Start: dev {value(start, 'dev', 'argmax', metric):.4f} raw, "
+        f"{value(start, 'dev', start_decoder, metric):.4f} by {start_decoder} (its best decoder on dev); validation "
+        f"{value(start, 'validation', 'argmax', metric):.4f} raw, {alone:.4f} by {start_decoder}.",
+        "",
+        "| arm | horizon | lr | chosen on dev | decoder | dev raw | dev decoded | val raw | val decoded | "
+        f"Δ vs {start_decoder} alone | Δ vs {cfg.control}, decoded | clears the bar | s/step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (arm, horizon, lr), runs in groups.items():
+        is_chosen = picks[(arm, horizon)][0] == lr
+        decoder = best_decoder(list(runs.values()), cfg.decoders, metric)
+        val = {s: value(r["scores"], "validation", decoder, metric) for s, r in runs.items()}
+        over_start, ok_start = _gain([v - alone for v in val.values()], bar)
+        lr_c, dec_c = picks.get((cfg.control, horizon), (None, None))
+        controls = groups.get((cfg.control, horizon, lr_c), {})
+        paired = [val[s] - value(controls[s]["scores"], "validation", dec_c, metric) for s in val if s in controls]
+        over_control, ok_control = _gain(paired, bar) if arm != cfg.control else ("—", False)
+        verdict = ("yes" if ok_start and ok_control else "no") if is_chosen and arm != cfg.control else ""
+        cells = [
+            _mean_sd([value(r["scores"], split, d, metric) for r in runs.values()])
+            for split in SPLITS
+            for d in ("argmax", decoder)
+        ]
+        step = statistics.mean(r["seconds_per_step"] for r in runs.values())
+        lines.append(
+            f"| {arm} | {horizon} | {lr:g} | {'yes' if is_chosen else ''} | {decoder} | {' | '.join(cells)} | "
+            f"{over_start} | {over_control} | {verdict} | {step:.2f} |"
+        )
+    return lines
+
+
+def report(cfg, start: dict, results: list[dict], id2label: dict[int, str], out: Path, minutes: float) -> str:
+    """``results.md`` (a table per metric, per-class IoU) and ``curves.png`` in ``out``; the text."""
+    lines = [
+        f"Mean ± sd over seeds {cfg.seeds}; Δ in points. This invocation took {minutes:.0f} min (stages cached by "
+        "earlier ones not counted).",
+        "",
+    ]
+    for metric in cfg.metrics:
+        lines += metric_table(cfg, start, results, metric) + [""]
+    first = cfg.metrics[0]
+    picks = chosen(group(results), cfg.decoders, first)
+    start_decoder = best_decoder([{"scores": start}], cfg.decoders, first)
+    lines += [
+        f"Per-class validation IoU, mean over seeds, at the settings chosen on dev for {first}, decoded:",
+        "",
+        "| model | " + " | ".join(id2label[i] for i in sorted(id2label)) + " |",
+        "|---" * (len(id2label) + 1) + "|",
+        f"| start, {start_decoder} | "
+        + " | ".join(
+            f"{value(start, 'validation', start_decoder, class_key(id2label[i])):.3f}" for i in sorted(id2label)
+        )
+        + " |",
+    ]
+    groups = group(results)
+    for (arm, horizon), (lr, decoder) in picks.items():
+        runs = groups[(arm, horizon, lr)].values()
+        ious = [
+            statistics.mean(value(r["scores"], "validation", decoder, class_key(id2label[i])) for r in runs)
+            for i in sorted(id2label)
+        ]
+        lines.append(f"| {arm}, {horizon}, {decoder} | " + " | ".join(f"{v:.3f}" for v in ious) + " |")
+    text = "\n".join(lines) + "\n"
+    (out / "results.md").write_text(text)
+    plot_curves(cfg, groups, picks, start, start_decoder, out / "curves.png")
+    return text
+
+
+def plot_curves(cfg, groups: dict, picks: dict, start: dict, start_decoder: str, path: Path) -> None:
+    """One row per horizon: the first metric on validation during training (raw, when the trainer logs it) and,
+    dashed, each arm's decoded end point (mean over seeds, chosen settings); the start's decoder alone dotted."""
+    from .plots import pyplot
+
+    metric = cfg.metrics[0]
+    plt = pyplot()
+    horizons = list(cfg.horizons)
+    fig, axes = plt.subplots(len(horizons), 1, figsize=(9, 4 * len(horizons)), squeeze=False)
+    arms = list(dict.fromkeys(arm for arm, _ in picks))
+    colours = {arm: plt.get_cmap("tab10")(i % 10) for i, arm in enumerate(arms)}
+    key = f"eval_validation_{metric}"
+    for ax, horizon in zip(axes[:, 0], horizons):
+        for arm in arms:
+            if (arm, horizon) not in picks:
+                continue
+            lr, decoder = picks[(arm, horizon)]
+            runs = list(groups[(arm, horizon, lr)].values())
+            curves = [
+                [value(start, "validation", "argmax", metric)] + [e[key] for e in r["eval_curve"] if key in e]
+                for r in runs
+            ]
+            steps = [0] + [e["step"] for e in runs[0]["eval_curve"] if key in e]
+            if len(steps) > 1:
+                mean = [statistics.mean(v) for v in zip(*curves)]
+                ax.plot(steps, mean, "o-", markersize=3, color=colours[arm], label=f"{arm} (lr {lr:g})")
+            end = statistics.mean(value(r["scores"], "validation", decoder, metric) for r in runs)
+            ax.axhline(end, color=colours[arm], linestyle="--", linewidth=1, label=f"{arm}, {decoder} at the end")
+        ax.axhline(
+            value(start, "validation", start_decoder, metric),
+            color="grey",
+            linestyle=":",
+            label=f"{start_decoder} alone",
+        )
+        ax.set(
+            xlabel="tuning step",
+            ylabel=f"validation {metric}",
+            title=f"{horizon} horizon: raw during training, decoded at the end (dashed)",
+        )
+        ax.legend(fontsize=7, ncol=2)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
