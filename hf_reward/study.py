@@ -169,21 +169,23 @@ class Run(NamedTuple):
         return f"{self.arm}_h{self.horizon}_lr{self.learning_rate:g}_seed{self.seed}"
 
 
+# Every study run's TrainingArguments: quiet, no checkpoints, dev and validation scored during training.
+_STUDY_DEFAULTS = dict(
+    save_strategy="no",
+    report_to="none",
+    use_cpu=not torch.cuda.is_available(),
+    per_device_eval_batch_size=16,
+    batch_eval_metrics=True,
+    eval_strategy="steps",
+    logging_steps=10,
+    dataloader_num_workers=0,
+    disable_tqdm=True,
+)
+
+
 def study_args(output_dir: str | Path, fields: dict, **run) -> RewardSegConfig:
-    """A RewardSegConfig for the study: quiet, no checkpoints, dev and validation scored during training."""
-    common = dict(
-        output_dir=str(output_dir),
-        save_strategy="no",
-        report_to="none",
-        use_cpu=not torch.cuda.is_available(),
-        per_device_eval_batch_size=16,
-        batch_eval_metrics=True,
-        eval_strategy="steps",
-        logging_steps=10,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-    )
-    return RewardSegConfig(**{**common, **fields, **run})
+    """A study run's RewardSegConfig: :data:`_STUDY_DEFAULTS`, then ``fields``, then ``run``."""
+    return RewardSegConfig(**{**_STUDY_DEFAULTS, "output_dir": str(output_dir), **fields, **run})
 
 
 def dev_rows(files: list[str], fraction: float) -> list[int]:
@@ -228,7 +230,8 @@ def pretrained_checkpoint(cfg: StudyConfig, data, id2label) -> Path:
         return Path(cfg.pretrained)
     args = PretrainConfig(
         **{
-            **dataclasses.asdict(study_args(Path(cfg.output_dir) / "pretrain", {})),
+            **_STUDY_DEFAULTS,
+            "output_dir": str(Path(cfg.output_dir) / "pretrain"),
             "disable_tqdm": False,
             **cfg.pretrain,
             "eval_steps": cfg.pretrain.get("max_steps", 600),
