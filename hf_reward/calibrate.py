@@ -174,6 +174,7 @@ class Calibration:
 
     ``offsets`` (C,) float32, grid values; ``history``: the metric after each sweep; confusion
     matrices (C, C) long ``cm[target, pred]`` over the split, without and with the offsets.
+    ``per_image``: the metric is the mean over images of each image's reward.
     """
 
     offsets: torch.Tensor
@@ -186,6 +187,7 @@ class Calibration:
     confusion_after: torch.Tensor
     step: float
     max_offset: float
+    per_image: bool = False
 
     @property
     def iou_before(self) -> np.ndarray:
@@ -212,12 +214,19 @@ def _grid(step: float, max_offset: float) -> torch.Tensor:
 
 
 def _switch_histogram(
-    logits: torch.Tensor, labels: torch.Tensor, offsets: torch.Tensor, c: int, grid: torch.Tensor, ignore_index: int
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    offsets: torch.Tensor,
+    c: int,
+    grid: torch.Tensor,
+    ignore_index: int,
+    per_image: bool = False,
 ) -> torch.Tensor:
     """Pixel counts ``(C, C, K + 1)`` [target, runner-up a, first grid index at which the pixel predicts c].
 
     ``logits (B, C, h, w)``, ``labels (B, H, W)``, ``offsets (C,)`` float32, ``grid (K,)`` float32.
     Index K: the pixel never predicts c on the grid. Pixels that do not count are dropped.
+    ``per_image``: one histogram per image, ``(B, C, C, K + 1)``.
     """
     num_classes, k_max = logits.shape[1], len(grid)
     y = upsample_logits(logits.float(), tuple(labels.shape[-2:]))
@@ -249,17 +258,22 @@ def _switch_histogram(
         k = k - down.long() + up.long()
     t = labels.reshape(k.shape).long()
     counted = counted_labels(t, num_classes, ignore_index)
-    bins = num_classes * num_classes * (k_max + 1)
+    bins = num_classes * num_classes * (k_max + 1)  # per image, plus one that collects what does not count
     index = torch.where(counted, (t * num_classes + a) * (k_max + 1) + k, bins)
-    return torch.bincount(index.reshape(-1), minlength=bins + 1)[:bins].view(num_classes, num_classes, k_max + 1)
+    images = len(index) if per_image else 1
+    index = index + torch.arange(images, device=index.device).view(-1, 1) * (bins + 1)
+    hist = torch.bincount(index.reshape(-1), minlength=images * (bins + 1)).view(images, bins + 1)[:, :bins]
+    hist = hist.view(images, num_classes, num_classes, k_max + 1)
+    return hist if per_image else hist[0]
 
 
 def _candidate_confusions(hist: torch.Tensor, c: int) -> torch.Tensor:
-    """Confusion matrices ``(K, C, C)`` [candidate, target, pred] of every grid value of class c's offset."""
-    upto = hist.cumsum(-1)[..., :-1]  # (C, C, K): pixels that predict c at candidate k, by (target, a)
+    """Confusion matrices ``(..., K, C, C)`` [candidate, target, pred] of every grid value of class c's offset,
+    from histograms ``(..., C, C, K + 1)``."""
+    upto = hist.cumsum(-1)[..., :-1]  # (..., C, C, K): pixels that predict c at candidate k, by (target, a)
     cm = hist.sum(-1, keepdim=True) - upto  # the others keep predicting a
-    cm[:, c] = upto.sum(1)  # (hist[:, c] is 0: a is never c)
-    return cm.permute(2, 0, 1)
+    cm[..., c, :] = upto.sum(-2)  # (hist[..., c, :] is 0: a is never c)
+    return cm.movedim(-1, -3)
 
 
 @torch.no_grad()
@@ -271,6 +285,7 @@ def fit_offsets(
     step: float = 0.05,
     max_offset: float = 5.0,
     max_sweeps: int = 5,
+    per_image: bool = False,
     progress: bool = True,
 ) -> Calibration:
     """Per-class offsets ``b (C,)`` that maximise ``reward`` of argmax(upsample(logits) + b) over ``data``.
@@ -279,7 +294,9 @@ def fit_offsets(
     it is read once per class and sweep. ``reward``: a name in :data:`hf_reward.rewards.REWARDS` or a
     function ``(tp, gt, pd) -> (...)``. Labels ``ignore_index`` or outside [0, C) do not count.
     See the module docstring for the algorithm; the offsets are a coordinate-wise optimum on the
-    grid ``k * step``, ``|k * step| <= max_offset``.
+    grid ``k * step``, ``|k * step| <= max_offset``. ``per_image``: maximise the mean over images
+    (those with a counted pixel) of each image's reward, e.g. ``"miou_gt"`` for mIoU^I, from one
+    histogram per image.
     """
     if max_sweeps < 1 or step <= 0 or max_offset < step:
         raise ValueError(f"need max_sweeps >= 1 and 0 < step <= max_offset, got {max_sweeps}, {step}, {max_offset}")
@@ -312,14 +329,21 @@ def fit_offsets(
             if not stale[c]:
                 continue
             offsets = grid[current]
-            hist = 0
+            hist, total, images = 0, 0, 0
             for logits, labels in data:
                 if not logits.isfinite().all():
                     raise ValueError("logits are not finite")
-                hist = hist + _switch_histogram(logits, labels, offsets, c, grid, ignore_index)
+                hist_item = _switch_histogram(logits, labels, offsets, c, grid, ignore_index, per_image)
+                if per_image:  # (B, C, C, K + 1): each image's reward at every candidate, summed over images
+                    counts = class_counts(_candidate_confusions(hist_item, c))  # (B, K, C) each
+                    counted = counts[1][:, 0].sum(-1) > 0
+                    total = total + reward(*counts)[counted].sum(0)
+                    images += int(counted.sum())
+                    hist_item = hist_item.sum(0)
+                hist = hist + hist_item
                 bar.update()
             cms = _candidate_confusions(hist, c)
-            scores = reward(*class_counts(cms))  # (K,)
+            scores = total / max(images, 1) if per_image else reward(*class_counts(cms))  # (K,)
             if confusion_before is None:
                 confusion_before, metric_before = cms[current[c]], float(scores[current[c]])
             best = scores.max()
@@ -344,7 +368,17 @@ def fit_offsets(
             stacklevel=2,
         )
     return Calibration(
-        offsets, name, metric_before, metric, history, converged, confusion_before, confusion, step, max_offset
+        offsets,
+        name,
+        metric_before,
+        metric,
+        history,
+        converged,
+        confusion_before,
+        confusion,
+        step,
+        max_offset,
+        per_image,
     )
 
 
@@ -366,6 +400,7 @@ def fold_offsets(model: SegformerForSemanticSegmentation, calibration: Calibrati
         "offsets": {str(id2label[i]): float(b) for i, b in enumerate(calibration.offsets.tolist())},
         "split": split,
         "reward": calibration.reward,
+        "scope": "image" if calibration.per_image else "dataset",
         "metric_before": calibration.metric_before,
         "metric_after": calibration.metric_after,
         "sweeps": len(calibration.history),

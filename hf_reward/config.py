@@ -10,6 +10,7 @@ from transformers import TrainingArguments
 
 from .baselines import BASELINES
 from .loss import LossSettings
+from .masks import MASK_REWARDS, MaskReward, get_mask_reward
 from .rewards import REWARDS, Reward, get_reward
 
 
@@ -44,8 +45,21 @@ class RewardSegConfig(TrainingArguments):
     reward: str = field(
         default="miou",
         metadata={
-            "help": f"Metric to maximise, one of {tuple(REWARDS)}; a custom one: reward_fn= of RewardSegTrainer."
+            "help": f"Metric to maximise: a reward of the counts, one of {tuple(REWARDS)}, or of whole masks, one of "
+            f"{MASK_REWARDS} (estimator='score', reward_scope='image'); custom ones: reward_fn= or mask_reward_fn= "
+            "of RewardSegTrainer."
         },
+    )
+    boundary_tolerance: str = field(
+        default="2px",
+        metadata={
+            "help": "reward='boundary_f': the matching tolerance, '<pixels>px' or '<percent of the diagonal>%%', at "
+            "the sampling resolution (sample_resolution='labels' scores at the labels' size, as evaluation does)."
+        },
+    )
+    thing_classes: list[str] | None = field(
+        default=None,
+        metadata={"help": "reward='object_f1': the names of the classes whose connected components are objects."},
     )
     reward_beta: float = field(
         default=1.0, metadata={"help": "reward='f_beta': recall weighs beta^2 times precision."}
@@ -147,9 +161,26 @@ class RewardSegConfig(TrainingArguments):
             raise ValueError(f"reward_class_weights must be finite, >= 0 and not all 0, got {weights}")
         self.loss_settings()  # validates the estimator's settings
 
-    def loss_settings(self, reward_fn: Reward | None = None) -> LossSettings:
-        """The :class:`hf_reward.loss.LossSettings` of these arguments, rewarding ``reward_fn`` if given."""
-        reward = reward_fn or get_reward(self.reward, beta=self.reward_beta, class_weights=self.reward_class_weights)
+    def count_reward(self) -> Reward | None:
+        """The named reward of the counts (what evaluation reports as ``reward``); ``None`` for a mask reward."""
+        if self.reward in MASK_REWARDS:
+            return None
+        return get_reward(self.reward, beta=self.reward_beta, class_weights=self.reward_class_weights)
+
+    def loss_settings(
+        self,
+        reward_fn: Reward | None = None,
+        mask_reward_fn: MaskReward | None = None,
+        id2label: dict[int, str] | None = None,
+    ) -> LossSettings:
+        """The :class:`hf_reward.loss.LossSettings` of these arguments, rewarding ``reward_fn`` or ``mask_reward_fn``
+        if given. A named mask reward needs the model's ``id2label`` (its classes and, for objects, their names)."""
+        reward, mask_reward = reward_fn, mask_reward_fn
+        if reward is None and mask_reward is None:
+            if self.reward in MASK_REWARDS:
+                mask_reward = self._mask_reward(id2label)
+            else:
+                reward = self.count_reward()
         return LossSettings(
             reward=reward,
             estimator=self.estimator,
@@ -161,4 +192,20 @@ class RewardSegConfig(TrainingArguments):
             ignore_index=self.ignore_index,
             dataset_confusion_decay=self.dataset_confusion_decay,
             ema_decay=self.ema_decay,
+            mask_reward=mask_reward,
+        )
+
+    def _mask_reward(self, id2label: dict[int, str] | None) -> MaskReward:
+        if id2label is None:  # validation in __post_init__: the classes come with the trainer's model
+            id2label = {i: name for i, name in enumerate(self.thing_classes or ["thing"])}
+        ids = {str(name): i for i, name in id2label.items()}
+        unknown = [name for name in self.thing_classes or [] if name not in ids]
+        if unknown:
+            raise ValueError(f"thing_classes {unknown} are not classes of the model ({list(ids)})")
+        return get_mask_reward(
+            self.reward,
+            len(id2label),
+            tolerance=self.boundary_tolerance,
+            thing_ids=[ids[name] for name in self.thing_classes or []],
+            ignore_index=self.ignore_index,
         )

@@ -7,7 +7,12 @@ have parameters fit them on a training split's logits first:
 - ``offsets``: ``argmax_c upsample(z)[c] + b_c`` with the exact per-class offsets that maximise
   the dataset-level reward on the fit split (:func:`hf_reward.calibrate.fit_offsets`); the
   best rule for any metric of the dataset confusion matrix (a weighted argmax of the class
-  probabilities is Bayes-optimal there: Narasimhan et al. 2015).
+  probabilities is Bayes-optimal there: Narasimhan et al. 2015);
+- ``image_offsets``: the same form, with the offsets that maximise the mean over images of
+  each image's mIoU^I (``miou_gt``, ``fit_offsets(..., per_image=True)``);
+- ``rankseg``: RankSEG (Dai & Li 2023, JMLR; Wang & Dai 2025, the RMA solver), which decodes
+  each image's probabilities for its own expected IoU, no fitting (the ``rankseg`` extra:
+  ``pip install 'hf-reward[rankseg]'``).
 
 :func:`score_decoders` runs the model once per split (logits cached in fp16,
 :class:`~hf_reward.calibrate.LogitCache`) and scores every decoder's masks with
@@ -30,7 +35,7 @@ from .data.transforms import collate_segmentation
 from .metrics import StreamingMeanIoU, upsample_logits
 from .rewards import Reward
 
-DECODERS = ("argmax", "offsets")
+DECODERS = ("argmax", "offsets", "image_offsets", "rankseg")
 
 
 def decode(name: str, logits: torch.Tensor, size: tuple[int, int], fitted: dict) -> torch.Tensor:
@@ -38,16 +43,33 @@ def decode(name: str, logits: torch.Tensor, size: tuple[int, int], fitted: dict)
     scores = upsample_logits(logits.float(), size)
     if name == "argmax":
         return scores.argmax(1)
-    if name == "offsets":
-        return (scores + fitted["offsets"].view(1, -1, 1, 1)).argmax(1)
+    if name in ("offsets", "image_offsets"):
+        return (scores + fitted[name].to(scores).view(1, -1, 1, 1)).argmax(1)
+    if name == "rankseg":
+        return _rankseg()(scores.softmax(1), metric="IoU", output_mode="multiclass", solver="RMA")
     raise ValueError(f"decoder must be one of {DECODERS}, got {name!r}")
+
+
+def _rankseg():
+    try:
+        from rankseg.functional import rankseg
+    except ImportError as err:
+        raise ImportError("decoder 'rankseg' needs the rankseg package: pip install 'hf-reward[rankseg]'") from err
+    return rankseg
 
 
 def fit_decoders(cache: LogitCache, decoders: Sequence[str], reward: Reward) -> dict:
     """The parameters of each decoder in ``decoders`` that has some, fitted on ``cache``."""
+    unknown = [d for d in decoders if d not in DECODERS]
+    if unknown:
+        raise ValueError(f"decoders must come from {DECODERS}, got {unknown}")
     fitted = {}
     if "offsets" in decoders:
         fitted["offsets"] = fit_offsets(cache, reward, progress=False).offsets
+    if "image_offsets" in decoders:
+        fitted["image_offsets"] = fit_offsets(cache, "miou_gt", per_image=True, progress=False).offsets
+    if "rankseg" in decoders:
+        _rankseg()  # missing: fail before any scoring
     return fitted
 
 
@@ -65,19 +87,23 @@ def score_decoders(
     reward: Reward,
     id2label: dict[int, str],
     *,
-    thing_classes: Sequence[str] | None = None,
     batch_size: int = 16,
     ignore_index: int = 255,
+    **metric_options,
 ) -> dict:
     """``{split: {decoder: metrics}, "fitted": {decoder: parameters}}`` for ``model`` on each of ``splits``.
 
-    Decoders with parameters are fitted on ``fit_split`` for ``reward``. ``thing_classes`` are
-    scored as objects too.
+    ``offsets`` are fitted on ``fit_split`` for ``reward``. Every decoder is scored by a
+    :class:`~hf_reward.metrics.StreamingMeanIoU` with ``metric_options`` (``per_image``,
+    ``boundary_tolerances``, ``thing_classes``).
     """
     fitted = fit_decoders(_cache(model, fit_split, batch_size), decoders, reward) if set(decoders) - {"argmax"} else {}
     out = {}
     for split, dataset in splits.items():
-        metrics = {d: StreamingMeanIoU(len(id2label), id2label, ignore_index, reward=reward) for d in decoders}
+        metrics = {
+            d: StreamingMeanIoU(len(id2label), id2label, ignore_index, reward=reward, **metric_options)
+            for d in decoders
+        }
         for logits, labels in _cache(model, dataset, batch_size):
             labels = torch.where(labels == len(id2label), ignore_index, labels.long())  # the cache's void is C
             for name, metric in metrics.items():

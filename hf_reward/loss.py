@@ -55,6 +55,7 @@ from dataclasses import dataclass
 import torch
 
 from . import baselines, local, policy
+from .masks import MaskReward
 from .rewards import Reward, class_counts, confusion_matrix, reward_of_masks
 
 ESTIMATORS = ("score", "local")
@@ -65,7 +66,8 @@ REWARD_SCOPES = ("image", "batch", "dataset")
 class LossSettings:
     """The knobs of :func:`reinforce_loss`; :class:`hf_reward.RewardSegConfig` builds one from its fields.
 
-    reward: a function of the per-class counts (tp, gt, pd) -> reward (:mod:`hf_reward.rewards`).
+    reward: a function of the per-class counts (tp, gt, pd) -> reward (:mod:`hf_reward.rewards`), or
+    ``None`` with ``mask_reward``.
     estimator: ``"score"`` (REINFORCE) or ``"local"`` (local expectation gradient).
     reward_scope: ``"image"``, ``"batch"`` or ``"dataset"`` (the last two need ``"local"``).
     num_samples: K masks per image. temperature: tau of softmax(logits / tau).
@@ -74,9 +76,13 @@ class LossSettings:
     ignore_index: label of void pixels.
     dataset_confusion_decay: of the dataset scope's running matrix, per optimizer step.
     ema_decay: of the ``ema`` baseline's running mean reward.
+    mask_reward: a reward of whole masks ``(pred (N, h, w), target (N, h, w)) -> (N,)`` at the
+    sampling resolution (:mod:`hf_reward.masks`: boundary F, object F1, or your own) in place of
+    ``reward``; the score estimator, per image, is the one that takes it. Void pixels get no
+    gradient, so the reward must not depend on the prediction there (the named ones do not).
     """
 
-    reward: Reward
+    reward: Reward | None
     estimator: str
     reward_scope: str
     num_samples: int
@@ -86,9 +92,18 @@ class LossSettings:
     ignore_index: int
     dataset_confusion_decay: float = 0.9
     ema_decay: float = 0.9
+    mask_reward: MaskReward | None = None
 
     def __post_init__(self):
-        if not callable(self.reward):
+        if self.mask_reward is not None:
+            if self.reward is not None or not callable(self.mask_reward):
+                raise ValueError("give either reward (of the counts) or mask_reward (of whole masks), not both")
+            if self.estimator != "score" or self.reward_scope != "image":
+                raise ValueError(
+                    "a reward of whole masks needs estimator='score' and reward_scope='image': the local estimator "
+                    "needs a reward of the counts"
+                )
+        elif not callable(self.reward):
             raise ValueError(f"reward must be a function of (tp, gt, pd), got {self.reward!r}")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
@@ -332,8 +347,15 @@ def reward_loss(
     with torch.no_grad():
         valid_pixels = samples.valid.flatten(1).sum(1)
         valid_images = valid_pixels > 0
-        rewards = s.reward(*class_counts(samples.confusion)).float()  # (K, B)
-        greedy = reward_of_masks(s.reward, samples.log_probs.argmax(1), samples.labels, num_classes, s.ignore_index)
+        greedy_masks = samples.log_probs.argmax(1)
+        if s.mask_reward is not None:
+            k = samples.masks.shape[0]
+            targets = samples.labels.expand(k, *samples.labels.shape).flatten(0, 1)
+            rewards = s.mask_reward(samples.masks.flatten(0, 1), targets).view(k, -1).float()  # (K, B)
+            greedy = s.mask_reward(greedy_masks, samples.labels)
+        else:
+            rewards = s.reward(*class_counts(samples.confusion)).float()  # (K, B)
+            greedy = reward_of_masks(s.reward, greedy_masks, samples.labels, num_classes, s.ignore_index)
         entropy = policy.entropy(samples.log_probs.exp(), samples.log_probs, samples.valid)
         advantages = carried = scope_rewards = None
         if s.reward_scope == "image":

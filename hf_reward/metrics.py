@@ -1,18 +1,32 @@
-"""Dataset-level segmentation metrics, streamed: one confusion matrix accumulated over the whole split.
+"""Segmentation metrics, streamed: one confusion matrix over the split, and optionally per-image scores.
 
-Semantics (those of the Cityscapes pixel-level evaluation and of ``evaluate``'s mean_iou):
+Dataset level (those of the Cityscapes pixel-level evaluation and of ``evaluate``'s mean_iou):
 pixels labelled ``ignore_index`` do not count; IoU_c = TP / (TP + FP + FN) over the split; a
 class with no ground truth and no prediction has IoU NaN and is left out of the mean; mean
 accuracy averages TP / |target| over classes with ground truth; overall accuracy is
 TP / valid pixels. The other rewards of :mod:`hf_reward.rewards` (:data:`EXTRA_METRICS`) are
 reported too, computed by the same functions the trainer optimises, so the metric tuned is the
 metric evaluated (``mean_iou`` is ``miou``, ``overall_accuracy`` is ``pixel_accuracy``); a
-custom or weighted reward passed as ``reward=`` is reported as ``reward``.
+custom or weighted reward passed as ``reward=`` is reported as ``reward``. A split with no
+counted pixel scores NaN everywhere, never 0.
 
-The matrix lives on the logits' device and nothing else is kept, so memory does not grow with
-the dataset. With Trainer, pass the metric as ``compute_metrics`` and set
-``batch_eval_metrics=True``; Trainer then calls it once per batch and reads the result on the
-last one.
+Per image, on request (Wang, Blaschko et al. 2023, "Revisiting evaluation metrics for semantic
+segmentation", NeurIPS; their JDTLosses ``metrics/``), with IoU_ic the IoU of class c in image i
+and G_i the classes in image i's ground truth:
+
+- ``image_miou`` (mIoU^I): mean over images of mean_{c in G_i} IoU_ic (:func:`rewards.miou_gt`);
+- ``class_miou`` (mIoU^C): mean over classes of the mean of IoU_ic over the images whose ground
+  truth has c;
+- ``image_miou_worst10``: the mean of the lowest 10% of the images' mIoU^I (at least one image).
+
+Boundary F-score at each tolerance (``boundary_f_<tolerance>``, e.g. ``boundary_f_2px``,
+``boundary_f_0.75%``) and object recall, precision and F1 of the thing classes
+(``object_recall``, ``object_precision``, ``object_f1``): :mod:`hf_reward.masks`.
+
+The confusion matrix lives on the logits' device; per-image scores are a few numbers per image
+on the CPU, so memory grows only by those. With Trainer, pass the metric as ``compute_metrics``
+and set ``batch_eval_metrics=True``; Trainer then calls it once per batch and reads the result
+on the last one.
 
 Example::
 
@@ -25,12 +39,13 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import masks
 from .rewards import (
     REWARDS,
     Reward,
@@ -38,6 +53,7 @@ from .rewards import (
     class_counts,
     confusion_matrix,
     iou_per_class,
+    miou_gt,
     recall_per_class,
 )
 
@@ -86,7 +102,7 @@ def class_key(name: str) -> str:
 
 
 class StreamingMeanIoU:
-    """Streaming dataset-level mIoU; a Trainer ``compute_metrics`` and a plain accumulator.
+    """Streaming segmentation metrics (dataset-level mIoU and more); a Trainer ``compute_metrics`` and an accumulator.
 
     Args:
         num_classes: C.
@@ -94,6 +110,9 @@ class StreamingMeanIoU:
         ignore_index: target value of pixels that do not count.
         reward: a reward of the counts (:mod:`hf_reward.rewards`) to report as ``reward``, e.g. the
             custom or class-weighted one a model was tuned on.
+        per_image: also report ``image_miou``, ``class_miou`` and ``image_miou_worst10``.
+        boundary_tolerances: report ``boundary_f_<tolerance>`` for each (``"2px"``, ``"0.75%"``).
+        thing_classes: names of the classes scored as objects (``object_recall``, ...).
 
     Outside Trainer::
 
@@ -114,6 +133,10 @@ class StreamingMeanIoU:
         id2label: Mapping[int, str] | None = None,
         ignore_index: int = 255,
         reward: Reward | None = None,
+        *,
+        per_image: bool = False,
+        boundary_tolerances: Sequence[str] = (),
+        thing_classes: Sequence[str] = (),
     ):
         if id2label is not None and len(id2label) != num_classes:
             raise ValueError(f"id2label has {len(id2label)} classes but num_classes={num_classes}")
@@ -121,10 +144,22 @@ class StreamingMeanIoU:
         self.id2label = {i: str(id2label[i]) if id2label is not None else str(i) for i in range(num_classes)}
         self.ignore_index = ignore_index
         self.reward = reward
-        self.confusion: torch.Tensor | None = None  # (C, C) long, cm[target, pred], on the logits' device
+        self.per_image = per_image
+        for tolerance in boundary_tolerances:
+            masks.tolerance_pixels(tolerance, (1, 1))  # a bad spelling fails here, not after the first batch
+        self.boundary_tolerances = tuple(boundary_tolerances)
+        ids = {name: i for i, name in self.id2label.items()}
+        unknown = [name for name in thing_classes if name not in ids]
+        if unknown:
+            raise ValueError(f"thing_classes {unknown} are not classes of {list(ids)}")
+        self.thing_ids = [ids[name] for name in thing_classes]
+        self.reset()
 
     def reset(self) -> None:
-        self.confusion = None
+        self.confusion: torch.Tensor | None = None  # (C, C) long, cm[target, pred], on the logits' device
+        self.image_confusions: list[torch.Tensor] = []  # (B, C, C) per batch, per_image only, on the CPU
+        self.boundary_scores: dict[str, list[torch.Tensor]] = {t: [] for t in self.boundary_tolerances}
+        self.object_counts = torch.zeros(3, dtype=torch.long)  # target objects, predicted objects, matches
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
@@ -156,9 +191,17 @@ class StreamingMeanIoU:
         check_labels(labels, self.num_classes, self.ignore_index, "evaluation")
         if ((pred < 0) | (pred >= self.num_classes)).any():
             raise ValueError(f"predictions must be classes in [0, {self.num_classes})")
-        # The batch as one image: a (1, C, C) matrix whatever B is.
-        cm = confusion_matrix(pred.reshape(1, -1), labels.reshape(1, -1), self.num_classes, self.ignore_index)[0]
+        per_image = confusion_matrix(pred, labels, self.num_classes, self.ignore_index)  # (B, C, C)
+        cm = per_image.sum(0)
         self.confusion = cm if self.confusion is None else self.confusion + cm
+        if self.per_image:
+            self.image_confusions.append(per_image.cpu())
+        valid = (labels != self.ignore_index).flatten(1).any(1).cpu()  # images with no counted pixel score nothing
+        for tolerance in self.boundary_tolerances:
+            scores = masks.boundary_f(pred, labels, self.num_classes, tolerance, self.ignore_index).cpu()
+            self.boundary_scores[tolerance].append(scores[valid])
+        if self.thing_ids:
+            self.object_counts += masks.object_counts(pred, labels, self.thing_ids, self.ignore_index).sum(0)
 
     def scores(self) -> dict[str, np.ndarray | float]:
         """:func:`scores_from_confusion` of the matrix so far (per-class arrays and the means)."""
@@ -181,7 +224,40 @@ class StreamingMeanIoU:
         if self.reward is not None:
             out["reward"] = score(self.reward)
         out.update({class_key(name): float(scores["iou"][i]) for i, name in self.id2label.items()})
+        if self.per_image:
+            out.update(self.image_scores())
+        for tolerance, values in self.boundary_scores.items():
+            values = torch.cat(values) if values else torch.zeros(0)
+            out[f"boundary_f_{tolerance}"] = float(values.mean()) if len(values) else float("nan")
+        if self.thing_ids:
+            targets, predicted, matched = self.object_counts.double().tolist()
+            recall = matched / targets if targets else float("nan")
+            precision = matched / predicted if predicted else float("nan")
+            out.update(
+                object_recall=recall,
+                object_precision=precision,
+                object_f1=2 * matched / (targets + predicted) if targets + predicted else float("nan"),
+            )
         return out
+
+    def image_scores(self) -> dict[str, float]:
+        """``image_miou``, ``class_miou``, ``image_miou_worst10`` over the images with a counted pixel."""
+        if not self.image_confusions:
+            return {"image_miou": float("nan"), "class_miou": float("nan"), "image_miou_worst10": float("nan")}
+        counts = class_counts(torch.cat(self.image_confusions))  # (N, C) each
+        counts = tuple(c[counts[1].sum(1) > 0] for c in counts)
+        if len(counts[0]) == 0:
+            return {"image_miou": float("nan"), "class_miou": float("nan"), "image_miou_worst10": float("nan")}
+        per_image = miou_gt(*counts)  # (N,)
+        iou, _ = iou_per_class(*counts)
+        has = counts[1] > 0  # (N, C): the class is in the image's ground truth
+        per_class = (iou * has).sum(0) / has.sum(0).clamp(min=1)
+        worst = per_image.sort().values[: max(1, int(0.1 * len(per_image)))]
+        return {
+            "image_miou": float(per_image.mean()),
+            "class_miou": float(per_class[has.any(0)].mean()),
+            "image_miou_worst10": float(worst.mean()),
+        }
 
     def __call__(self, eval_pred, compute_result: bool = False) -> dict[str, float]:
         """Trainer's ``compute_metrics`` with ``batch_eval_metrics=True``: accumulate, and on the

@@ -195,11 +195,14 @@ def pick_device(name: str) -> torch.device:
 
 
 def segmentation_trainer(
-    model, args: RewardSegConfig, train, val, id2label: dict[int, str], **kwargs
+    model, args: RewardSegConfig, train, val, id2label: dict[int, str], metric_options: dict | None = None, **kwargs
 ) -> RewardSegTrainer:
-    """A :class:`RewardSegTrainer` with the library's collator and streaming dataset-level metrics, which report
-    the reward ``args`` name (class weights and all) as ``reward`` beside mIoU and the other metrics."""
-    metrics = StreamingMeanIoU(len(id2label), id2label, args.ignore_index, reward=args.loss_settings().reward)
+    """A :class:`RewardSegTrainer` with the library's collator and streaming metrics, which report the reward
+    ``args`` name (class weights and all) as ``reward`` beside mIoU and the other metrics; ``metric_options``
+    go to :class:`StreamingMeanIoU` (``per_image``, ``boundary_tolerances``, ``thing_classes``)."""
+    metrics = StreamingMeanIoU(
+        len(id2label), id2label, args.ignore_index, reward=args.count_reward(), **(metric_options or {})
+    )
     return RewardSegTrainer(
         model=model,
         args=args,

@@ -20,6 +20,8 @@ Named rewards (:data:`REWARDS`); "present" classes are those the formula can sco
 class that is not present does not count in a mean (the ``evaluate`` / Cityscapes convention):
 
 - ``miou``: mean over classes with tp + fp + fn > 0 of tp / (gt + pd - tp).
+- ``miou_gt``: mean over classes with gt > 0 of tp / (gt + pd - tp): a class only predicted costs
+  the true classes' IoU but adds no term of its own (per image: Wang et al. 2023's mIoU^I).
 - ``dice``: mean over classes with gt + pd > 0 of 2 tp / (gt + pd).
 - ``f_beta``: mean over classes with beta^2 gt + pd > 0 of (1 + beta^2) tp / (beta^2 gt + pd);
   ``beta=1`` is ``dice``.
@@ -135,6 +137,12 @@ def miou(tp, gt, pd, class_weights: torch.Tensor | None = None) -> torch.Tensor:
     return _mean_present(*iou_per_class(tp, gt, pd), class_weights)
 
 
+def miou_gt(tp, gt, pd) -> torch.Tensor:
+    """Mean IoU over the classes present in the ground truth (gt > 0): per image, Wang et al. 2023's mIoU^I."""
+    iou, _ = iou_per_class(tp, gt, pd)
+    return _mean_present(iou, gt > 0, None)
+
+
 def f_beta(tp, gt, pd, beta: float = 1.0, class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean F-beta over present classes: recall weighs beta^2 times as much as precision."""
     b2 = beta * beta
@@ -172,6 +180,7 @@ def cohen_kappa(tp, gt, pd) -> torch.Tensor:
 
 REWARDS: dict[str, Reward] = {
     "miou": miou,
+    "miou_gt": miou_gt,
     "dice": dice,
     "f_beta": f_beta,
     "pixel_accuracy": pixel_accuracy,

@@ -116,8 +116,11 @@ class StudyConfig:
         default_factory=lambda: ["argmax", "offsets"],
         metadata=_h(f"Decoders every model is scored with, of {tuple(DECODERS)}; argmax is the raw model."),
     )
-    thing_classes: list[str] | None = field(
-        default=None, metadata=_h("Classes scored as objects (connected components), for the object metrics.")
+    boundary_tolerances: list[str] = field(
+        default_factory=lambda: ["2px", "0.75%"], metadata=_h("Tolerances of the boundary F-scores reported.")
+    )
+    thing_classes: list[str] = field(
+        default_factory=list, metadata=_h("Classes scored as objects (connected components): object_recall, ...")
     )
     bar: float = field(default=1.0, metadata=_h("Points a recipe must gain over both references to clear the bar."))
     arms: dict = field(
@@ -137,6 +140,10 @@ class StudyConfig:
             missing = [h for h in arm.learning_rates if h not in self.horizons]
             if missing:
                 raise ValueError(f"arm {name!r} names horizons {missing} that are not in {list(self.horizons)}")
+
+    def metric_options(self) -> dict:
+        """The metrics' settings (:class:`hf_reward.metrics.StreamingMeanIoU`): per image, boundaries, objects."""
+        return dict(per_image=True, boundary_tolerances=self.boundary_tolerances, thing_classes=self.thing_classes)
 
     def run_args(self, arm: str, horizon: str, lr: float, seed: int, output_dir: str | Path) -> RewardSegConfig:
         """The RewardSegConfig of one run."""
@@ -265,10 +272,16 @@ def run_key(cfg: StudyConfig, run: Run, start: Path) -> str:
 
 
 def score_key(cfg: StudyConfig) -> str:
-    """The hash of the scoring settings: the splits, decoders, thing classes and the reward decoders are fitted for."""
+    """The hash of the scoring settings: splits, decoders, metric settings, the reward offsets are fitted for."""
     reward = _reward_name(study_args("unused", cfg.tune))
     return settings_hash(
-        {"data": _data_settings(cfg), "decoders": cfg.decoders, "things": cfg.thing_classes, "reward": reward}
+        {
+            "data": _data_settings(cfg),
+            "decoders": cfg.decoders,
+            "boundaries": cfg.boundary_tolerances,
+            "things": cfg.thing_classes,
+            "reward": reward,
+        }
     )
 
 
@@ -284,10 +297,10 @@ def train_run(cfg: StudyConfig, run: Run, start: Path, data, id2label) -> Path:
     args = cfg.run_args(*run, output_dir=out / "trainer")
     model = load_segformer(str(start), id2label)
     if cfg.arms[run.arm].calibrate_first:  # tune from the calibrated start: the bias holds the offsets
-        reward = args.loss_settings().reward
+        reward = args.count_reward() or "miou"
         calibrate_model(model, data["train_unflipped"], reward, split="train", batch_size=16, progress=False)
     evals = {"dev": data["dev"], "validation": data["validation"]}
-    trainer = quiet(segmentation_trainer(model, args, data["train"], evals, id2label))
+    trainer = quiet(segmentation_trainer(model, args, data["train"], evals, id2label, cfg.metric_options()))
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
@@ -315,9 +328,9 @@ def score_model(cfg: StudyConfig, model_dir: Path, data, id2label) -> dict:
         data["train_unflipped"],
         {"dev": data["dev"], "validation": data["validation"]},
         cfg.decoders,
-        study_args("unused", cfg.tune).loss_settings().reward,
+        study_args("unused", cfg.tune).count_reward(),
         id2label,
-        thing_classes=cfg.thing_classes,
+        **cfg.metric_options(),
     )
     path.write_text(json.dumps(scores, indent=1))
     return scores

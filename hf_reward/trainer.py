@@ -43,6 +43,7 @@ from . import policy
 from .config import RewardSegConfig
 from .loss import RewardLossOutput, RewardState, pixel_cross_entropy, reward_loss
 from .lovasz import lovasz_softmax
+from .masks import MaskReward
 from .modeling import load_checkpoint_weights
 from .rewards import Reward, check_reward, unknown_labels, unknown_labels_error
 
@@ -56,6 +57,8 @@ class RewardSegTrainer(Trainer):
         args: :class:`RewardSegConfig`.
         reward_fn: optional reward ``(tp, gt, pd) -> (...)`` of the per-class counts (see
             :mod:`hf_reward.rewards`) replacing the named ``args.reward``; works with both estimators.
+        mask_reward_fn: optional reward of whole masks ``(pred (N, h, w), target (N, h, w)) -> (N,)``
+            (see :mod:`hf_reward.masks`) replacing ``args.reward``; for ``estimator="score"``.
         **kwargs: passed to ``transformers.Trainer`` (datasets, data_collator, compute_metrics, ...).
 
     Example::
@@ -68,7 +71,14 @@ class RewardSegTrainer(Trainer):
     # compute_loss returns a per-micro-batch mean; Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, model, args: RewardSegConfig, reward_fn: Reward | None = None, **kwargs):
+    def __init__(
+        self,
+        model,
+        args: RewardSegConfig,
+        reward_fn: Reward | None = None,
+        mask_reward_fn: MaskReward | None = None,
+        **kwargs,
+    ):
         if not isinstance(args, RewardSegConfig):
             raise TypeError(f"args must be a RewardSegConfig, got {type(args).__name__}")
         num_classes = model.config.num_labels
@@ -89,7 +99,8 @@ class RewardSegTrainer(Trainer):
             )
         super().__init__(model=model, args=args, **kwargs)
         self.num_classes = num_classes
-        self.loss_settings = args.loss_settings(reward_fn)
+        id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
+        self.loss_settings = args.loss_settings(reward_fn, mask_reward_fn, id2label)
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)  # name -> per-step (sum, count)
         self.reward_state = RewardState()  # the scopes' counts and the ema baseline, saved with each checkpoint
         self.ref_model = None

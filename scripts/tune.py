@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None):
     trainer = segmentation_trainer(
         model, args, splits.train, splits.eval, id2label, processing_class=image_processor(data_args)
     )
-    reward = trainer.loss_settings.reward
+    reward = args.count_reward() or "miou"  # calibration fits a reward of the counts
     shown = []
     if tune_args.num_overlays and trainer.is_world_process_zero():
         from hf_reward.plots import spread_sample

@@ -100,6 +100,54 @@ def test_fit_is_a_coordinatewise_optimum_and_never_worse(name, lattice):
             assert brute_metric(reward, batches, moved) <= result.metric_after, (c, float(value))
 
 
+def brute_image_metric(reward, batches, offsets):
+    """The mean over images with a counted pixel of each image's reward, masks by brute force."""
+    values = []
+    for z, y in batches:
+        pred = upsample_logits(z, tuple(y.shape[-2:])).add(offsets.view(1, -1, 1, 1)).argmax(1)
+        for cm in confusion_matrix(pred, y, C):
+            if cm.sum() > 0:
+                values.append(float(reward(*class_counts(cm))))
+    return sum(values) / len(values)
+
+
+@pytest.mark.parametrize("lattice", [False, True])
+def test_per_image_scores_match_brute_force_for_every_grid_value(lattice):
+    """One histogram per image: every candidate's per-image confusion matrices, hence any per-image reward."""
+    batches = random_case(lattice, seed=3)
+    batches[0][1][1] = 255  # an image with no counted pixel: it does not enter the mean
+    step, max_offset = (0.25, 2.0) if lattice else (0.1, 3.0)
+    grid = _grid(step, max_offset)
+    others = grid[torch.randint(0, len(grid), (C,), generator=torch.Generator().manual_seed(4))]
+    for c in range(C):
+        per_image = [
+            _candidate_confusions(_switch_histogram(z, y, others, c, grid, 255, per_image=True), c) for z, y in batches
+        ]
+        for k, value in enumerate(grid):
+            offsets = others.clone()
+            offsets[c] = value
+            for (z, y), cms in zip(batches, per_image):
+                pred = upsample_logits(z, tuple(y.shape[-2:])).add(offsets.view(1, -1, 1, 1)).argmax(1)
+                assert torch.equal(cms[:, k], confusion_matrix(pred, y, C)), (c, k)
+
+
+@pytest.mark.filterwarnings("ignore:offsets of classes")
+@pytest.mark.parametrize("name", ["miou_gt", "miou", "dice"])
+def test_per_image_fit_is_a_coordinatewise_optimum_of_the_mean_image_reward(name):
+    reward = get_reward(name)
+    batches = random_case(lattice=True, seed=5)
+    result = fit_offsets(batches, reward, step=0.25, max_offset=2.0, max_sweeps=10, per_image=True, progress=False)
+    assert result.converged and result.per_image
+    assert result.metric_before == pytest.approx(brute_image_metric(reward, batches, torch.zeros(C)), abs=1e-12)
+    assert result.metric_after == pytest.approx(brute_image_metric(reward, batches, result.offsets), abs=1e-12)
+    assert torch.equal(result.confusion_after, brute_confusion(batches, result.offsets))
+    for c in range(C):
+        for value in _grid(0.25, 2.0):
+            moved = result.offsets.clone()
+            moved[c] = value
+            assert brute_image_metric(reward, batches, moved) <= result.metric_after + 1e-12, (c, float(value))
+
+
 def test_perfect_predictions_keep_zero_offsets():
     batches = random_case(lattice=False)
     perfect = [

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from hf_reward import LossSettings, RewardState, reward_loss
+from hf_reward.masks import get_mask_reward
 from hf_reward.rewards import (
     REWARDS,
     class_counts,
@@ -40,13 +41,16 @@ def settings(**kwargs) -> LossSettings:
     return LossSettings(**{**base, **kwargs})
 
 
-def exact_objective(logits, labels, reward=miou, scope="image", running=None):
+def exact_objective(logits, labels, reward=miou, scope="image", running=None, mask_reward=None):
     """E_y[R(y)] by summing over every mask of every image jointly (C ** n_pixels masks)."""
     batch, c, h, w = logits.shape
     log_p = torch.log_softmax(logits, 1).permute(0, 2, 3, 1).reshape(-1, c)  # (B*h*w, C)
     masks = torch.tensor(list(itertools.product(range(c), repeat=log_p.shape[0])))  # (M, B*h*w)
     prob = log_p.gather(1, masks.T).sum(0).exp()  # (M,)
     pred = masks.view(-1, batch, h, w)
+    if mask_reward is not None:
+        r = mask_reward(pred.flatten(0, 1), labels.repeat(len(masks), 1, 1)).view(-1, batch).mean(1)
+        return (prob * r).sum()
     cm = confusion_matrix(pred.flatten(0, 1), labels.repeat(len(masks), 1, 1), c, IGNORE).view(-1, batch, c, c)
     if scope == "image":
         r = reward(*class_counts(cm)).mean(1)  # the mean over images
@@ -78,7 +82,8 @@ def check_unbiased(mean, se, target, slack, min_cosine):
 def image_scope_gradient(loss_settings, draws=40, copies=512):
     torch.manual_seed(0)
     theta = (1.5 * torch.randn(1, C, 2, 3)).requires_grad_()
-    exact = torch.autograd.grad(exact_objective(theta, LABELS, loss_settings.reward), theta)[0]
+    objective = exact_objective(theta, LABELS, loss_settings.reward, mask_reward=loss_settings.mask_reward)
+    exact = torch.autograd.grad(objective, theta)[0]
     # Many copies of the image in one call: the loss averages over the batch, so each call is many draws.
     batch_theta = theta.detach().expand(copies, -1, -1, -1).clone().requires_grad_()
     mean, se = estimate_gradient(batch_theta, LABELS.expand(copies, -1, -1), draws, loss_settings)
@@ -103,6 +108,37 @@ def test_unbiased_image_scope(estimator, baseline, k):
     mean, se, target = image_scope_gradient(settings(estimator=estimator, baseline=baseline, num_samples=k))
     check_unbiased(mean, se, target, 1e-4 * 5, 0.97)
     assert mean[0, :, 1, 1].abs().max() == 0  # the ignored pixel gets no gradient
+
+
+def first_pixel_and_class_one(pred, target):
+    """A reward of whole masks no count matrix holds: the top-left pixel right, plus the share of class 1 among
+    the non-void pixels (void pixels get no gradient, so a reward must not read the prediction there)."""
+    return (pred[:, 0, 0] == target[:, 0, 0]).double() + ((pred == 1) & (target != IGNORE)).double().mean((-2, -1))
+
+
+MASK_REWARD_FNS = {
+    "boundary_f": get_mask_reward("boundary_f", C, tolerance="1px", ignore_index=IGNORE),
+    "boundary_f_0px": get_mask_reward("boundary_f", C, tolerance="0px", ignore_index=IGNORE),
+    "object_f1": get_mask_reward("object_f1", C, thing_ids=[1, 2], ignore_index=IGNORE),
+    "custom": first_pixel_and_class_one,
+}
+
+
+@pytest.mark.parametrize("baseline,k", [("loo", 4), ("greedy", 2), ("none", 2)])
+@pytest.mark.parametrize("name", sorted(MASK_REWARD_FNS))
+def test_score_unbiased_for_rewards_of_whole_masks(name, baseline, k):
+    loss_settings = settings(reward=None, mask_reward=MASK_REWARD_FNS[name], baseline=baseline, num_samples=k)
+    mean, se, target = image_scope_gradient(loss_settings, draws=20, copies=512)
+    check_unbiased(mean, se, target, 1e-4 * 5, 0.95)
+    assert mean[0, :, 1, 1].abs().max() == 0  # the ignored pixel gets no gradient
+
+
+def test_rewards_of_whole_masks_need_the_score_estimator_per_image():
+    reward = MASK_REWARD_FNS["custom"]
+    with pytest.raises(ValueError, match="needs estimator='score' and reward_scope='image'"):
+        settings(reward=None, mask_reward=reward, estimator="local")
+    with pytest.raises(ValueError, match="either reward"):
+        settings(mask_reward=reward)
 
 
 @pytest.mark.parametrize("name", sorted(NAMED))

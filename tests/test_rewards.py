@@ -28,6 +28,8 @@ def naive_reward(name, pred, target, num_classes, ignore_index=IGNORE, beta=1.0,
             w = 1.0 if weights is None else weights[c]
             if name == "miou":
                 rows.append((tp / (gt + pd - tp) if gt + pd - tp else 0.0, gt + pd - tp > 0, w))
+            elif name == "miou_gt":  # only the classes in the target count
+                rows.append((tp / (gt + pd - tp) if gt else 0.0, gt > 0, 1.0))
             elif name in ("dice", "f_beta"):
                 b2 = beta**2 if name == "f_beta" else 1.0
                 rows.append(((1 + b2) * tp / (b2 * gt + pd) if b2 * gt + pd else 0.0, b2 * gt + pd > 0, w))

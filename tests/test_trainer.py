@@ -26,7 +26,7 @@ def make_config(tmp_path, **kwargs):
     return RewardSegConfig(**{**defaults, **kwargs})
 
 
-def train(tmp_path, dataset, model=None, reward_fn=None, **kwargs):
+def train(tmp_path, dataset, model=None, reward_fn=None, mask_reward_fn=None, **kwargs):
     model = model or tiny_segformer()
     trainer = RewardSegTrainer(
         model=model,
@@ -34,6 +34,7 @@ def train(tmp_path, dataset, model=None, reward_fn=None, **kwargs):
         train_dataset=dataset,
         eval_dataset=dataset,
         reward_fn=reward_fn,
+        mask_reward_fn=mask_reward_fn,
     )
     trainer.train()
     return trainer
@@ -62,6 +63,23 @@ REWARD_METRICS = {"reward", "greedy_reward", "entropy"}
         (dict(reward_scope="image", kl_coef=0.1, reward="dice"), {"kl"}),
         (dict(reward_scope="batch", reward="cohen_kappa", lovasz_weight=0.5), {"scope_reward", "lovasz_loss"}),
         (dict(reward="miou", reward_class_weights=[1.0, 2.0, 0.0, 1.0]), {"scope_reward"}),
+        (dict(reward="miou_gt", reward_scope="image"), set()),
+        (
+            dict(
+                reward="boundary_f", estimator="score", reward_scope="image", num_samples=4, sample_resolution="labels"
+            ),
+            {"advantage_std"},
+        ),
+        (
+            dict(
+                reward="object_f1",
+                thing_classes=["class1", "class2"],
+                estimator="score",
+                reward_scope="image",
+                num_samples=4,
+            ),
+            {"advantage_std"},
+        ),
     ],
 )
 def test_training_changes_every_parameter_and_logs_metrics(tmp_path, blobs, knobs, extra):
@@ -86,6 +104,38 @@ def test_every_named_reward_trains_every_parameter(tmp_path, blobs, reward):
     logs = train_logs(train(tmp_path, blobs, model=model, reward=reward, max_steps=2))
     assert all(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
     assert all(math.isfinite(e["scope_reward"]) for e in logs)
+
+
+def test_a_custom_reward_of_whole_masks_trains(tmp_path, blobs):
+    def share_of_class_zero(pred, target):  # any function of the sampled masks, per image
+        return ((pred == 0) & (target != 255)).double().mean((-2, -1))
+
+    model = tiny_segformer()
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = train(
+        tmp_path,
+        blobs,
+        model=model,
+        mask_reward_fn=share_of_class_zero,
+        estimator="score",
+        reward_scope="image",
+        num_samples=2,
+    )
+    assert all(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert all(0 <= e["reward"] <= 1 for e in train_logs(trainer))
+
+
+def test_object_reward_names_unknown_thing_classes(tmp_path, blobs):
+    with pytest.raises(ValueError, match=r"thing_classes \['bus'\] are not classes of the model"):
+        train(
+            tmp_path,
+            blobs,
+            reward="object_f1",
+            thing_classes=["bus"],
+            estimator="score",
+            reward_scope="image",
+            num_samples=2,
+        )
 
 
 @pytest.mark.parametrize("surrogate", ["ce_weight", "lovasz_weight"])
