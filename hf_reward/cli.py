@@ -223,6 +223,17 @@ class DataArguments:
     toy_train_images: int = _arg(4000, "toy_streets: training images.", used_by="train")
     toy_eval_images: int = _arg(64, "toy_streets: evaluation images.", used_by="eval")
     toy_seed: int = _arg(0, "toy_streets: the seed that draws the scenes.")
+    boundary_tolerances: list[str] = _arg(
+        lambda: ["2px", "0.75%"],
+        "Boundary F-scores reported, at these tolerances: '<pixels>px' or '<percent of the image diagonal>%%'.",
+        used_by="eval",
+    )
+    thing_classes: list[str] | None = _arg(
+        None,
+        "Classes scored as objects (connected components): object recall, precision, F1. None: the named "
+        "dataset's own (camvid: car, pedestrian, bicyclist; cityscapes: its classes with instances).",
+        used_by="eval",
+    )
 
     def settings(self, used_by: str) -> dict:
         """The fields that shape the ``"train"`` or ``"eval"`` split.

@@ -110,7 +110,8 @@ class StreamingMeanIoU:
         ignore_index: target value of pixels that do not count.
         reward: a reward of the counts (:mod:`hf_reward.rewards`) to report as ``reward``, e.g. the
             custom or class-weighted one a model was tuned on.
-        per_image: also report ``image_miou``, ``class_miou`` and ``image_miou_worst10``.
+        per_image: also report ``image_miou``, ``class_miou`` and ``image_miou_worst10`` (and, with a
+            ``reward``, ``image_reward``: the mean over images of each image's reward).
         boundary_tolerances: report ``boundary_f_<tolerance>`` for each (``"2px"``, ``"0.75%"``).
         thing_classes: names of the classes scored as objects (``object_recall``, ...).
 
@@ -242,22 +243,24 @@ class StreamingMeanIoU:
 
     def image_scores(self) -> dict[str, float]:
         """``image_miou``, ``class_miou``, ``image_miou_worst10`` over the images with a counted pixel."""
-        if not self.image_confusions:
-            return {"image_miou": float("nan"), "class_miou": float("nan"), "image_miou_worst10": float("nan")}
-        counts = class_counts(torch.cat(self.image_confusions))  # (N, C) each
-        counts = tuple(c[counts[1].sum(1) > 0] for c in counts)
+        counts = class_counts(torch.cat(self.image_confusions or [torch.zeros(0, self.num_classes, self.num_classes)]))
+        counts = tuple(c[counts[1].sum(1) > 0] for c in counts)  # (N, C) each, the images with a counted pixel
         if len(counts[0]) == 0:
-            return {"image_miou": float("nan"), "class_miou": float("nan"), "image_miou_worst10": float("nan")}
+            keys = ("image_miou", "class_miou", "image_miou_worst10") + (("image_reward",) if self.reward else ())
+            return dict.fromkeys(keys, float("nan"))
         per_image = miou_gt(*counts)  # (N,)
         iou, _ = iou_per_class(*counts)
         has = counts[1] > 0  # (N, C): the class is in the image's ground truth
         per_class = (iou * has).sum(0) / has.sum(0).clamp(min=1)
         worst = per_image.sort().values[: max(1, int(0.1 * len(per_image)))]
-        return {
+        scores = {
             "image_miou": float(per_image.mean()),
             "class_miou": float(per_class[has.any(0)].mean()),
             "image_miou_worst10": float(worst.mean()),
         }
+        if self.reward is not None:
+            scores["image_reward"] = float(self.reward(*counts).mean())
+        return scores
 
     def __call__(self, eval_pred, compute_result: bool = False) -> dict[str, float]:
         """Trainer's ``compute_metrics`` with ``batch_eval_metrics=True``: accumulate, and on the

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +37,12 @@ from .config import RewardSegConfig
 from .data import eval_transform, load_camvid, load_cityscapes, load_segmentation_dataset, load_toy_streets
 from .data import train_transform as make_train_transform
 from .data.camvid import DEFAULT_ROOT as CAMVID_PATH
+from .data.camvid import THING_CLASSES as CAMVID_THINGS
 from .data.cityscapes import HUB_REPO as CITYSCAPES_REPO
+from .data.cityscapes import cityscapes_thing_classes
+from .data.toy_streets import THING_CLASSES as TOY_STREETS_THINGS
 from .data.transforms import collate_segmentation
+from .decoders import decode
 from .metrics import StreamingMeanIoU
 from .modeling import build_segformer, eval_mode, load_segformer
 from .rewards import Reward, get_reward
@@ -73,8 +77,29 @@ def _cityscapes(d: DataArguments, split: str, role: str, pipeline: dict):
     return load_cityscapes(split, path=d.data_path or CITYSCAPES_REPO, **pipeline)
 
 
+@dataclass(frozen=True)
+class DatasetAdapter:
+    """A dataset ``--dataset`` names: ``load(data_args, split, role, pipeline) -> (dataset, id2label)``, its things."""
+
+    load: Callable
+    thing_classes: Callable[[], Sequence[str]]
+
+
 # The datasets --dataset names; each adapter brings its classes. Any other value is an image + mask dataset.
-DATASETS: dict[str, Callable] = {"toy_streets": _toy_streets, "camvid": _camvid, "cityscapes": _cityscapes}
+DATASETS: dict[str, DatasetAdapter] = {
+    "toy_streets": DatasetAdapter(_toy_streets, lambda: TOY_STREETS_THINGS),
+    "camvid": DatasetAdapter(_camvid, lambda: CAMVID_THINGS),
+    "cityscapes": DatasetAdapter(_cityscapes, cityscapes_thing_classes),
+}
+
+
+def metric_options(data_args: DataArguments) -> dict:
+    """What :class:`StreamingMeanIoU` reports beyond the dataset level: per-image scores, boundary F at the
+    tolerances, objects of the thing classes (``--thing_classes``, or the named dataset's own)."""
+    things = data_args.thing_classes
+    if things is None:
+        things = DATASETS[data_args.dataset].thing_classes() if data_args.dataset in DATASETS else ()
+    return {"per_image": True, "boundary_tolerances": data_args.boundary_tolerances, "thing_classes": list(things)}
 
 
 def _any_dataset(d: DataArguments, split: str, id2label: dict[int, str] | None, pipeline: dict):
@@ -126,7 +151,7 @@ def load_data(
         if d.dataset in DATASETS:
             if d.dataset != "toy_streets":  # toy_streets' seed draws its scenes; the shuffle follows it
                 pipeline["seed"] = seed
-            loaded[role] = DATASETS[d.dataset](d, split, role, pipeline)
+            loaded[role] = DATASETS[d.dataset].load(d, split, role, pipeline)
         else:
             loaded[role] = _any_dataset(d, split, id2label, {**pipeline, "seed": seed})
     (train, id2label), (val, _) = loaded["train"], loaded["eval"]
@@ -357,16 +382,25 @@ def evaluate(
     batch_size: int = 8,
     ignore_index: int = 255,
     reward: Reward | None = None,
+    metric_options: dict | None = None,
+    decoder: str = "argmax",
     desc: str = "evaluate",
     progress: bool = True,
 ) -> StreamingMeanIoU:
-    """The metrics of ``model`` (in eval mode, on its own device) over ``dataset``, with a progress bar."""
-    metric = StreamingMeanIoU(len(id2label), id2label, ignore_index=ignore_index, reward=reward)
+    """The metrics of ``model`` (in eval mode, on its own device) over ``dataset``, with a progress bar.
+
+    ``metric_options`` go to :class:`StreamingMeanIoU`; ``decoder``: ``"argmax"`` or ``"rankseg"``
+    (:mod:`hf_reward.decoders`; offsets are folded into the model by :func:`calibrate_model`).
+    """
+    if decoder not in ("argmax", "rankseg"):
+        raise UsageError(f"decoder {decoder!r}: evaluate with 'argmax' or 'rankseg' (offsets: scripts/calibrate.py)")
+    metric = StreamingMeanIoU(len(id2label), id2label, ignore_index, reward=reward, **(metric_options or {}))
     device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_segmentation)
     with eval_mode(model):
         for batch in tqdm(loader, unit="batch", desc=desc, disable=not progress):
-            metric.update(model(pixel_values=batch["pixel_values"].to(device)).logits, batch["labels"].to(device))
+            logits, labels = model(pixel_values=batch["pixel_values"].to(device)).logits, batch["labels"].to(device)
+            metric.update_masks(decode(decoder, logits, tuple(labels.shape[-2:]), {}), labels)
     return metric
 
 

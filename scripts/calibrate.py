@@ -30,6 +30,7 @@ from hf_reward.pipeline import (
     image_processor,
     load_data,
     load_model,
+    metric_options,
     model_classes,
     pick_device,
 )
@@ -44,6 +45,13 @@ class CalibrateArguments:
     calibration_split: str = field(default="train", metadata={"help": "Split the offsets are fitted on."})
     max_calibration_images: int | None = field(default=None, metadata={"help": "Fit on its first N images only."})
     reward: str = field(default="miou", metadata={"help": f"Metric to maximise, one of {tuple(REWARDS)}."})
+    per_image: bool = field(
+        default=False,
+        metadata={
+            "help": "Maximise the mean over images of each image's reward (with --reward miou_gt: mIoU^I) instead of "
+            "the reward of the whole split's confusion matrix."
+        },
+    )
     reward_beta: float = field(
         default=1.0, metadata={"help": "reward='f_beta': recall weighs beta^2 times precision."}
     )
@@ -81,7 +89,12 @@ def main(argv: list[str] | None = None):
     device = pick_device(args.device)
     model = load_model(model_args, id2label).to(device)
 
-    scoring = dict(batch_size=args.batch_size, ignore_index=args.ignore_index, reward=reward)
+    scoring = dict(
+        batch_size=args.batch_size,
+        ignore_index=args.ignore_index,
+        reward=reward,
+        metric_options=metric_options(data_args),
+    )
     before = evaluate(model, splits.eval, id2label, desc=f"{data_args.eval_split}, before", **scoring).compute()
     calibration = calibrate_model(
         model,
@@ -91,6 +104,7 @@ def main(argv: list[str] | None = None):
         batch_size=args.batch_size,
         ignore_index=args.ignore_index,
         cache_dir=args.cache_dir,
+        per_image=args.per_image,
         step=args.step,
         max_offset=args.max_offset,
         max_sweeps=args.max_sweeps,
@@ -116,8 +130,9 @@ def main(argv: list[str] | None = None):
     print(
         f"\nValidation IoU (%) on {data_args.eval_split}, before and after:\n\n{per_class_table(columns, id2label)}\n"
     )
+    key, scope = ("image_reward", "mean over images") if args.per_image else ("reward", "split")
     print(
-        f"{args.reward} on {data_args.eval_split}: {100 * before['reward']:.1f} -> {100 * after['reward']:.1f}. "
+        f"{args.reward} ({scope}) on {data_args.eval_split}: {100 * before[key]:.1f} -> {100 * after[key]:.1f}. "
         f"Wrote {out} (model, README.md, calibration.json)."
     )
     if args.push_to_hub:

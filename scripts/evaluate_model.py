@@ -18,7 +18,10 @@ from pathlib import Path
 
 from hf_reward.cli import DataArguments, ModelArguments, UsageError, parse_config, run_script
 from hf_reward.metrics import EXTRA_METRICS
-from hf_reward.pipeline import evaluate, load_data, load_model, model_config, pick_device
+from hf_reward.pipeline import evaluate, load_data, load_model, metric_options, model_config, pick_device
+
+# The metrics beyond the dataset level, by key prefix: per image, boundaries, objects.
+SHAPE_METRICS = ("image_miou", "class_miou", "boundary_f", "object_")
 
 
 @dataclass
@@ -29,6 +32,13 @@ class EvaluateArguments:
     ignore_index: int = field(default=255, metadata={"help": "Label value of void pixels."})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, ... ; auto picks cuda when available."})
     output_json: str | None = field(default=None, metadata={"help": "Also write the metrics to this JSON file."})
+    decoder: str = field(
+        default="argmax",
+        metadata={
+            "help": "'argmax', or 'rankseg': each image decoded for its own expected IoU (the rankseg extra). "
+            "Offsets are folded into the model by scripts/calibrate.py."
+        },
+    )
 
 
 ARGUMENTS = (ModelArguments, DataArguments, EvaluateArguments)
@@ -47,6 +57,7 @@ def format_table(scores: dict, computed: dict, id2label: dict[int, str]) -> str:
         ("pixel accuracy", "overall_accuracy"),
         *((name.replace("_", " "), name) for name in EXTRA_METRICS),
     ]
+    rows += [(key.replace("_", " "), key) for key in computed if key.startswith(SHAPE_METRICS)]
     lines += [f"{label:<{width}}  {computed[key] * 100:7.2f}" for label, key in rows]
     return "\n".join(lines)
 
@@ -70,6 +81,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         splits.id2label,
         batch_size=eval_args.batch_size,
         ignore_index=eval_args.ignore_index,
+        metric_options=metric_options(data_args),
+        decoder=eval_args.decoder,
         desc=f"{data_args.dataset}/{data_args.eval_split}",
     )
     result = metric.compute()

@@ -39,6 +39,7 @@ from hf_reward.pipeline import (
     image_processor,
     load_data,
     load_model,
+    metric_options,
     model_classes,
     pretrain,
     segmentation_trainer,
@@ -139,7 +140,8 @@ def run_control(start_args: ModelArguments, data_args: DataArguments, args: Tune
         resume_from_checkpoint=None,
     )
     train = load_data(data_args, seed=args.seed, ignore_index=args.ignore_index, id2label=id2label).train
-    control = segmentation_trainer(load_model(start_args, id2label), control_args, train, val, id2label)
+    model = load_model(start_args, id2label)
+    control = segmentation_trainer(model, control_args, train, val, id2label, metric_options(data_args))
     control.train()
     return control
 
@@ -154,7 +156,13 @@ def main(argv: list[str] | None = None):
     model = load_model(start_args, id2label)
     models = {START: copy.deepcopy(model), TUNED: model}
     trainer = segmentation_trainer(
-        model, args, splits.train, splits.eval, id2label, processing_class=image_processor(data_args)
+        model,
+        args,
+        splits.train,
+        splits.eval,
+        id2label,
+        metric_options(data_args),
+        processing_class=image_processor(data_args),
     )
     reward = args.count_reward() or "miou"  # calibration fits a reward of the counts
     shown = []
@@ -178,7 +186,9 @@ def main(argv: list[str] | None = None):
         eval_args = dataclasses.replace(args, push_to_hub=False)
         for name, calibrated in models.items():
             scores[name].calibration = calibrate(calibrated, data_args, tune_args, args, id2label, reward)
-            evaluator = segmentation_trainer(calibrated, eval_args, None, splits.eval, id2label)
+            evaluator = segmentation_trainer(
+                calibrated, eval_args, None, splits.eval, id2label, metric_options(data_args)
+            )
             scores[name].calibrated = unprefixed(evaluator.evaluate())
         calibrated_masks = _masks(models, shown)
 

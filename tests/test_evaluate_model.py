@@ -33,6 +33,18 @@ def test_yaml_config_with_flag_overrides_prints_a_per_class_table(model_dir, tmp
     assert "mean IoU" in table and f"{metrics['mean_iou'] * 100:7.2f}" in table
     assert json.loads(out_json.read_text())["mean_iou"] == pytest.approx(metrics["mean_iou"], nan_ok=True)
     assert set(metrics) >= {"mean_iou", "mean_accuracy", "overall_accuracy", "iou_pole", *EXTRA_METRICS}
+    # beyond the dataset level: per image, boundaries at both default tolerances, toy streets' things
+    shapes = {"image_miou", "class_miou", "image_miou_worst10", "boundary_f_2px", "boundary_f_0.75%", "object_f1"}
+    assert shapes <= set(metrics) and all(f"{name.replace('_', ' ')} " in table for name in shapes)
+
+
+def test_rankseg_decodes_the_model_for_its_own_expected_iou(model_dir, capsys):
+    common = ["--model_name_or_path", model_dir, "--toy_eval_images", "3", "--toy_size", "32"]
+    argmax = EVALUATE.main(common)
+    rankseg = EVALUATE.main([*common, "--decoder", "rankseg"])
+    assert set(rankseg) == set(argmax) and all(0 <= rankseg[k] <= 1 for k in ("mean_iou", "image_miou"))
+    with pytest.raises(UsageError, match="decoder 'offsets'"):
+        EVALUATE.main([*common, "--decoder", "offsets"])
 
 
 def test_a_model_for_other_classes_is_refused(tmp_path):

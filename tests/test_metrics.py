@@ -88,6 +88,14 @@ def test_evaluate_module_loads_offline_and_gives_the_same_numbers():
     for key in ("mean_iou", "mean_accuracy", "overall_accuracy"):
         assert got[key] == pytest.approx(want[key])
     np.testing.assert_allclose(got["per_category_iou"], want["per_category_iou"], equal_nan=True)
+    shapes = module.compute(
+        predictions=list(pred), references=list(ref), num_labels=6, boundary_tolerances=["1px"], thing_labels=[2]
+    )
+    streamed = StreamingMeanIoU(6, per_image=True, boundary_tolerances=["1px"], thing_classes=["2"])
+    for p, r in zip(pred, ref):
+        streamed.update_masks(torch.as_tensor(p)[None], torch.as_tensor(r)[None])
+    for key in ("image_miou", "class_miou", "image_miou_worst10", "boundary_f_1px", "object_f1"):
+        assert shapes[key] == pytest.approx(streamed.compute()[key]), key
 
 
 def test_agrees_with_official_cityscapes_evaluation():

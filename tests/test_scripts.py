@@ -307,3 +307,13 @@ def test_calibrate_script_folds_offsets_into_a_plain_segformer_and_evaluate_repr
 def test_calibrate_script_refuses_a_push_without_a_repo(toy_start):
     with pytest.raises(UsageError, match="--hub_model_id"):
         load_script("calibrate").main(["--model_name_or_path", str(toy_start), "--push_to_hub", "true"])
+
+
+def test_calibrate_script_fits_per_image_offsets(tmp_path, toy_start, capsys):
+    out = tmp_path / "calibrated"
+    data = ["--toy_size", "32", "--toy_train_images", "16", "--toy_eval_images", "8"]
+    argv = ["--model_name_or_path", str(toy_start), "--output_dir", str(out), "--reward", "miou_gt", "--per_image"]
+    model, columns = load_script("calibrate").main([*argv, "true", *data])
+    assert model.config.calibration["scope"] == "image" and model.config.calibration["reward"] == "miou_gt"
+    assert "miou_gt (mean over images) on validation" in capsys.readouterr().out
+    assert {"image_miou", "image_reward", "boundary_f_2px"} <= set(columns["calibrated"])

@@ -20,6 +20,8 @@ import datasets
 from .loading import SegmentationDataset, load_segmentation_dataset
 
 DEFAULT_ROOT = "../shared/datasets/camvid"  # where the project machines hold CamVid, from the repository root
+# The classes whose connected components are objects (hf_reward.masks): Cityscapes' things among CamVid's classes.
+THING_CLASSES = ("car", "pedestrian", "bicyclist")
 
 
 def camvid_id2label(root: str | Path) -> tuple[dict[int, str], int]:

@@ -55,6 +55,16 @@ def cityscapes_id2label() -> dict[int, str]:
     return {label.trainId: label.name for label in labels if not label.ignoreInEval}
 
 
+def cityscapes_thing_classes() -> tuple[str, ...]:
+    """The evaluated classes that have instances (the official table's ``hasInstances``).
+
+    >>> cityscapes_thing_classes()
+    ('person', 'rider', 'car', 'truck', 'bus', 'train', 'motorcycle', 'bicycle')
+    """
+    labels = sorted(_official_labels(), key=lambda label: label.trainId)
+    return tuple(label.name for label in labels if label.hasInstances and not label.ignoreInEval)
+
+
 def load_cityscapes(
     split: str = "train",
     *,
