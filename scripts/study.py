@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +43,9 @@ class StudyArguments:
 
 
 def main(argv: list[str] | None = None):
-    argv = list(argv) if argv is not None else None
-    if argv is None or "--config" not in argv:
-        argv = ["--config", DEFAULT_CONFIG] + (argv or [])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--config" not in argv:
+        argv = ["--config", DEFAULT_CONFIG, *argv]
     try:
         cfg, cli = parse_config([StudyConfig, StudyArguments], argv, description=__doc__.split("\n\n")[0])
     except ValueError as err:
