@@ -31,7 +31,7 @@ import dataclasses
 import os
 import sys
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_type_hints
@@ -72,23 +72,53 @@ class _OneLineErrors(argparse.ArgumentParser):
         raise UsageError(f"{message} (see --help)")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option once (``--max_steps``, not also ``--max-steps MAX_STEPS``), its help and default beside it."""
+
+    def _format_action_invocation(self, action):
+        return action.option_strings[0] if action.option_strings else super()._format_action_invocation(action)
+
+
+_TRAINING_ARGUMENTS_DOCS = (
+    "https://huggingface.co/docs/transformers/main_classes/trainer#transformers.TrainingArguments"
+)
+
+
 class _Parser(HfArgumentParser, _OneLineErrors):
-    """HfArgumentParser with the project's own options first in ``--help`` and one-line errors."""
+    """HfArgumentParser with one-line errors and a short ``--help``: the project's options, the ``TrainingArguments``
+    the project sets defaults for, and a pointer to the others (accepted, not listed); ``exclude``d fields are
+    not options at all."""
+
+    def __init__(self, dataclass_types, exclude: Collection[str] = (), **kwargs):
+        self.exclude = set(exclude)
+        super().__init__(dataclass_types, **kwargs)
 
     def _add_dataclass_arguments(self, dtype):
         hints = get_type_hints(dtype)
-        inherited = (
-            {f.name for f in dataclasses.fields(TrainingArguments)} if issubclass(dtype, TrainingArguments) else set()
-        )
-        own = self.add_argument_group(f"{dtype.__name__} ({(dtype.__doc__ or '').strip().splitlines()[0]})")
-        rest = self.add_argument_group("transformers.TrainingArguments") if inherited else None
+        inherited = set()
+        if issubclass(dtype, TrainingArguments):
+            # Fields a subclass declares again carry the project's defaults: those are listed.
+            redeclared = {
+                name
+                for cls in dtype.__mro__
+                if cls is not TrainingArguments
+                for name in vars(cls).get("__annotations__", {})
+            }
+            inherited = {f.name for f in dataclasses.fields(TrainingArguments)} - redeclared
+        title = f"{dtype.__name__} ({(dtype.__doc__ or '').strip().splitlines()[0]})"
+        if inherited:
+            title += f"; every other transformers.TrainingArguments field is an option too: {_TRAINING_ARGUMENTS_DOCS}"
+        own = self.add_argument_group(title)
         for f in dataclasses.fields(dtype):
-            if f.init:
+            if f.init and f.name not in self.exclude:
                 f = copy.copy(f)
                 f.type = hints[f.name]
                 # argparse takes the metadata as keyword arguments: only its own.
-                f.metadata = types.MappingProxyType({k: v for k, v in f.metadata.items() if k != "used_by"})
-                self._parse_dataclass_field(rest if f.name in inherited else own, f)
+                metadata = {k: v for k, v in f.metadata.items() if k != "used_by"}
+                if f.name in inherited:
+                    metadata["help"] = argparse.SUPPRESS
+                f.metadata = types.MappingProxyType(metadata)
+                self._parse_dataclass_field(own, f)
 
 
 def parse_config(
@@ -96,13 +126,17 @@ def parse_config(
     argv: Sequence[str] | None = None,
     defaults: dict | None = None,
     description: str | None = None,
+    exclude: Collection[str] = (),
 ) -> tuple:
     """Instances of ``dataclass_types`` from ``defaults``, then ``--config <yaml>``, then flags (``argv``).
 
-    ``--threads`` is accepted here and applied by :func:`run_script`.
+    ``exclude``: fields that do not apply to the script (neither options nor config keys; they keep
+    their defaults). ``--threads`` is accepted here and applied by :func:`run_script`.
     """
     parser = _Parser(
         dataclass_types,
+        exclude=exclude,
+        formatter_class=_HelpFormatter,
         allow_abbrev=False,
         usage="%(prog)s [--config FILE.yaml] [--option value ...]",
         description=description,
@@ -115,7 +149,7 @@ def parse_config(
         help="torch CPU threads (default: one fewer than the cores, at least 1: fast beside another busy process).",
     )
     known, _ = _pre_parser().parse_known_args(argv)
-    fields = {f.name for t in dataclass_types for f in dataclasses.fields(t) if f.init}
+    fields = {f.name for t in dataclass_types for f in dataclasses.fields(t) if f.init} - set(exclude)
     values = dict(defaults or {})
     if known.config:
         path = Path(known.config)
@@ -180,6 +214,8 @@ class ModelArguments:
     depths: list[int] = _arg(lambda: [1, 1, 1, 1], "Built model: blocks per stage.")
     decoder_hidden_size: int = _arg(64, "Built model: width of the all-MLP decoder.")
 
+    BUILT_MODEL_FIELDS = ("hidden_sizes", "depths", "decoder_hidden_size")  # no option where a model is loaded
+
     def sizes(self) -> dict:
         """The built model's sizes, as :func:`hf_reward.modeling.build_segformer` takes them."""
         return {
@@ -234,6 +270,11 @@ class DataArguments:
         "dataset's own (camvid: car, pedestrian, bicyclist; cityscapes: its classes with instances).",
         used_by="eval",
     )
+
+    @classmethod
+    def training_only(cls) -> tuple[str, ...]:
+        """The fields that shape only the training split: no option in a script that does not train."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata["used_by"] == "train")
 
     def settings(self, used_by: str) -> dict:
         """The fields that shape the ``"train"`` or ``"eval"`` split.

@@ -57,7 +57,7 @@ class RewardSegConfig(TrainingArguments):
             "the sampling resolution (sample_resolution='labels' scores at the labels' size, as evaluation does)."
         },
     )
-    thing_classes: list[str] | None = field(
+    reward_thing_classes: list[str] | None = field(
         default=None,
         metadata={"help": "reward='object_f1': the names of the classes whose connected components are objects."},
     )
@@ -197,15 +197,15 @@ class RewardSegConfig(TrainingArguments):
 
     def _mask_reward(self, id2label: dict[int, str] | None) -> MaskReward:
         if id2label is None:  # validation in __post_init__: the classes come with the trainer's model
-            id2label = {i: name for i, name in enumerate(self.thing_classes or ["thing"])}
+            id2label = {i: name for i, name in enumerate(self.reward_thing_classes or ["thing"])}
         ids = {str(name): i for i, name in id2label.items()}
-        unknown = [name for name in self.thing_classes or [] if name not in ids]
+        unknown = [name for name in self.reward_thing_classes or [] if name not in ids]
         if unknown:
-            raise ValueError(f"thing_classes {unknown} are not classes of the model ({list(ids)})")
+            raise ValueError(f"reward_thing_classes {unknown} are not classes of the model ({list(ids)})")
         return get_mask_reward(
             self.reward,
             len(id2label),
             tolerance=self.boundary_tolerance,
-            thing_ids=[ids[name] for name in self.thing_classes or []],
+            thing_ids=[ids[name] for name in self.reward_thing_classes or []],
             ignore_index=self.ignore_index,
         )

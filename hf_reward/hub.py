@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -152,14 +153,28 @@ def _calibration_section(calibration: Mapping) -> str:
     )
 
 
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` reads as a Hub repo id (``owner/name``) rather than a local path or a description.
+
+    >>> is_hub_id("nvidia/mit-b0"), is_hub_id("toy_streets"), is_hub_id("../shared/datasets/camvid")
+    (True, False, False)
+    """
+    return bool(_HUB_ID.fullmatch(name)) and not Path(name).exists()
+
+
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
 def _metadata(base_model: str, dataset: str, tags: list[str]) -> str:
+    """The card's YAML header: only Hub ids go in ``base_model`` and ``datasets``, which the Hub links."""
     metadata = {
         "library_name": "transformers",
         "pipeline_tag": "image-segmentation",
         "tags": ["segformer", "semantic-segmentation", *tags, "hf-reward"],
-        "datasets": [dataset],
     }
-    if "/" in base_model and not Path(base_model).exists():  # a Hub repo id, not a local path or description
+    if is_hub_id(dataset):
+        metadata["datasets"] = [dataset]
+    if is_hub_id(base_model):
         metadata["base_model"] = base_model
     return "---\n" + yaml.safe_dump(metadata, sort_keys=False) + "---\n\n"
 

@@ -205,6 +205,6 @@ def get_mask_reward(
         return functools.partial(boundary_f, num_classes=num_classes, tolerance=tolerance, ignore_index=ignore_index)
     if name == "object_f1":
         if not thing_ids:
-            raise ValueError("reward 'object_f1' needs thing classes (RewardSegConfig.thing_classes)")
+            raise ValueError("reward 'object_f1' needs thing classes (RewardSegConfig.reward_thing_classes)")
         return functools.partial(_object_f1_of_masks, thing_ids=list(thing_ids), ignore_index=ignore_index)
     raise ValueError(f"a reward of whole masks is one of {MASK_REWARDS}, got {name!r}")

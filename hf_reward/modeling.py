@@ -18,7 +18,9 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 
 import torch
 from transformers import SegformerConfig, SegformerForSemanticSegmentation
@@ -152,3 +154,16 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+def share_files(directory: str | Path) -> None:
+    """Give the files in ``directory`` the permissions new files get here (the umask's; 0644 usually).
+
+    transformers writes ``model.safetensors`` through a private temporary file, so it lands as 0600:
+    unreadable to the other users of a shared machine or a shared results directory.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in Path(directory).iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~mask)

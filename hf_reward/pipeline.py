@@ -330,8 +330,16 @@ _NOT_RESULT_FIELDS = {
 
 
 def training_settings(args: TrainingArguments) -> dict:
-    """The fields of ``args`` that decide what a run trains (JSON types), for a cache key."""
-    return {k: v for k, v in json.loads(args.to_json_string()).items() if k not in _NOT_RESULT_FIELDS}
+    """The fields of ``args`` that decide what a run trains and differ from their class's defaults (JSON types).
+
+    A cache key: a field added to the class later, at its default, leaves every key as it was.
+    """
+    defaults = json.loads(type(args)(output_dir=args.output_dir).to_json_string())
+    return {
+        k: v
+        for k, v in json.loads(args.to_json_string()).items()
+        if k not in _NOT_RESULT_FIELDS and (k not in defaults or defaults[k] != v)
+    }
 
 
 def settings_hash(settings) -> str:

@@ -44,7 +44,7 @@ from .config import RewardSegConfig
 from .loss import RewardLossOutput, RewardState, pixel_cross_entropy, reward_loss
 from .lovasz import lovasz_softmax
 from .masks import MaskReward
-from .modeling import load_checkpoint_weights
+from .modeling import load_checkpoint_weights, share_files
 from .rewards import Reward, check_reward, unknown_labels, unknown_labels_error
 
 
@@ -241,6 +241,10 @@ class RewardSegTrainer(Trainer):
         if set_epoch is not None:
             set_epoch(epoch)
         return super()._run_epoch(epoch=epoch, train_dataloader=train_dataloader, **kwargs)
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        share_files(output_dir or self.args.output_dir)  # the model file is written 0600
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         # Trainer's raw load misses SegFormer's legacy key names (see load_checkpoint_weights).

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from hf_reward.cli import DataArguments, ModelArguments, UsageError, parse_config, run_script
 from hf_reward.hub import calibration_card, per_class_table
+from hf_reward.modeling import share_files
 from hf_reward.pipeline import (
     calibrate_model,
     evaluate,
@@ -72,10 +73,13 @@ class CalibrateArguments:
 
 
 ARGUMENTS = (ModelArguments, DataArguments, CalibrateArguments)
+# Options that do not apply here: a built model's sizes, the training split's augmentation (the offsets are fitted
+# on --calibration_split as evaluation sees it).
+EXCLUDED = (*ModelArguments.BUILT_MODEL_FIELDS, "train_split", "crop_size", "scale_range", "shuffle_buffer")
 
 
 def main(argv: list[str] | None = None):
-    model_args, data_args, args = parse_config(ARGUMENTS, argv, description=__doc__.split("\n\n")[0])
+    model_args, data_args, args = parse_config(ARGUMENTS, argv, description=__doc__.split("\n\n")[0], exclude=EXCLUDED)
     if not model_args.model_name_or_path:
         raise UsageError("--model_name_or_path is required: a local directory or a Hub repo id")
     if args.push_to_hub and not args.hub_model_id:
@@ -115,6 +119,7 @@ def main(argv: list[str] | None = None):
     out = Path(args.output_dir)
     model.save_pretrained(out)
     image_processor(data_args).save_pretrained(out)
+    share_files(out)
     columns = {"uncalibrated": before, "calibrated": after}
     card = calibration_card(
         base_model=model_args.model_name_or_path,

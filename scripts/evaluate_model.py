@@ -42,6 +42,8 @@ class EvaluateArguments:
 
 
 ARGUMENTS = (ModelArguments, DataArguments, EvaluateArguments)
+# Options that do not apply here: the sizes of a built model, the shaping of a training split.
+EXCLUDED = (*ModelArguments.BUILT_MODEL_FIELDS, *DataArguments.training_only())
 
 
 def format_table(scores: dict, computed: dict, id2label: dict[int, str]) -> str:
@@ -64,14 +66,16 @@ def format_table(scores: dict, computed: dict, id2label: dict[int, str]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     description = __doc__.split("\n\n")[0]
-    model_args, data_args, eval_args = parse_config(ARGUMENTS, argv, description=description)
+    model_args, data_args, eval_args = parse_config(ARGUMENTS, argv, description=description, exclude=EXCLUDED)
     if not model_args.model_name_or_path:
         raise UsageError("--model_name_or_path is required: a local directory or a Hub repo id")
     config = model_config(model_args)
     classes = {int(k): v for k, v in config.id2label.items()}
     record = getattr(config, "hf_reward_evaluation", None)
     if record:  # the tuning run's evaluation settings, under whatever --config and flags say
-        model_args, data_args, eval_args = parse_config(ARGUMENTS, argv, defaults=record, description=description)
+        model_args, data_args, eval_args = parse_config(
+            ARGUMENTS, argv, defaults=record, description=description, exclude=EXCLUDED
+        )
     splits = load_data(data_args, ignore_index=eval_args.ignore_index, id2label=classes)
     device = pick_device(eval_args.device)
     model = load_model(model_args, splits.id2label).to(device)

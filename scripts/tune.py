@@ -21,6 +21,7 @@ the model, ``results.md`` (with per-class IoU), ``results.json``, the model card
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -143,6 +144,8 @@ def run_control(start_args: ModelArguments, data_args: DataArguments, args: Tune
     model = load_model(start_args, id2label)
     control = segmentation_trainer(model, control_args, train, val, id2label, metric_options(data_args))
     control.train()
+    with contextlib.suppress(OSError):  # Trainer made the directory; nothing of the control is saved in it
+        Path(control_args.output_dir).rmdir()
     return control
 
 
@@ -234,6 +237,13 @@ def _masks(models: dict, shown: list) -> dict:
 def write_outputs(out: Path, scores: dict[str, ModelScores], histories, steps: int, id2label, card: str) -> list:
     """The summary on stdout; ``results.md``, ``results.json`` and the card in ``out``; what was written."""
     summary, per_class = summary_table(scores, steps), per_class_table(score_columns(scores), id2label)
+    unconverged = [(n, s.calibration) for n, s in scores.items() if s.calibration and not s.calibration.converged]
+    summary += "".join(
+        f"\n\nThe calibration of {name} stopped after {len(c.history)} sweeps while its offsets still moved "
+        f"({100 * ([c.metric_before] + c.history)[-2]:.2f} -> {100 * c.history[-1]:.2f} on the calibration images "
+        "in the last sweep)."
+        for name, c in unconverged
+    )
     print(f"\nValidation mIoU (%), from the same start and on the same data:\n\n{summary}\n")
     (out / "results.md").write_text(f"{summary}\n\nPer-class validation IoU (%):\n\n{per_class}\n")
     (out / "results.json").write_text(
@@ -250,16 +260,18 @@ def write_outputs(out: Path, scores: dict[str, ModelScores], histories, steps: i
 
 
 def _plot(out: Path, shown, scores, histories, raw_masks, calibrated_masks, id2label, args) -> list:
-    from hf_reward.plots import plot_overlays, plot_training
+    from hf_reward.plots import CALIBRATION_CAPTION, plot_overlays, plot_training
 
-    levels = {name: s.calibrated["mean_iou"] for name, s in scores.items() if s.calibrated is not None}
-    plot_training(histories, out / "training.png", start=scores[START].raw["mean_iou"], calibrated=levels)
+    raw = {name: s.raw["mean_iou"] for name, s in scores.items()}
+    calibrated = {name: s.calibrated["mean_iou"] for name, s in scores.items() if s.calibrated is not None}
+    plot_training(histories, out / "training.png", start=raw[START], raw=raw, calibrated=calibrated)
     predictions = {}
-    for name in (START, TUNED):
+    for name in raw_masks:
         predictions[name] = raw_masks[name]
         if name in calibrated_masks:
             predictions[f"{name}, calibrated"] = calibrated_masks[name]
-    plot_overlays(shown, predictions, id2label, out / "overlays.png", ignore_index=args.ignore_index)
+    caption = CALIBRATION_CAPTION if calibrated_masks else None
+    plot_overlays(shown, predictions, id2label, out / "overlays.png", ignore_index=args.ignore_index, caption=caption)
     return [("curves", out / "training.png"), ("predictions", out / "overlays.png")]
 
 

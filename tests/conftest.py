@@ -18,9 +18,10 @@ from transformers import SegformerConfig, SegformerForSemanticSegmentation  # no
 
 from hf_reward.cli import default_threads  # noqa: E402
 
-# The scripts' thread count (one fewer than the cores): the suite stays fast beside other work, and a script run
-# in a subprocess computes what the same run computes in this process.
-torch.set_num_threads(default_threads())
+# The scripts' thread count (one fewer than the cores; scripts/bench_threads.py): the suite stays fast beside other
+# work, and a script run in a subprocess computes what the same run computes in this process. OMP_NUM_THREADS
+# sets another count.
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 0)) or default_threads())
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / "shared" / "datasets" / "camvid"

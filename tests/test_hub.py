@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import huggingface_hub
 import pytest
 import transformers.trainer
+import yaml
 from conftest import TINY, drop, load_script
 
 from hf_reward import RewardSegConfig
@@ -149,6 +150,22 @@ def test_model_card_records_settings_results_and_calibration():
         "(40.0 -> 45.0 there)",
     ):
         assert row in card, row
+
+
+def test_card_metadata_names_only_hub_ids():
+    """A local path or a description is no Hub id: the Hub would show a broken link for it."""
+    args = RewardSegConfig(output_dir="x")
+    scores = {"start": ModelScores({"mean_iou": 0.5})}
+    card = model_card(
+        base_model="a SegFormer built from config, pretrained by cross-entropy here (outputs/default/pretrained)",
+        dataset="toy_streets",
+        args=args,
+        scores=scores,
+        id2label={0: "road"},
+    )
+    front = yaml.safe_load(card.split("---")[1])
+    assert "base_model" not in front and "datasets" not in front and front["pipeline_tag"] == "image-segmentation"
+    assert "toy_streets" in card  # the text still names them
 
 
 def test_per_class_rows_follow_the_label_order():

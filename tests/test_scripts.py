@@ -129,7 +129,9 @@ def test_user_errors_print_one_line_and_exit_2(tmp_path, argv, message):
 @pytest.mark.slow
 def test_tune_runs_the_whole_job_against_its_control_and_reuses_the_pretrained_model(tmp_path, capsys):
     out = tmp_path / "run"
+    # the threads of this process: the rerun in this process below must compute the same numbers
     command = [sys.executable, str(ROOT / "scripts/tune.py"), "--output_dir", str(out), *TINY]
+    command += ["--threads", str(torch.get_num_threads())]
     first = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "Cross-entropy pretraining for 2 steps" in first.stdout

@@ -73,7 +73,7 @@ REWARD_METRICS = {"reward", "greedy_reward", "entropy"}
         (
             dict(
                 reward="object_f1",
-                thing_classes=["class1", "class2"],
+                reward_thing_classes=["class1", "class2"],
                 estimator="score",
                 reward_scope="image",
                 num_samples=4,
@@ -126,12 +126,12 @@ def test_a_custom_reward_of_whole_masks_trains(tmp_path, blobs):
 
 
 def test_object_reward_names_unknown_thing_classes(tmp_path, blobs):
-    with pytest.raises(ValueError, match=r"thing_classes \['bus'\] are not classes of the model"):
+    with pytest.raises(ValueError, match=r"reward_thing_classes \['bus'\] are not classes of the model"):
         train(
             tmp_path,
             blobs,
             reward="object_f1",
-            thing_classes=["bus"],
+            reward_thing_classes=["bus"],
             estimator="score",
             reward_scope="image",
             num_samples=2,
