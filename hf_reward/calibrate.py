@@ -344,6 +344,13 @@ def fit_offsets(
                 bar.update()
             cms = _candidate_confusions(hist, c)
             scores = total / max(images, 1) if per_image else reward(*class_counts(cms))  # (K,)
+            if not scores.isfinite().all():
+                bad = grid[~scores.isfinite()][:3].tolist()
+                raise ValueError(
+                    f"the reward {name!r} is not finite for class {c}'s offset at {bad}...: its counts there are "
+                    "a valid confusion matrix, so the reward must score it (select with torch.where where a "
+                    "denominator can be 0)"
+                )
             if confusion_before is None:
                 confusion_before, metric_before = cms[current[c]], float(scores[current[c]])
             best = scores.max()

@@ -41,6 +41,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.utils import logging as transformers_logging
 
+from .data import DataError
 from .data.camvid import DEFAULT_ROOT as CAMVID_PATH
 from .data.cityscapes import HUB_REPO as CITYSCAPES_REPO
 
@@ -163,6 +164,10 @@ def parse_config(
             )
         values.update(from_file)
     parser.set_defaults(**{k: v for k, v in values.items() if k in fields})
+    # Excluded fields are no options, but the parser hands every field of a dataclass to its constructor.
+    parser.set_defaults(
+        **{f.name: _field_default(f) for t in dataclass_types for f in dataclasses.fields(t) if f.name in exclude}
+    )
     try:
         *parsed, _, unknown = parser.parse_args_into_dataclasses(
             argv, look_for_args_file=False, return_remaining_strings=True
@@ -174,6 +179,10 @@ def parse_config(
     return tuple(parsed)
 
 
+def _field_default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def _pre_parser() -> argparse.ArgumentParser:
     """The options read before the dataclasses: the config file and the threads."""
     pre = _OneLineErrors(add_help=False, allow_abbrev=False)
@@ -183,14 +192,15 @@ def _pre_parser() -> argparse.ArgumentParser:
 
 
 def run_script(main: Callable[[], object]) -> None:
-    """Run a script's ``main`` with its CPU threads set: a :class:`UsageError` prints one line and exits with 2."""
+    """Run a script's ``main`` with its CPU threads set: a :class:`UsageError`, or a
+    :class:`~hf_reward.data.DataError` naming a bad sample, prints one line and exits with status 2."""
     try:
         threads = _pre_parser().parse_known_args()[0].threads
         if threads is not None and threads < 1:
             raise UsageError(f"--threads {threads}: give at least 1")
         torch.set_num_threads(threads or default_threads())
         main()
-    except UsageError as err:
+    except (UsageError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 
@@ -239,6 +249,11 @@ class DataArguments:
         f"camvid: its directory (default {CAMVID_PATH}). cityscapes: a Hub repo id (default {CITYSCAPES_REPO}) "
         "or a directory of <split>-*.parquet files. Other datasets: a glob of their files, '{split}' standing "
         "for the split name (e.g. 'data/{split}-*.parquet').",
+    )
+    class_names: list[str] | None = _arg(
+        None,
+        "Other datasets: the class names, in the order of the mask values 0, 1, ... (without it, the classes of "
+        "--model_name_or_path's id2label).",
     )
     image_column: str = _arg("image", "Other datasets: the image column.")
     label_column: str = _arg("label", "Other datasets: the mask column (class indices).")

@@ -120,6 +120,14 @@ class RewardSegConfig(TrainingArguments):
         },
     )
     ignore_index: int = field(default=255, metadata={"help": "Label value of void pixels, excluded everywhere."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Scripts: start afresh in an output_dir that holds another run (its checkpoints are removed "
+            "first). Without it, a run of the same settings resumes from its latest checkpoint and a run of other "
+            "settings is refused."
+        },
+    )
 
     learning_rate: float = field(default=3e-5, metadata={"help": "AdamW learning rate."})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "Learning-rate schedule."})
@@ -131,6 +139,10 @@ class RewardSegConfig(TrainingArguments):
     report_to: None | str | list[str] = field(default="none", metadata={"help": "Integrations to report to."})
 
     def __post_init__(self):
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be > 0 (or -1 to train num_train_epochs), got {self.max_steps}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
+            raise ValueError(f"learning_rate must be finite and >= 0, got {self.learning_rate}")
         super().__post_init__()
         if not torch.cuda.is_available():
             self.dataloader_pin_memory = False

@@ -21,12 +21,15 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
 import torch
 from tqdm.auto import tqdm
 from transformers import TrainingArguments
@@ -53,8 +56,8 @@ from .trainer import RewardSegTrainer
 class Splits:
     """A dataset's training and evaluation splits, and its classes."""
 
-    train: torch.utils.data.Dataset | torch.utils.data.IterableDataset
-    eval: torch.utils.data.Dataset | torch.utils.data.IterableDataset
+    train: torch.utils.data.Dataset | torch.utils.data.IterableDataset | None
+    eval: torch.utils.data.Dataset | torch.utils.data.IterableDataset | None
     id2label: dict[int, str]
 
 
@@ -103,17 +106,47 @@ def metric_options(data_args: DataArguments) -> dict:
 
 
 def _any_dataset(d: DataArguments, split: str, id2label: dict[int, str] | None, pipeline: dict):
+    if d.class_names:
+        id2label = dict(enumerate(d.class_names))
     if id2label is None:
-        raise UsageError(f"dataset {d.dataset!r} brings no class names: start from a model whose id2label names them")
-    ds = load_segmentation_dataset(
-        d.dataset,
-        split,
-        data_files=d.data_path.format(split=split) if d.data_path else None,
-        image_column=d.image_column,
-        label_column=d.label_column,
-        num_classes=len(id2label),
-        **pipeline,
-    )
+        raise UsageError(
+            f"dataset {d.dataset!r} brings no class names: give them in the order of the mask values with "
+            "--class_names (e.g. --class_names background person), or start from a model (--model_name_or_path) "
+            "whose id2label names them"
+        )
+    files = d.data_path.format(split=split) if d.data_path else None
+    if files is not None and not glob.glob(files):
+        raise UsageError(
+            f"--data_path {d.data_path!r}: no file matches {files!r} for split {split!r} (here: {Path.cwd()})"
+        )
+    local = d.dataset not in ("parquet", "imagefolder", "csv", "json", "arrow") and _looks_local(d.dataset)
+    if local and not Path(d.dataset).is_dir():
+        raise UsageError(f"--dataset {d.dataset!r}: no such directory here ({Path.cwd()})")
+    try:
+        ds = load_segmentation_dataset(
+            d.dataset,
+            split,
+            data_files=files,
+            image_column=d.image_column,
+            label_column=d.label_column,
+            num_classes=len(id2label),
+            **pipeline,
+        )
+    except ConnectionError as err:  # not a directory here, so a Hub dataset, and the Hub is out of reach
+        raise UsageError(
+            f"--dataset {d.dataset!r}: no such directory here ({Path.cwd()}), and as a Hub dataset it could not be "
+            f"loaded ({err})"
+        ) from err
+    except (
+        FileNotFoundError,
+        datasets.exceptions.DataFilesNotFoundError,
+        datasets.data_files.EmptyDatasetError,
+    ) as err:
+        raise UsageError(f"--dataset {d.dataset!r}, split {split!r}: {str(err).splitlines()[0]}") from err
+    except ValueError as err:
+        if "split" not in str(err).lower() and "data file" not in str(err).lower():
+            raise
+        raise UsageError(f"--dataset {d.dataset!r}, split {split!r}: {str(err).splitlines()[0]}") from err
     return ds, id2label
 
 
@@ -124,13 +157,16 @@ def load_data(
     ignore_index: int = 255,
     id2label: dict[int, str] | None = None,
     augment: bool = True,
+    roles: tuple[str, ...] = ("train", "eval"),
 ) -> Splits:
     """A shuffled, augmented training stream and a deterministic evaluation stream, and the classes.
 
     ``id2label``: the classes of a dataset that is not one of :data:`DATASETS` (its masks hold
-    class indices); those bring their own. ``augment=False`` streams the training split like the
-    evaluation one (full size, no shuffle), for calibration. Trainer gives each process its part
-    of the training stream (accelerate's batch dispatch), so every process loads the whole stream.
+    class indices) when ``--class_names`` does not give them; those bring their own.
+    ``augment=False`` streams the training split like the evaluation one (full size, no shuffle),
+    for calibration. ``roles``: the splits to load (``("eval",)``: the evaluation split alone,
+    ``train`` is then ``None``). Trainer gives each process its part of the training stream
+    (accelerate's batch dispatch), so every process loads the whole stream.
     """
     d = data_args
     train_pipeline = dict(
@@ -145,19 +181,23 @@ def load_data(
         "train": (d.train_split, train_pipeline if augment else eval_pipeline),
         "eval": (d.eval_split, eval_pipeline),
     }
-    loaded = {}
-    for role, (split, pipeline) in splits.items():
+    loaded = {"train": (None, None), "eval": (None, None)}
+    for role in roles:
+        split, pipeline = splits[role]
         pipeline = {**pipeline, "ignore_index": ignore_index}
         if d.dataset in DATASETS:
             if d.dataset != "toy_streets":  # toy_streets' seed draws its scenes; the shuffle follows it
                 pipeline["seed"] = seed
-            loaded[role] = DATASETS[d.dataset].load(d, split, role, pipeline)
+            try:
+                loaded[role] = DATASETS[d.dataset].load(d, split, role, pipeline)
+            except (FileNotFoundError, ValueError) as err:  # a split the dataset does not have
+                raise UsageError(f"--dataset {d.dataset}, split {split!r}: {str(err).splitlines()[0]}") from err
         else:
             loaded[role] = _any_dataset(d, split, id2label, {**pipeline, "seed": seed})
-    (train, id2label), (val, _) = loaded["train"], loaded["eval"]
-    if d.max_eval_samples is not None:
+    (train, train_classes), (val, eval_classes) = loaded["train"], loaded["eval"]
+    if val is not None and d.max_eval_samples is not None:
         val = val.take(d.max_eval_samples)
-    return Splits(train, val, id2label)
+    return Splits(train, val, train_classes or eval_classes)
 
 
 def load_model(model_args: ModelArguments, id2label: dict[int, str] | None, seed: int = 0, new_head: bool = False):
@@ -165,12 +205,54 @@ def load_model(model_args: ModelArguments, id2label: dict[int, str] | None, seed
     name = model_args.model_name_or_path
     if not name:
         return build_segformer(id2label, **model_args.sizes(), seed=seed)
+    check_model_source(name, model_args.revision)
     try:
         return load_segformer(name, id2label, new_head=new_head, revision=model_args.revision)
     except ValueError as err:  # the model's classes are not the dataset's
         raise UsageError(str(err)) from err
     except OSError as err:
         raise _unloadable(name, err) from err
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a Hub repo id: relative to here or absolute, nested, or under a directory that exists."""
+    parts = Path(name).parts
+    return name.startswith((".", "/", "~")) or len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir())
+
+
+def check_model_source(name: str, revision: str | None = None) -> None:
+    """Raise :class:`UsageError` at once, before transformers retries the Hub for tens of seconds, when ``name``
+    is neither a local directory nor a model the Hub cache or the Hub has (``HF_HUB_OFFLINE``: the cache only)."""
+    if Path(name).is_dir():
+        return
+    made_by = (
+        "If another command makes this model (the --config file's header names it, e.g. scripts/pretrain.py), "
+        "run that first."
+    )
+    if Path(name).exists() or _looks_local(name):
+        raise UsageError(f"model {name!r}: there is no such directory here ({Path.cwd()}). {made_by}")
+    import huggingface_hub
+
+    if isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json", revision=revision), str):
+        return
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        raise UsageError(
+            f"model {name!r}: no such directory here ({Path.cwd()}), and HF_HUB_OFFLINE is set and the Hub cache "
+            f"does not hold it. {made_by}"
+        )
+    try:
+        huggingface_hub.model_info(name, revision=revision, timeout=10)
+    except huggingface_hub.errors.RepositoryNotFoundError as err:
+        raise UsageError(
+            f"model {name!r}: no such directory here ({Path.cwd()}) nor repo on the Hub. {made_by}"
+        ) from err
+    except huggingface_hub.errors.HfHubHTTPError as err:
+        raise UsageError(f"model {name!r}: the Hub refused it ({str(err).splitlines()[0]})") from err
+    except Exception as err:  # the network: DNS, connection, timeout
+        raise UsageError(
+            f"model {name!r}: no such directory here ({Path.cwd()}), and the Hub cannot be reached "
+            f"({type(err).__name__}: {err}). {made_by}"
+        ) from err
 
 
 def _unloadable(name: str, err: OSError) -> UsageError:
@@ -189,6 +271,7 @@ def model_config(model_args: ModelArguments):
         return None
     from transformers import AutoConfig
 
+    check_model_source(model_args.model_name_or_path, model_args.revision)
     try:
         return AutoConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.revision)
     except OSError as err:
@@ -381,6 +464,56 @@ def pretrain(
     return directory
 
 
+def prepare_output_dir(args: RewardSegConfig, settings: dict) -> str | None:
+    """The checkpoint a script's run resumes from, after making sure ``args.output_dir`` holds no other run.
+
+    ``settings`` describe the model and data (JSON-able); with :func:`training_settings` of ``args``
+    (``max_steps`` aside: a run may be resumed to go further) they are recorded in
+    ``run_settings.json``. In a directory that holds checkpoints or a model of a run with other
+    settings (or with no record) the run is refused, unless ``overwrite_output_dir`` (which removes
+    the checkpoints first). A run of the same settings resumes from its latest checkpoint.
+    ``resume_from_checkpoint``: a path, or ``"true"`` for the latest here.
+    """
+    out = Path(args.output_dir)
+    checkpoints = sorted(
+        out.glob("checkpoint-*"),
+        key=lambda p: int(p.name.rsplit("-", 1)[-1]) if p.name.rsplit("-", 1)[-1].isdigit() else -1,
+    )
+    training = {k: v for k, v in training_settings(args).items() if k != "max_steps"}
+    record = {
+        "hash": settings_hash({**settings, "training": training}),
+        "settings": {**settings, "training": training},
+    }
+    marker = out / "run_settings.json"
+    earlier = json.loads(marker.read_text()).get("hash") if marker.is_file() else None
+    resume = args.resume_from_checkpoint
+    if str(resume).lower() in ("false", "none", ""):
+        resume = None
+    elif str(resume).lower() == "true":
+        if not checkpoints:
+            raise UsageError(f"--resume_from_checkpoint true: {out} holds no checkpoint-* to resume from")
+        resume = str(checkpoints[-1])
+    holds_a_run = bool(checkpoints) or (out / "model.safetensors").is_file()
+    if args.overwrite_output_dir:
+        for checkpoint in checkpoints:
+            shutil.rmtree(checkpoint)
+        resume = None
+    elif holds_a_run and earlier != record["hash"]:
+        what = ", ".join(p.name for p in checkpoints[-2:]) or "model.safetensors"
+        raise UsageError(
+            f"{out} holds another run ({what}, {'other settings' if earlier else 'no settings record'}): give "
+            "another --output_dir, or --overwrite_output_dir true to start afresh there (its checkpoints are removed)"
+        )
+    elif checkpoints and resume is None:
+        resume = str(checkpoints[-1])
+        if args.process_index == 0:
+            print(f"Resuming from {resume}: {out} holds this run's checkpoints (--overwrite_output_dir true: afresh).")
+    if args.process_index == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(record, indent=2, default=str))
+    return resume
+
+
 @torch.no_grad()
 def evaluate(
     model,
@@ -406,9 +539,16 @@ def evaluate(
     device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_segmentation)
     with eval_mode(model):
-        for batch in tqdm(loader, unit="batch", desc=desc, disable=not progress):
+        for i, batch in enumerate(tqdm(loader, unit="batch", desc=desc, disable=not progress)):
             logits, labels = model(pixel_values=batch["pixel_values"].to(device)).logits, batch["labels"].to(device)
+            if not logits.isfinite().all():
+                raise UsageError(
+                    f"{desc}: the model's logits are not finite (NaN or inf) on batch {i}: its weights are broken; "
+                    "an argmax of them would score a meaningless number"
+                )
             metric.update_masks(decode(decoder, logits, tuple(labels.shape[-2:]), {}), labels)
+    if metric.confusion is None:
+        raise UsageError(f"{desc}: the evaluation split yields no image (check --eval_split and the data's source)")
     return metric
 
 
@@ -432,6 +572,8 @@ def calibrate_model(
     reward = get_reward(reward) if isinstance(reward, str) else reward
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_segmentation)
     cache = collect_logits(model, loader, cache_dir=cache_dir, ignore_index=ignore_index, progress=progress)
+    if len(cache) == 0:
+        raise UsageError(f"the calibration split {split!r} yields no image (check its name and the data's source)")
     calibration = fit_offsets(cache, reward, ignore_index=ignore_index, progress=progress, **fit_kwargs)
     fold_offsets(model, calibration, split=f"{split} ({len(cache)} images)")
     return calibration

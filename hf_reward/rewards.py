@@ -212,27 +212,32 @@ def get_reward(name: str, *, beta: float = 1.0, class_weights: Sequence[float] |
 def check_reward(reward: Reward, num_classes: int) -> None:
     """Raise ``ValueError`` unless ``reward`` maps counts ``(..., C)`` to finite values ``(...)``.
 
-    Tried on the empty matrix, on a matrix where every class is present, and on one where
-    a class is missing from both target and prediction, with two leading dimensions.
+    Tried with two leading dimensions, (4, 3), on four kinds of matrix: the empty one, ones where
+    every class is present in target and prediction, ones where class 0 is in neither, and ones
+    where class 0 is in the target but never predicted (as happens before calibration).
     """
-    cm = torch.rand(2, 3, num_classes, num_classes, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    kinds = ("empty", "every class present", "class 0 absent", "class 0 never predicted")
+    cm = torch.rand(4, 3, num_classes, num_classes, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     cm[0] = 0
-    cm[1, :, 0, :] = cm[1, :, :, 0] = 0
+    cm[1] += 1  # every entry positive: every class in target and prediction
+    cm[2, :, 0, :] = cm[2, :, :, 0] = 0
+    cm[3, :, :, 0] = 0
     try:
         value = reward(*class_counts(cm))
     except Exception as err:
         raise ValueError(
-            f"the reward failed on counts of shape (2, 3, {num_classes}): {type(err).__name__}: {err}"
+            f"the reward failed on counts of shape (4, 3, {num_classes}): {type(err).__name__}: {err}"
         ) from err
-    if not isinstance(value, torch.Tensor) or value.shape != (2, 3):
+    if not isinstance(value, torch.Tensor) or value.shape != (4, 3):
         shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
         raise ValueError(
-            f"a reward maps tp, gt, pd of shape (..., C) to (...); for (2, 3, {num_classes}) it gave {shape}"
+            f"a reward maps tp, gt, pd of shape (..., C) to (...); for (4, 3, {num_classes}) it gave {shape}"
         )
-    if not value.isfinite().all():
+    bad = [kind for kind, row in zip(kinds, value) if not row.isfinite().all()]
+    if bad:
         raise ValueError(
-            f"the reward is not finite on every count matrix (empty, all classes present, class 0 absent): "
-            f"{value.tolist()}; select with torch.where where a denominator can be 0"
+            f"the reward is not finite on count matrices of kind {bad}: {value.tolist()}; select with torch.where "
+            "where a denominator can be 0"
         )
 
 

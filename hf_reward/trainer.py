@@ -158,9 +158,10 @@ class RewardSegTrainer(Trainer):
         loss = sum(weight * value for weight, value in terms.values())
 
         self._check_step(loss, bad_labels, given, f"training step {self.state.global_step + 1}")
+        labelled = (labels != args.ignore_index).any()  # an all-void micro-batch has no surrogate value to log
         for name, (_, value) in terms.items():
             if name != "reward_loss":
-                self._add_metric(name, value.detach(), 1)
+                self._add_metric(name, value.detach() * labelled, labelled)
         if out is not None:
             self.reward_state.update(out, self.loss_settings, step_ends=self.accelerator.sync_gradients)
             self._record(out)

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         model_args, data_args, eval_args = parse_config(
             ARGUMENTS, argv, defaults=record, description=description, exclude=EXCLUDED
         )
-    splits = load_data(data_args, ignore_index=eval_args.ignore_index, id2label=classes)
+    splits = load_data(data_args, ignore_index=eval_args.ignore_index, id2label=classes, roles=("eval",))
     device = pick_device(eval_args.device)
     model = load_model(model_args, splits.id2label).to(device)
     metric = evaluate(

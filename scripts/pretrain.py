@@ -10,6 +10,7 @@ Saves the model (safetensors) and its evaluation to ``--output_dir``; tune it wi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from hf_reward.pipeline import (
     load_data,
     load_model,
     model_classes,
+    prepare_output_dir,
     segmentation_trainer,
 )
 
@@ -43,6 +45,12 @@ ARGUMENTS = (ModelArguments, DataArguments, PretrainArguments, PretrainConfig)
 
 def main(argv: list[str] | None = None):
     model_args, data_args, pretrain_args, args = parse_config(ARGUMENTS, argv, description=__doc__.split("\n\n")[0])
+    run = {
+        "model": dataclasses.asdict(model_args),
+        "data": data_args.settings("train"),
+        "new_head": pretrain_args.new_head,
+    }
+    resume = prepare_output_dir(args, run)
     splits = load_data(
         data_args,
         seed=args.seed,
@@ -53,7 +61,7 @@ def main(argv: list[str] | None = None):
     trainer = segmentation_trainer(
         model, args, splits.train, splits.eval, splits.id2label, processing_class=image_processor(data_args)
     )
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume)
     metrics = trainer.evaluate()
     trainer.save_model()
     if trainer.is_world_process_zero():

@@ -42,6 +42,7 @@ from hf_reward.pipeline import (
     load_model,
     metric_options,
     model_classes,
+    prepare_output_dir,
     pretrain,
     segmentation_trainer,
     unprefixed,
@@ -151,6 +152,12 @@ def run_control(start_args: ModelArguments, data_args: DataArguments, args: Tune
 
 def main(argv: list[str] | None = None):
     model_args, data_args, tune_args, args = parse_config(ARGUMENTS, argv, description=__doc__.split("\n\n")[0])
+    run = {
+        "model": dataclasses.asdict(model_args),
+        "data": data_args.settings("train"),
+        "tune": dataclasses.asdict(tune_args),
+    }
+    resume = prepare_output_dir(args, run)
     classes = model_classes(model_args) if data_args.dataset not in DATASETS else None
     splits = load_data(data_args, seed=args.seed, ignore_index=args.ignore_index, id2label=classes)
     id2label = splits.id2label
@@ -175,7 +182,7 @@ def main(argv: list[str] | None = None):
         shown = spread_sample(splits.eval, tune_args.num_overlays)
 
     scores = {START: ModelScores(unprefixed(trainer.evaluate()))}
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume)
     scores[TUNED] = ModelScores(unprefixed(trainer.evaluate()))
     histories = {TUNED: trainer.state.log_history}
     if tune_args.control:

@@ -242,3 +242,13 @@ def test_the_cache_refuses_labels_that_are_neither_a_class_nor_ignore():
 def test_fit_rejects_a_one_pass_iterator():
     with pytest.raises(TypeError, match="not an iterator"):
         fit_offsets(iter(random_case(lattice=False)), progress=False)
+
+
+def test_a_reward_that_is_nan_on_some_candidate_is_refused_not_fitted_to_zero():
+    """NaN only where a class is never predicted: at b = 0 for class 2 here, which no pixel predicts."""
+
+    def precision_of_class_2(tp, gt, pd):  # finite on the matrices check_reward tries, NaN where pd[2] = 0
+        return torch.where(gt.sum(-1) == 0, 0.0, tp[..., 2] / pd[..., 2])
+
+    with pytest.raises(ValueError, match="'precision_of_class_2' is not finite for class 0's offset"):
+        fit_offsets(random_case(lattice=False), precision_of_class_2, progress=False)

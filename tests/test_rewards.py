@@ -143,10 +143,19 @@ def test_any_ignore_index(ignore_index):
 def test_check_reward_names_what_is_wrong():
     for reward in REWARDS.values():
         check_reward(reward, 5)
-    with pytest.raises(ValueError, match=r"gave \(2, 3, 5\)"):
+    with pytest.raises(ValueError, match=r"gave \(4, 3, 5\)"):
         check_reward(lambda tp, gt, pd: tp, 5)
-    with pytest.raises(ValueError, match="not finite"):
-        check_reward(lambda tp, gt, pd: (tp / (gt + pd - tp)).mean(-1), 5)  # 0/0 on the empty matrix
+    with pytest.raises(ValueError, match=r"not finite on count matrices of kind \['empty', 'class 0 absent'\]"):
+        check_reward(lambda tp, gt, pd: (tp / (gt + pd - tp)).mean(-1), 5)  # 0/0 where a class is in neither
+
+    def precision_nan_where_never_predicted(tp, gt, pd):
+        return (tp / pd).nan_to_num(nan=0.0, posinf=0.0).mean(-1) + torch.where(pd[..., 0] > 0, 0.0, torch.nan)
+
+    with pytest.raises(ValueError, match=r"\['empty', 'class 0 absent', 'class 0 never predicted'\]"):
+        check_reward(precision_nan_where_never_predicted, 5)
+    every_class = []
+    check_reward(lambda tp, gt, pd: every_class.append((gt > 0).all(-1) & (pd > 0).all(-1)) or tp.sum(-1), 5)
+    assert every_class[0][1].all()  # the matrices said to have every class present do
     with pytest.raises(ValueError, match="failed"):
         check_reward(lambda tp, gt, pd: tp @ torch.ones(2), 5)
 

@@ -12,7 +12,7 @@ Example::
 from .camvid import load_camvid
 from .cityscapes import cityscapes_id2label, cityscapes_label_map, load_cityscapes
 from .in_memory import InMemorySegmentation, materialise_split
-from .labels import check_num_labels, identity_label_map, label_lookup, map_mask
+from .labels import DataError, check_num_labels, identity_label_map, label_lookup, map_mask
 from .loading import (
     SegmentationDataset,
     decode_image,
@@ -31,6 +31,7 @@ __all__ = [
     "load_cityscapes",
     "InMemorySegmentation",
     "materialise_split",
+    "DataError",
     "check_num_labels",
     "identity_label_map",
     "label_lookup",

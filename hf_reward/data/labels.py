@@ -23,6 +23,13 @@ import numpy as np
 _UNKNOWN = -1
 
 
+class DataError(ValueError):
+    """A sample the data pipeline cannot use (undecodable, mismatched, unknown mask values), named in the message.
+
+    The scripts print it on one line and exit with status 2, as they do for a mistake in their arguments.
+    """
+
+
 def identity_label_map(num_classes: int, ignore_index: int = 255) -> dict[int, int]:
     """The map of a dataset that already stores class indices: ``{0: 0, ..., C-1: C-1, ignore: ignore}``.
 
@@ -62,15 +69,15 @@ def map_mask(mask: np.ndarray, table: np.ndarray, sample: str = "") -> np.ndarra
     """
     mask = np.asarray(mask)
     if mask.dtype.kind not in "iub":
-        raise ValueError(f"{sample}: mask has dtype {mask.dtype}; integer label values are expected")
+        raise DataError(f"{sample}: mask has dtype {mask.dtype}; integer label values are expected")
     if mask.size and (mask.min() < 0 or mask.max() >= len(table)):  # beyond the table: unknown too
         inside = np.clip(mask, 0, len(table) - 1)
         unknown = (mask != inside) | (table[inside] == _UNKNOWN)
-        raise ValueError(_unknown_message(sample, mask[unknown], table))
+        raise DataError(_unknown_message(sample, mask[unknown], table))
     labels = table[mask]
     unknown = labels == _UNKNOWN
     if unknown.any():
-        raise ValueError(_unknown_message(sample, mask[unknown], table))
+        raise DataError(_unknown_message(sample, mask[unknown], table))
     return labels
 
 

@@ -46,7 +46,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .labels import identity_label_map, label_lookup, map_mask
+from .labels import DataError, identity_label_map, label_lookup, map_mask
 from .transforms import eval_transform
 
 # (image (H, W, 3) uint8, labels (H, W) int64, key) -> {"pixel_values", "labels"}; see the module doc for the key.
@@ -163,7 +163,7 @@ def prepare_segmentation_dataset(
         image = decode_image(example[image_column], name)
         mask = decode_mask(example[label_column], name)
         if image.shape[:2] != mask.shape:
-            raise ValueError(
+            raise DataError(
                 f"{name}: image is {image.shape[0]}x{image.shape[1]} (HxW) but its mask is "
                 f"{mask.shape[0]}x{mask.shape[1]}; they must have the same size"
             )
@@ -229,7 +229,7 @@ def _worker_id() -> int:
 def _check_columns(columns: list[str], image_column: str, label_column: str) -> None:
     missing = [c for c in (image_column, label_column) if c not in columns]
     if missing:
-        raise ValueError(
+        raise DataError(
             f"column(s) {missing} not found; the dataset has columns {sorted(columns)}. "
             f"Pass image_column= and label_column= to name the image and mask columns."
         )
@@ -256,10 +256,10 @@ def _open(value, name: str, what: str) -> PIL.Image.Image | np.ndarray:
             image.load()
             return image
         except Exception as err:
-            raise ValueError(f"{name}: could not decode the {what}: {type(err).__name__}: {err}") from err
+            raise DataError(f"{name}: could not decode the {what}: {type(err).__name__}: {err}") from err
     if isinstance(value, (list, tuple)):
         return np.asarray(value)
-    raise ValueError(f"{name}: the {what} is a {type(value).__name__}; expected an image, array or bytes")
+    raise DataError(f"{name}: the {what} is a {type(value).__name__}; expected an image, array or bytes")
 
 
 def decode_image(value, name: str = "sample") -> np.ndarray:
@@ -276,7 +276,7 @@ def decode_image(value, name: str = "sample") -> np.ndarray:
             return np.repeat(gray[..., None], 3, axis=-1)
         if image.mode in ("I", "F"):
             kind = "integer" if image.mode == "I" else "float"
-            raise ValueError(
+            raise DataError(
                 f"{name}: image has PIL mode {image.mode!r} (32-bit {kind}), whose range to scale to 8 bit is "
                 f"unknown; store the images as 8-bit (L, RGB) or 16-bit (I;16)"
             )
@@ -285,7 +285,7 @@ def decode_image(value, name: str = "sample") -> np.ndarray:
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=-1)
     if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-        raise ValueError(
+        raise DataError(
             f"{name}: image array has shape {image.shape} and dtype {image.dtype}; expected (H, W, 3) uint8"
         )
     return image
@@ -302,11 +302,11 @@ def decode_mask(value, name: str = "sample") -> np.ndarray:
     mask = np.asarray(mask)
     if mask.ndim == 3:
         if not (mask == mask[..., :1]).all():
-            raise ValueError(
+            raise DataError(
                 f"{name}: mask has {mask.shape[-1]} channels that differ (a colour-coded mask?); "
                 f"store one label value per pixel"
             )
         mask = mask[..., 0]
     if mask.ndim != 2:
-        raise ValueError(f"{name}: mask has shape {mask.shape}; expected (H, W)")
+        raise DataError(f"{name}: mask has shape {mask.shape}; expected (H, W)")
     return mask

@@ -1,0 +1,197 @@
+"""Every bad input gets one clear line (naming the value, sample or path and the fix), nothing is reported for no
+pixels, and a rerun never loses or mixes runs."""
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from conftest import ROOT, TINY, drop, load_script, tiny_segformer
+
+from hf_reward.cli import UsageError, parse_config
+from hf_reward.data import TOY_STREETS_ID2LABEL, DataError
+from hf_reward.metrics import StreamingMeanIoU
+from hf_reward.pipeline import TuneConfig, check_model_source
+
+TUNE, EVALUATE, CALIBRATE = load_script("tune"), load_script("evaluate_model"), load_script("calibrate")
+
+
+def test_a_void_only_split_scores_nan_everywhere_never_zero():
+    metric = StreamingMeanIoU(3, per_image=True, boundary_tolerances=["2px"], thing_classes=["1"])
+    metric.update_masks(torch.zeros(2, 4, 4, dtype=torch.long), torch.full((2, 4, 4), 255))
+    scores = metric.compute()
+    assert all(math.isnan(v) for v in scores.values()), {k: v for k, v in scores.items() if not math.isnan(v)}
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--max_steps", "0"], r"max_steps must be > 0 \(or -1"),
+        (["--learning_rate=-1e-4"], "learning_rate must be finite and >= 0"),
+        (["--threads", "0", "--max_step", "3"], "unknown arguments"),
+    ],
+)
+def test_impossible_settings_are_refused_before_anything_runs(argv, message):
+    with pytest.raises(UsageError, match=message):
+        parse_config(TUNE.ARGUMENTS, argv)
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    tiny_segformer(id2label=TOY_STREETS_ID2LABEL).save_pretrained(tmp_path / "model")
+    return str(tmp_path / "model")
+
+
+def test_an_empty_evaluation_split_is_named_not_scored(model_dir):
+    with pytest.raises(UsageError, match="toy_streets/validation: the evaluation split yields no image"):
+        EVALUATE.main(["--model_name_or_path", model_dir, "--toy_eval_images", "0", "--toy_size", "32"])
+
+
+def test_a_model_with_nan_logits_is_refused_not_scored(model_dir, tmp_path):
+    model = tiny_segformer(id2label=TOY_STREETS_ID2LABEL)
+    with torch.no_grad():
+        model.decode_head.classifier.bias.fill_(float("nan"))
+    model.save_pretrained(tmp_path / "nan")
+    with pytest.raises(UsageError, match="logits are not finite .* on batch 0"):
+        EVALUATE.main(["--model_name_or_path", str(tmp_path / "nan"), "--toy_eval_images", "2", "--toy_size", "32"])
+
+
+def test_calibration_on_empty_splits_names_the_split_and_writes_nothing(model_dir, tmp_path):
+    data = ["--toy_size", "32", "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(UsageError, match="validation, before: the evaluation split yields no image"):
+        CALIBRATE.main(["--model_name_or_path", model_dir, "--toy_eval_images", "0", *data])
+    with pytest.raises(UsageError, match="the calibration split 'train' yields no image"):
+        CALIBRATE.main(["--model_name_or_path", model_dir, "--toy_train_images", "0", "--toy_eval_images", "2", *data])
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_files_and_directories_are_named(model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    common = ["--model_name_or_path", model_dir, "--dataset", "parquet"]
+    with pytest.raises(
+        UsageError, match=r"--data_path 'nothing/\{split\}-\*.parquet': no file matches .* 'validation'"
+    ):
+        EVALUATE.main([*common, "--data_path", "nothing/{split}-*.parquet"])
+    with pytest.raises(UsageError, match=r"--dataset .data/missing.: no such directory here"):  # as a Hub id: offline
+        EVALUATE.main(["--model_name_or_path", model_dir, "--dataset", "data/missing"])
+    with pytest.raises(UsageError, match=r"split 'test'"):
+        EVALUATE.main(
+            [
+                "--model_name_or_path",
+                model_dir,
+                "--dataset",
+                "camvid",
+                "--data_path",
+                str(ROOT.parent / "shared/datasets/camvid"),
+                "--eval_split",
+                "test",
+            ]
+        )
+
+
+def test_a_missing_model_is_named_at_once_without_asking_the_hub(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").mkdir()
+    with pytest.raises(UsageError, match=r"'outputs/default': there is no such directory here"):
+        check_model_source("outputs/default")
+    with pytest.raises(UsageError, match="HF_HUB_OFFLINE is set"):  # the tests run offline
+        check_model_source("someone/not-cached")
+
+
+def write_imagefolder(root, sizes):
+    """An image folder as `datasets` reads one: images and masks side by side, metadata.csv pairing them."""
+    for split, shapes in sizes.items():
+        (root / split).mkdir(parents=True)
+        rows = ["file_name,label_file_name"]
+        for i, (image_shape, mask_shape) in enumerate(shapes):
+            PIL.Image.fromarray(np.zeros((*image_shape, 3), np.uint8)).save(root / split / f"{i}.png")
+            PIL.Image.fromarray(np.ones(mask_shape, np.uint8)).save(root / split / f"{i}_mask.png")
+            rows.append(f"{i}.png,{i}_mask.png")
+        (root / split / "metadata.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_an_image_folder_with_class_names_evaluates_and_a_bad_pair_is_one_line(tmp_path):
+    names = ["background", "person"]
+    tiny_segformer(id2label=dict(enumerate(names))).save_pretrained(tmp_path / "model")
+    write_imagefolder(tmp_path / "folder", {"validation": [((16, 16), (16, 16)), ((16, 16), (16, 16))]})
+    folder = ["--dataset", str(tmp_path / "folder")]
+    with pytest.raises(UsageError, match="brings no class names: give them .* with --class_names"):
+        TUNE.main([*folder, "--output_dir", str(tmp_path / "out")])  # no model to take them from either
+    scores = EVALUATE.main([*folder, "--model_name_or_path", str(tmp_path / "model"), "--class_names", *names])
+    assert 0 <= scores["mean_iou"] <= 1
+    write_imagefolder(tmp_path / "bad", {"validation": [((16, 16), (16, 16)), ((16, 16), (8, 16))]})
+    with pytest.raises(DataError, match=r"sample 1 .*1.png.* image is 16x16 .* but its mask is 8x16"):
+        EVALUATE.main(["--dataset", str(tmp_path / "bad"), "--model_name_or_path", str(tmp_path / "model")])
+
+
+@pytest.mark.slow
+def test_a_bad_sample_under_a_script_is_one_line_and_exit_2(tmp_path):
+    tiny_segformer(id2label={0: "background", 1: "person"}).save_pretrained(tmp_path / "model")
+    write_imagefolder(tmp_path / "bad", {"validation": [((16, 16), (8, 16))]})
+    run = subprocess.run(
+        [
+            sys.executable,
+            "scripts/evaluate_model.py",
+            "--model_name_or_path",
+            str(tmp_path / "model"),
+            "--dataset",
+            str(tmp_path / "bad"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+    )
+    assert run.returncode == 2, run.stderr[-2000:]
+    lines = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "image is 16x16" in lines[0] and "Traceback" not in run.stderr
+
+
+def tune(out, start, *flags):
+    args = [
+        "--output_dir",
+        str(out),
+        "--model_name_or_path",
+        str(start),
+        *drop(TINY, "--num_overlays", "--save_steps"),
+    ]
+    return TUNE.main(
+        [
+            *args,
+            "--num_overlays",
+            "0",
+            "--control",
+            "false",
+            "--calibrate",
+            "false",
+            "--eval_strategy",
+            "no",
+            "--save_steps",
+            "1",
+            *flags,
+        ]
+    )
+
+
+def test_a_rerun_resumes_its_own_run_and_refuses_another(tmp_path, toy_start, capsys):
+    out = tmp_path / "run"
+    first = tune(out, toy_start, "--max_steps", "2")
+    assert first.state.global_step == 2 and (out / "checkpoint-2").is_dir()
+    capsys.readouterr()
+    again = tune(out, toy_start, "--max_steps", "3")  # same settings, further: resumes from its checkpoint
+    assert "Resuming from" in capsys.readouterr().out and again.state.global_step == 3
+    with pytest.raises(UsageError, match="holds another run .*--overwrite_output_dir true"):
+        tune(out, toy_start, "--max_steps", "3", "--learning_rate", "1e-3")
+    fresh = tune(out, toy_start, "--max_steps", "1", "--learning_rate", "1e-3", "--overwrite_output_dir", "true")
+    assert fresh.state.global_step == 1 and sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
+    latest = tune(out, toy_start, "--max_steps", "2", "--learning_rate", "1e-3", "--resume_from_checkpoint", "true")
+    assert latest.state.global_step == 2 and "Resuming" not in capsys.readouterr().out
+
+
+def test_resume_true_with_nothing_to_resume_says_so(tmp_path, toy_start):
+    with pytest.raises(UsageError, match="--resume_from_checkpoint true: .* holds no checkpoint"):
+        tune(tmp_path / "empty", toy_start, "--resume_from_checkpoint", "true")
+    assert TuneConfig(output_dir="x", resume_from_checkpoint="True").resume_from_checkpoint == "True"
