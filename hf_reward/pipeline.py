@@ -417,12 +417,18 @@ def training_settings(args: TrainingArguments) -> dict:
 
     A cache key: a field added to the class later, at its default, leaves every key as it was.
     """
-    defaults = json.loads(type(args)(output_dir=args.output_dir).to_json_string())
+    # The declared defaults, not a second instance: building TrainingArguments sets up accelerate's process state.
+    defaults = {f.name: _field_default(f) for f in dataclasses.fields(type(args))}
+    defaults = json.loads(json.dumps(defaults, default=str))
     return {
         k: v
         for k, v in json.loads(args.to_json_string()).items()
         if k not in _NOT_RESULT_FIELDS and (k not in defaults or defaults[k] != v)
     }
+
+
+def _field_default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def settings_hash(settings) -> str:

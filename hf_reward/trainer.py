@@ -245,7 +245,8 @@ class RewardSegTrainer(Trainer):
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         super()._save(output_dir, state_dict)
-        share_files(output_dir or self.args.output_dir)  # the model file is written 0600
+        if self.args.should_save:  # the process that wrote the files (the model file is written 0600)
+            share_files(output_dir or self.args.output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         # Trainer's raw load misses SegFormer's legacy key names (see load_checkpoint_weights).
