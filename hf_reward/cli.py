@@ -96,8 +96,9 @@ class _Parser(HfArgumentParser, _OneLineErrors):
 
     def _add_dataclass_arguments(self, dtype):
         hints = get_type_hints(dtype)
-        inherited = set()
+        inherited, base = set(), set()
         if issubclass(dtype, TrainingArguments):
+            base = {f.name for f in dataclasses.fields(TrainingArguments)}
             # Fields a subclass declares again carry the project's defaults: those are listed.
             redeclared = {
                 name
@@ -110,7 +111,9 @@ class _Parser(HfArgumentParser, _OneLineErrors):
         if inherited:
             title += f"; every other transformers.TrainingArguments field is an option too: {_TRAINING_ARGUMENTS_DOCS}"
         own = self.add_argument_group(title)
-        for f in dataclasses.fields(dtype):
+        # The project's own fields first, then the TrainingArguments it sets defaults for, then the hidden rest.
+        ordered = sorted(dataclasses.fields(dtype), key=lambda f: (f.name in base) + (f.name in inherited))
+        for f in ordered:
             if f.init and f.name not in self.exclude:
                 f = copy.copy(f)
                 f.type = hints[f.name]

@@ -37,7 +37,7 @@ import safetensors.torch
 import torch
 from transformers import Trainer, TrainerState
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import has_length
+from transformers.trainer_utils import TrainOutput, has_length
 
 from . import policy
 from .config import RewardSegConfig
@@ -110,9 +110,17 @@ class RewardSegTrainer(Trainer):
             self.ref_model = copy.deepcopy(self.accelerator.unwrap_model(self.model)).requires_grad_(False)
             self.ref_model.to(self.args.device)
 
-    def train(self, *args, **kwargs):
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         _require_examples(self.train_dataset, "training")
-        return super().train(*args, **kwargs)
+        state_file = Path(str(resume_from_checkpoint), TRAINER_STATE_NAME)
+        if isinstance(resume_from_checkpoint, str) and state_file.is_file() and self.args.max_steps > 0:
+            saved = TrainerState.load_from_json(str(state_file))
+            if saved.global_step >= self.args.max_steps:
+                # A finished run: on a stream Trainer would still take a step past max_steps (transformers 5.24).
+                self._load_from_checkpoint(resume_from_checkpoint)
+                self.state = saved
+                return TrainOutput(saved.global_step, 0.0, {})
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def evaluate(self, eval_dataset=None, *args, **kwargs) -> dict[str, float]:
         _require_examples(eval_dataset if eval_dataset is not None else self.eval_dataset, "evaluation")

@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from hf_reward.calibrate import LogitCache, collect_logits, fit_offsets, fold_offsets
 from hf_reward.cli import parse_config, run_script
 from hf_reward.data import collate_segmentation, eval_transform, load_camvid
 from hf_reward.data.camvid import DEFAULT_ROOT
+from hf_reward.data.synthetic import cityscapes_sized_image
 from hf_reward.metrics import StreamingMeanIoU
 from hf_reward.modeling import build_segformer
 
@@ -104,24 +104,12 @@ def camvid(args) -> dict:
     return dict(out, images=len(cache), cache="RAM", collect_s=collect_s, folded_model_miou=folded)
 
 
-def synthetic_image(i: int, num_classes: int = 19) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (C, 256, 512) and labels (1024, 2048) of image ``i``."""
-    g = torch.Generator().manual_seed(i)
-    frequency = 1.0 / torch.arange(1, num_classes + 1).double() ** 1.5
-    coarse = torch.multinomial(frequency, 32 * 64, replacement=True, generator=g).view(1, 1, 32, 64).float()
-    labels = F.interpolate(coarse, size=(1024, 2048), mode="nearest")[0, 0].long()
-    labels[torch.rand(1024, 2048, generator=g) < 0.1] = 255
-    low = F.interpolate(coarse, size=(256, 512), mode="nearest")[0, 0].long()
-    logits = 2.0 * F.one_hot(low, num_classes).permute(2, 0, 1).float()
-    return logits + 1.5 * torch.randn(num_classes, 256, 512, generator=g), labels
-
-
 def synthetic(args) -> dict:
     with tempfile.TemporaryDirectory(dir=args.cache_dir) as directory:
         cache = LogitCache(19, directory)
         start = time.perf_counter()
         for i in range(args.images):
-            cache.append(*synthetic_image(i))
+            cache.append(*cityscapes_sized_image(i))
         collect_s = time.perf_counter() - start
         out = fit(cache, max_sweeps=1)
         out.pop("result")

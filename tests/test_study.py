@@ -4,6 +4,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 import yaml
 from conftest import CAMVID, ROOT, load_script
 
@@ -135,8 +136,8 @@ def test_a_tiny_study_runs_every_stage_caches_them_and_reruns_an_edited_arm(tmp_
     out = tmp_path / "study"
     runs = sorted(p.name.rsplit("-", 1)[0] for p in (out / "runs").iterdir())
     assert runs == ["ce_hshort_lr0.0001_seed0", "local_hshort_lr0.0001_seed0"]
-    pretraining = json.loads((out / "pretrain" / "pretrain_settings.json").read_text())["settings"]["training"]
-    assert pretraining["reward_weight"] == 0 and pretraining["ce_weight"] == 1 and pretraining["max_steps"] == 4
+    pretraining = torch.load(out / "pretrain" / "training_args.bin", weights_only=False)
+    assert pretraining.reward_weight == 0 and pretraining.ce_weight == 1 and pretraining.max_steps == 4
     (study,) = parse_config([StudyConfig], ["--config", str(path)])
     local_dir = run_dir(study, study.runs()[1], out / "pretrain")
     local = json.loads((local_dir / "train.json").read_text())
