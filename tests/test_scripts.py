@@ -6,11 +6,12 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import ROOT, TINY, BlobsDataset, drop, load_script, tiny_segformer
+from conftest import CAMVID, ROOT, TINY, BlobsDataset, drop, load_script, tiny_segformer
 
 from hf_reward import RewardSegConfig, RewardSegTrainer
 from hf_reward.cli import UsageError, parse_config
@@ -321,3 +322,29 @@ def test_calibrate_script_fits_per_image_offsets(tmp_path, toy_start, capsys):
     assert model.config.calibration["scope"] == "image" and model.config.calibration["reward"] == "miou_gt"
     assert "miou_gt (mean over images) on validation" in capsys.readouterr().out
     assert {"image_miou", "image_reward", "boundary_f_2px"} <= set(columns["calibrated"])
+
+
+@pytest.mark.slow
+def test_the_camvid_quick_start_commands_run_as_written_on_a_few_images(tmp_path, capsys):
+    """The commands camvid_quick.yaml's header gives (and the README repeats), shrunk by flags appended to each."""
+    header = [line.strip("# ").strip() for line in (ROOT / "configs/camvid_quick.yaml").read_text().splitlines()]
+    launchers = ("accelerate launch ", "python ")
+    commands = [line for line in header if line.startswith(launchers)]
+    readme = (ROOT / "README.md").read_text()
+    assert len(commands) == 3 and all(command in readme for command in commands), commands
+    out, data = tmp_path / "quick", ["--data_path", str(CAMVID)]
+    shrink = {
+        "tune.py": ["--pretrain_steps", "2", "--max_steps", "2", "--eval_steps", "2", "--save_steps", "2"]
+        + ["--calibration_images", "4", "--max_eval_samples", "2", "--num_overlays", "1", "--output_dir", str(out)],
+        "calibrate.py": ["--max_calibration_images", "4", "--max_eval_samples", "2"],
+        "evaluate_model.py": [],
+    }
+    results = {}
+    for command in commands:
+        script, *argv = command.removeprefix(launchers[0]).removeprefix(launchers[1]).split()
+        argv = [a.replace("outputs/camvid_quick", str(out)) for a in argv]
+        name = Path(script).name
+        results[name] = load_script(name.removesuffix(".py")).main([*argv, *data, *shrink[name]])
+    assert (out / "overlays.png").is_file() and (out / "pretrained" / "model.safetensors").is_file()
+    _, calibrated = results["calibrate.py"]
+    assert results["evaluate_model.py"]["mean_iou"] == pytest.approx(calibrated["calibrated"]["mean_iou"], abs=1e-6)
