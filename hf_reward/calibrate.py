@@ -145,12 +145,14 @@ def collect_logits(
     cache_dir: str | Path | None = None,
     ignore_index: int = 255,
     progress: bool = True,
+    total: int | None = None,
 ) -> LogitCache:
     """Run ``model`` (in eval mode) over ``batches`` and cache its logits and the labels.
 
     ``batches`` yields ``{"pixel_values": (B, 3, H', W'), "labels": (B, H, W)}`` (a DataLoader
     with :func:`hf_reward.data.collate_segmentation`) or single examples without the B axis.
-    Inputs go to the model's device. ``cache_dir=None`` keeps the cache in RAM (2 bytes per
+    Inputs go to the model's device; ``total``: the batches, for the progress bar of a stream that does not
+    know its length. ``cache_dir=None`` keeps the cache in RAM (2 bytes per
     logit at model resolution plus 1 per label pixel: 20 MB for CamVid train at 128 x 176, 3.5 GB
     for Cityscapes val at full size); otherwise it goes to files under ``cache_dir``.
     """
@@ -158,7 +160,7 @@ def collect_logits(
     cache = LogitCache(num_classes, cache_dir)
     device = next(model.parameters()).device
     with eval_mode(model):
-        for batch in tqdm(batches, desc="logits", unit="batch", disable=not progress):
+        for batch in tqdm(batches, desc="logits", unit="batch", total=total, disable=not progress):
             pixels, labels = torch.as_tensor(batch["pixel_values"]), torch.as_tensor(batch["labels"])
             if pixels.dim() == 3:
                 pixels, labels = pixels[None], labels[None]
@@ -314,9 +316,10 @@ def fit_offsets(
     grid = _grid(step, max_offset)
     current = torch.full((num_classes,), len(grid) // 2)  # each b_c as an index into the grid: 0 to start
     items = len(data) if hasattr(data, "__len__") else None
+    # One bar per sweep, over its class passes; a class that needs no visit fills its share at once.
     bar = tqdm(
-        total=None if items is None else items * num_classes * max_sweeps,
-        desc="calibrate",
+        total=None if items is None else items * num_classes,
+        desc="calibrate, sweep 1",
         unit="img" if isinstance(data, LogitCache) else "batch",
         disable=not progress,
     )
@@ -325,8 +328,12 @@ def fit_offsets(
     stale = torch.ones(num_classes, dtype=torch.bool)
     history, confusion_before, converged = [], None, False
     for sweep in range(max_sweeps):
+        if sweep:
+            bar.reset()
+            bar.set_description(f"calibrate, sweep {sweep + 1}")
         for c in range(num_classes):
             if not stale[c]:
+                bar.update(items or 0)
                 continue
             offsets = grid[current]
             hist, total, images = 0, 0, 0

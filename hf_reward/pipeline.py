@@ -24,6 +24,7 @@ import dataclasses
 import glob
 import hashlib
 import json
+import math
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -568,16 +569,22 @@ def calibrate_model(
     ignore_index: int = 255,
     cache_dir: str | None = None,
     progress: bool = True,
+    num_images: int | None = None,
     **fit_kwargs,
 ) -> Calibration:
     """Fit exact per-class offsets for ``reward`` on ``dataset`` (as evaluation sees it) and fold them into ``model``.
 
-    ``split`` names the data in the model's calibration record. ``fit_kwargs`` go to
+    ``split`` names the data in the model's calibration record; ``num_images``: how many a stream holds
+    (for the progress bar; a map-style dataset knows). ``fit_kwargs`` go to
     :func:`hf_reward.calibrate.fit_offsets` (``step``, ``max_offset``, ``max_sweeps``).
     """
     reward = get_reward(reward) if isinstance(reward, str) else reward
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_segmentation)
-    cache = collect_logits(model, loader, cache_dir=cache_dir, ignore_index=ignore_index, progress=progress)
+    num_images = len(dataset) if hasattr(dataset, "__len__") else num_images
+    total = None if num_images is None else math.ceil(num_images / batch_size)
+    cache = collect_logits(
+        model, loader, cache_dir=cache_dir, ignore_index=ignore_index, progress=progress, total=total
+    )
     if len(cache) == 0:
         raise UsageError(f"the calibration split {split!r} yields no image (check its name and the data's source)")
     calibration = fit_offsets(cache, reward, ignore_index=ignore_index, progress=progress, **fit_kwargs)

@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None):
         batch_size=args.batch_size,
         ignore_index=args.ignore_index,
         cache_dir=args.cache_dir,
+        num_images=args.max_calibration_images,
         per_image=args.per_image,
         step=args.step,
         max_offset=args.max_offset,

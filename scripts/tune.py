@@ -122,6 +122,7 @@ def calibrate(model, data_args: DataArguments, tune_args: TuneArguments, args: T
         splits.train.take(tune_args.calibration_images),
         reward,
         split=f"{data_args.train_split}, first images",
+        num_images=tune_args.calibration_images,
         batch_size=args.per_device_eval_batch_size,
         ignore_index=args.ignore_index,
         progress=not args.disable_tqdm,
