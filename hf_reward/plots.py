@@ -157,7 +157,7 @@ def plot_training(
                 )
     ax_end.set_xticks(list(x), names, fontsize=8)
     ax_end.set_xlim(-0.5, len(names) - 0.5)
-    label = metric.replace("_", " ")
+    label = {"mean_iou": "mIoU"}.get(metric, metric.replace("_", " "))
     ax_reward.set(xlabel="step", ylabel="reward", title="Reward being optimised (reward tuning only)")
     ax_curve.set(xlabel="step", ylabel=f"{label} (%)", title=f"Validation {label} during training (raw)")
     ax_end.set(ylabel=f"{label} (%)", title="At the end: raw (hollow) -> calibrated (filled)")

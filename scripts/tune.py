@@ -247,9 +247,9 @@ def write_outputs(out: Path, scores: dict[str, ModelScores], histories, steps: i
     summary, per_class = summary_table(scores, steps), per_class_table(score_columns(scores), id2label)
     unconverged = [(n, s.calibration) for n, s in scores.items() if s.calibration and not s.calibration.converged]
     summary += "".join(
-        f"\n\nThe calibration of {name} stopped after {len(c.history)} sweeps while its offsets still moved "
-        f"({100 * ([c.metric_before] + c.history)[-2]:.2f} -> {100 * c.history[-1]:.2f} on the calibration images "
-        "in the last sweep)."
+        f"\n\nThe calibration of {name} stopped after its {len(c.history)} sweeps with offsets still moving (the "
+        f"last sweep gained {100 * (c.history[-1] - ([c.metric_before] + c.history)[-2]):.3f} points on the "
+        "calibration images)."
         for name, c in unconverged
     )
     print(f"\nValidation mIoU (%), from the same start and on the same data:\n\n{summary}\n")
