@@ -72,9 +72,29 @@ def chosen(groups: dict, decoders: list[str], metric: str) -> dict[tuple[str, st
     return {key: (lr, decoder) for key, (lr, decoder, _) in best.items()}
 
 
+def _verdict(cfg, groups: dict, picks: dict, alone: float, metric: str, key: tuple) -> dict:
+    """The validation comparison of one setting ``key`` = (arm, horizon, lr), decoded by its dev-best decoder."""
+    arm, horizon, _ = key
+    runs = groups[key]
+    decoder = best_decoder(list(runs.values()), cfg.decoders, metric)
+    val = {s: value(r["scores"], "validation", decoder, metric) for s, r in runs.items()}
+    over_start, ok_start = _gain([v - alone for v in val.values()], cfg.bar / 100)
+    lr_c, dec_c = picks.get((cfg.control, horizon), (None, None))
+    controls = groups.get((cfg.control, horizon, lr_c), {})
+    paired = [val[s] - value(controls[s]["scores"], "validation", dec_c, metric) for s in val if s in controls]
+    over_control, ok_control = _gain(paired, cfg.bar / 100) if arm != cfg.control else ("—", False)
+    return {
+        "decoder": decoder,
+        "val": _mean_sd(list(val.values())),
+        "over_start": over_start,
+        "over_control": over_control,
+        "clears": ok_start and ok_control,
+    }
+
+
 def metric_table(cfg, start: dict, results: list[dict], metric: str) -> list[str]:
     """The table of one metric: every setting, raw and decoded, with the verdict on the chosen ones."""
-    groups, bar = group(results), cfg.bar / 100
+    groups = group(results)
     picks = chosen(groups, cfg.decoders, metric)
     start_decoder = best_decoder([{"scores": start}], cfg.decoders, metric)
     alone = value(start, "validation", start_decoder, metric)
@@ -89,24 +109,58 @@ def metric_table(cfg, start: dict, results: list[dict], metric: str) -> list[str
     ]
     for (arm, horizon, lr), runs in groups.items():
         is_chosen = picks[(arm, horizon)][0] == lr
-        decoder = best_decoder(list(runs.values()), cfg.decoders, metric)
-        val = {s: value(r["scores"], "validation", decoder, metric) for s, r in runs.items()}
-        over_start, ok_start = _gain([v - alone for v in val.values()], bar)
-        lr_c, dec_c = picks.get((cfg.control, horizon), (None, None))
-        controls = groups.get((cfg.control, horizon, lr_c), {})
-        paired = [val[s] - value(controls[s]["scores"], "validation", dec_c, metric) for s in val if s in controls]
-        over_control, ok_control = _gain(paired, bar) if arm != cfg.control else ("—", False)
-        verdict = ("yes" if ok_start and ok_control else "no") if is_chosen and arm != cfg.control else ""
+        row = _verdict(cfg, groups, picks, alone, metric, (arm, horizon, lr))
+        verdict = ("yes" if row["clears"] else "no") if is_chosen and arm != cfg.control else ""
         cells = [
             _mean_sd([value(r["scores"], split, d, metric) for r in runs.values()])
             for split in SPLITS
-            for d in ("argmax", decoder)
+            for d in ("argmax", row["decoder"])
         ]
         step = statistics.mean(r["seconds_per_step"] for r in runs.values())
         lines.append(
-            f"| {arm} | {horizon} | {lr:g} | {'yes' if is_chosen else ''} | {decoder} | {' | '.join(cells)} | "
-            f"{over_start} | {over_control} | {verdict} | {step:.2f} |"
+            f"| {arm} | {horizon} | {lr:g} | {'yes' if is_chosen else ''} | {row['decoder']} | {' | '.join(cells)} | "
+            f"{row['over_start']} | {row['over_control']} | {verdict} | {step:.2f} |"
         )
+    return lines
+
+
+def _dev_score(groups: dict, picks: dict, metric: str, arm: str, horizon: str) -> float:
+    """The mean decoded dev score of an arm's chosen setting at ``horizon``."""
+    lr, decoder = picks[(arm, horizon)]
+    return statistics.mean(value(r["scores"], "dev", decoder, metric) for r in groups[(arm, horizon, lr)].values())
+
+
+def summary_table(cfg, start: dict, results: list[dict]) -> list[str]:
+    """One row per metric and horizon: the best decoder alone, the control then its best decoder, and the arm
+    (not the control) whose chosen setting has the best decoded dev score, with its verdict."""
+    groups = group(results)
+    lines = [
+        "| metric | horizon | best decoder alone (val) | "
+        f"{cfg.control}, decoded (val) | best other arm on dev | its val, decoded | Δ vs decoder alone | "
+        f"Δ vs {cfg.control}, decoded | clears the bar |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for metric in cfg.metrics:
+        picks = chosen(groups, cfg.decoders, metric)
+        start_decoder = best_decoder([{"scores": start}], cfg.decoders, metric)
+        alone = value(start, "validation", start_decoder, metric)
+        for horizon in cfg.horizons:
+            if (cfg.control, horizon) not in picks:
+                continue
+            control = _verdict(
+                cfg, groups, picks, alone, metric, (cfg.control, horizon, picks[(cfg.control, horizon)][0])
+            )
+
+            others = [arm for arm, h in picks if h == horizon and arm != cfg.control]
+            if not others:
+                continue
+            best = max(others, key=lambda arm, h=horizon, p=picks, m=metric: _dev_score(groups, p, m, arm, h))
+            row = _verdict(cfg, groups, picks, alone, metric, (best, horizon, picks[(best, horizon)][0]))
+            lines.append(
+                f"| {metric} | {horizon} | {alone:.4f} ({start_decoder}) | {control['val']} ({control['decoder']}) | "
+                f"{best} | {row['val']} ({row['decoder']}) | {row['over_start']} | {row['over_control']} | "
+                f"{'yes' if row['clears'] else 'no'} |"
+            )
     return lines
 
 
@@ -117,6 +171,8 @@ def report(cfg, start: dict, results: list[dict], id2label: dict[int, str], out:
         "earlier ones not counted).",
         "",
     ]
+    lines += ["Summary: each metric's best decoder alone, the control and the best other arm chosen on dev.", ""]
+    lines += summary_table(cfg, start, results) + [""]
     for metric in cfg.metrics:
         lines += metric_table(cfg, start, results, metric) + [""]
     first = cfg.metrics[0]

@@ -82,6 +82,9 @@ def test_report_chooses_on_dev_and_pairs_with_the_control_by_seed(tmp_path):
     text = REPORT.report(cfg, start, results, ID2LABEL, tmp_path, minutes=1.0)
     row = next(line for line in text.splitlines() if line.startswith("| arm | short | 0.0001 |"))
     assert "| yes |" in row and "+3.10 ± 0.10" in row and "+5.10 ± 0.10" in row and row.count("| yes |") == 2
+    summary = next(line for line in text.splitlines() if line.startswith("| reward | short |"))
+    assert summary.startswith("| reward | short | 0.4200 (offsets) | 0.4000 ± 0.0000 (offsets) | arm |")
+    assert summary.endswith("| +3.10 ± 0.10 | +5.10 ± 0.10 | yes |")
     unchosen = next(line for line in text.splitlines() if line.startswith("| arm | short | 0.0003 |"))
     assert "| yes |" not in unchosen  # the validation-best setting was not chosen, so it has no verdict
     assert (tmp_path / "results.md").is_file() and (tmp_path / "curves.png").is_file()
