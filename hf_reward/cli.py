@@ -169,7 +169,7 @@ def parse_config(
     parser.set_defaults(**{k: v for k, v in values.items() if k in fields})
     # Excluded fields are no options, but the parser hands every field of a dataclass to its constructor.
     parser.set_defaults(
-        **{f.name: _field_default(f) for t in dataclass_types for f in dataclasses.fields(t) if f.name in exclude}
+        **{f.name: field_default(f) for t in dataclass_types for f in dataclasses.fields(t) if f.name in exclude}
     )
     try:
         *parsed, _, unknown = parser.parse_args_into_dataclasses(
@@ -182,7 +182,8 @@ def parse_config(
     return tuple(parsed)
 
 
-def _field_default(f: dataclasses.Field):
+def field_default(f: dataclasses.Field):
+    """A dataclass field's declared default (its factory's value)."""
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from transformers import TrainingArguments
 
 from .calibrate import Calibration, collect_logits, fit_offsets, fold_offsets
-from .cli import DataArguments, ModelArguments, UsageError
+from .cli import DataArguments, ModelArguments, UsageError, field_default
 from .config import RewardSegConfig
 from .data import eval_transform, load_camvid, load_cityscapes, load_segmentation_dataset, load_toy_streets
 from .data import train_transform as make_train_transform
@@ -419,17 +419,13 @@ def training_settings(args: TrainingArguments) -> dict:
     A cache key: a field added to the class later, at its default, leaves every key as it was.
     """
     # The declared defaults, not a second instance: building TrainingArguments sets up accelerate's process state.
-    defaults = {f.name: _field_default(f) for f in dataclasses.fields(type(args))}
+    defaults = {f.name: field_default(f) for f in dataclasses.fields(type(args))}
     defaults = json.loads(json.dumps(defaults, default=str))
     return {
         k: v
         for k, v in json.loads(args.to_json_string()).items()
         if k not in _NOT_RESULT_FIELDS and (k not in defaults or defaults[k] != v)
     }
-
-
-def _field_default(f: dataclasses.Field):
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def settings_hash(settings) -> str:

@@ -103,6 +103,24 @@ def drop(argv, *flags):
     return out
 
 
+def quick(start, *flags):
+    """TINY from a saved model, without evaluation during training, controls, calibration or plots; ``flags``
+    dropped from TINY (to give them other values)."""
+    return [
+        "--model_name_or_path",
+        str(start),
+        *drop(TINY, "--num_overlays", *flags),
+        "--eval_strategy",
+        "no",
+        "--num_overlays",
+        "0",
+        "--control",
+        "false",
+        "--calibrate",
+        "false",
+    ]
+
+
 @pytest.fixture
 def blobs():
     return BlobsDataset()

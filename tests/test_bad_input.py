@@ -9,7 +9,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import ROOT, TINY, drop, load_script, tiny_segformer
+from conftest import ROOT, load_script, quick, tiny_segformer
 
 from hf_reward.cli import UsageError, parse_config
 from hf_reward.data import TOY_STREETS_ID2LABEL, DataError
@@ -151,29 +151,7 @@ def test_a_bad_sample_under_a_script_is_one_line_and_exit_2(tmp_path):
 
 
 def tune(out, start, *flags):
-    args = [
-        "--output_dir",
-        str(out),
-        "--model_name_or_path",
-        str(start),
-        *drop(TINY, "--num_overlays", "--save_steps"),
-    ]
-    return TUNE.main(
-        [
-            *args,
-            "--num_overlays",
-            "0",
-            "--control",
-            "false",
-            "--calibrate",
-            "false",
-            "--eval_strategy",
-            "no",
-            "--save_steps",
-            "1",
-            *flags,
-        ]
-    )
+    return TUNE.main(["--output_dir", str(out), *quick(start, "--save_steps"), "--save_steps", "1", *flags])
 
 
 def test_a_rerun_resumes_its_own_run_and_refuses_another(tmp_path, toy_start, capsys):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import CAMVID, ROOT, TINY, BlobsDataset, drop, load_script, tiny_segformer
+from conftest import CAMVID, ROOT, TINY, BlobsDataset, drop, load_script, quick, tiny_segformer
 
 from hf_reward import RewardSegConfig, RewardSegTrainer
 from hf_reward.cli import UsageError, parse_config
@@ -196,23 +196,6 @@ def test_pretrain_script_trains_and_saves(tmp_path):
     assert trainer.state.global_step == 2
     assert (tmp_path / "model.safetensors").is_file()
     assert 0 <= json.loads((tmp_path / "eval_results.json").read_text())["eval_mean_iou"] <= 1
-
-
-def quick(start, *flags):
-    """TINY from a saved model, without evaluation during training, controls, calibration or plots."""
-    return [
-        "--model_name_or_path",
-        str(start),
-        *drop(TINY, "--num_overlays", *flags),
-        "--eval_strategy",
-        "no",
-        "--num_overlays",
-        "0",
-        "--control",
-        "false",
-        "--calibrate",
-        "false",
-    ]
 
 
 def test_resume_reaches_the_parameters_of_an_uninterrupted_run(tmp_path, toy_start):

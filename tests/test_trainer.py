@@ -320,29 +320,10 @@ def test_void_images_are_left_out_of_the_logged_means(tmp_path):
     assert "greedy_reward" in logs[0] and "reward" not in logs[1]  # step 2 saw only a void image: no value, no NaN
     assert all(math.isfinite(v) for e in logs for v in e.values() if isinstance(v, float))
     # A logging window of a labelled step and a void one: the surrogate's mean is the labelled step's, not halved.
-    surrogates = train(
-        tmp_path / "window",
-        HalfVoid(n=4, seed=1),
-        max_steps=2,
-        per_device_train_batch_size=1,
-        logging_steps=2,
-        reward_weight=0.0,
-        ce_weight=1.0,
-        lovasz_weight=1.0,
-        kl_coef=0.1,
-    )
-    single = train(
-        tmp_path / "one",
-        HalfVoid(n=4, seed=1),
-        max_steps=1,
-        per_device_train_batch_size=1,
-        logging_steps=1,
-        reward_weight=0.0,
-        ce_weight=1.0,
-        lovasz_weight=1.0,
-        kl_coef=0.1,
-    )
-    (window,), (first,) = train_logs(surrogates), train_logs(single)
+    surrogates = dict(reward_weight=0.0, ce_weight=1.0, lovasz_weight=1.0, kl_coef=0.1, per_device_train_batch_size=1)
+    window = train(tmp_path / "window", HalfVoid(n=4, seed=1), max_steps=2, logging_steps=2, **surrogates)
+    single = train(tmp_path / "one", HalfVoid(n=4, seed=1), max_steps=1, logging_steps=1, **surrogates)
+    (window,), (first,) = train_logs(window), train_logs(single)
     for name in ("ce_loss", "lovasz_loss", "kl"):
         assert window[name] == pytest.approx(first[name], rel=1e-6), name
 
