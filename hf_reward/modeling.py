@@ -162,8 +162,13 @@ def share_files(directory: str | Path) -> None:
     transformers writes ``model.safetensors`` through a private temporary file, so it lands as 0600:
     unreadable to the other users of a shared machine or a shared results directory.
     """
-    mask = os.umask(0)
-    os.umask(mask)
     for path in Path(directory).iterdir():
         if path.is_file():
-            path.chmod(0o666 & ~mask)
+            share_file(path)
+
+
+def share_file(path: str | Path) -> None:
+    """Give one file the permissions new files get here (safetensors writes 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    Path(path).chmod(0o666 & ~mask)

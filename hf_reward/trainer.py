@@ -44,7 +44,7 @@ from .config import RewardSegConfig
 from .loss import RewardLossOutput, RewardState, pixel_cross_entropy, reward_loss
 from .lovasz import lovasz_softmax
 from .masks import MaskReward
-from .modeling import load_checkpoint_weights, share_files
+from .modeling import load_checkpoint_weights, share_file, share_files
 from .rewards import Reward, check_reward, unknown_labels, unknown_labels_error
 
 
@@ -267,7 +267,9 @@ class RewardSegTrainer(Trainer):
         state = {name: value.detach().cpu().contiguous() for name, value in self.reward_state.state_dict().items()}
         if state:
             Path(output_dir).mkdir(parents=True, exist_ok=True)  # other processes may get here before the main one
-            safetensors.torch.save_file(state, Path(output_dir, f"reward_state_{self.args.process_index}.safetensors"))
+            path = Path(output_dir, f"reward_state_{self.args.process_index}.safetensors")
+            safetensors.torch.save_file(state, path)
+            share_file(path)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)

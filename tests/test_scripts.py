@@ -162,6 +162,11 @@ def test_tune_runs_the_whole_job_against_its_control_and_reuses_the_pretrained_m
     ):
         assert (out / name).is_file(), name
     assert "| pole |" in (out / "results.md").read_text()
+    # shareable files (the umask's permissions, not transformers' 0600), no empty directory left behind
+    assert all(f.stat().st_mode & 0o044 == 0o044 for f in [out / "model.safetensors", *out.glob("checkpoint-*/*")])
+    assert not (out / "control").exists()
+    card = (out / "README.md").read_text().split("---")[1]
+    assert "base_model" not in card and "datasets" not in card  # a built model and toy streets: no Hub ids
     assert not list(out.rglob("*.bin")) or all(p.name == "training_args.bin" for p in out.rglob("*.bin"))
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"start", "reward tuning", "cross-entropy"}
