@@ -87,27 +87,30 @@ def within(points: torch.Tensor, radius: float) -> torch.Tensor:
 
     A dilation by the disk, row by row: the disk's row at height dy is the horizontal run of half-width
     w(dy) = max{w : w^2 + dy^2 <= radius^2}, so the dilation is the union over dy of the points dilated by
-    that run, shifted by dy. Runs grow one pixel a side at a time (2 shifted ORs each), so the whole
-    dilation is about 4 radius boolean passes over the maps.
+    that run, shifted by +-dy. The rows are taken from the widest |dy| inwards, where the run only grows:
+    one pixel a side at a time (2 shifted ORs), so the whole dilation is about 4 radius boolean passes
+    and holds two maps besides the output.
     """
     r = int(math.floor(radius))
     if r < 1 or not points.any():
         return points.clone()
     height, width = points.shape[-2:]
-    runs = [points]  # runs[w]: the points dilated by a horizontal run of half-width w
-    for _ in range(min(r, width)):
-        run = runs[-1].clone()
-        run[..., 1:] |= runs[-1][..., :-1]
-        run[..., :-1] |= runs[-1][..., 1:]
-        runs.append(run)
     out = torch.zeros_like(points)
-    for dy in range(-min(r, height - 1), min(r, height - 1) + 1):
+    run, run_width = points.clone(), 0  # the points dilated by a horizontal run of half-width run_width
+    for dy in range(min(r, height - 1), -1, -1):
         w = math.isqrt(int(radius**2 - dy**2))  # a first guess, then exact for a fractional radius
         while (w + 1) ** 2 + dy**2 <= radius**2:
             w += 1
         while w > 0 and w**2 + dy**2 > radius**2:
             w -= 1
-        out[:, max(0, -dy) : height - max(0, dy)] |= runs[min(w, len(runs) - 1)][:, max(0, dy) : height - max(0, -dy)]
+        for _ in range(min(w, width) - run_width):
+            grown = run.clone()
+            grown[..., 1:] |= run[..., :-1]
+            grown[..., :-1] |= run[..., 1:]
+            run = grown
+        run_width = max(run_width, min(w, width))
+        for shift in {dy, -dy}:
+            out[:, max(0, -shift) : height - max(0, shift)] |= run[:, max(0, shift) : height - max(0, -shift)]
     return out
 
 

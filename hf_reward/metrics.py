@@ -197,12 +197,14 @@ class StreamingMeanIoU:
         self.confusion = cm if self.confusion is None else self.confusion + cm
         if self.per_image:
             self.image_confusions.append(per_image.cpu())
-        valid = (labels != self.ignore_index).flatten(1).any(1).cpu()  # images with no counted pixel score nothing
-        for tolerance in self.boundary_tolerances:
-            scores = masks.boundary_f(pred, labels, self.num_classes, tolerance, self.ignore_index).cpu()
-            self.boundary_scores[tolerance].append(scores[valid])
-        if self.thing_ids:
-            self.object_counts += masks.object_counts(pred, labels, self.thing_ids, self.ignore_index).sum(0)
+        for p, t in zip(pred, labels):  # one image at a time: the boundary maps are (C, H, W) each
+            if not (t != self.ignore_index).any():  # an image with no counted pixel scores nothing
+                continue
+            for tolerance in self.boundary_tolerances:
+                score = masks.boundary_f(p[None], t[None], self.num_classes, tolerance, self.ignore_index)
+                self.boundary_scores[tolerance].append(score.cpu())
+            if self.thing_ids:
+                self.object_counts += masks.object_counts(p[None], t[None], self.thing_ids, self.ignore_index)[0]
 
     def scores(self) -> dict[str, np.ndarray | float]:
         """:func:`scores_from_confusion` of the matrix so far (per-class arrays and the means)."""
