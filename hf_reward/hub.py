@@ -103,6 +103,7 @@ def model_card(
     scores: Mapping,
     id2label: Mapping[int, str],
     calibration: Mapping | None = None,
+    headline: tuple[str, str] = ("mean_iou", "mIoU"),
 ) -> str:
     """The README.md of a tuned model: base model, dataset, tuning settings, results, calibration.
 
@@ -135,8 +136,8 @@ def model_card(
         _metadata(base_model, dataset, ["reward-tuning"]) + f"# SegFormer tuned on {args.reward} with hf-reward\n\n"
         f"Tuned from **{base_model}** on **{dataset}** with hf-reward: {describe_recipe(args)}.\n\n"
         f"## Tuning settings\n\n{settings_table}\n\n"
-        f"## Results\n\nDataset-level validation mIoU (%), from the same start and on the same data.\n\n"
-        f"{summary_table(scores, args.max_steps)}\n\n"
+        f"## Results\n\nValidation {headline[1]} (%), from the same start and on the same data.\n\n"
+        f"{summary_table(scores, args.max_steps, *headline)}\n\n"
         f"Per-class IoU (%):\n\n{per_class_table(score_columns(scores), id2label)}\n\n"
         f"{calibrated}" + _USE
     )

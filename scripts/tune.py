@@ -114,13 +114,39 @@ def pretrained_start(
     return str(pretrain(config, settings, make))
 
 
-def calibrate(model, data_args: DataArguments, tune_args: TuneArguments, args: TuneConfig, id2label, reward):
-    """Offsets fitted on the first ``calibration_images`` training images (no augmentation), folded into ``model``."""
+def headline(args: TuneConfig) -> tuple[str, str]:
+    """The metric the run tunes, as its summary reports it: ``(metrics key, label)``."""
+    if args.reward == "boundary_f":
+        return f"boundary_f_{args.boundary_tolerance}", f"boundary F ({args.boundary_tolerance})"
+    if args.reward == "object_f1":
+        return "object_f1", "object F1"
+    if args.reward_scope == "image":
+        return "image_reward", "mIoU^I" if args.reward == "miou_gt" else f"mean per-image {args.reward}"
+    if args.reward == "miou" and not args.reward_class_weights:
+        return "mean_iou", "mIoU"
+    return "reward", args.reward
+
+
+def run_metric_options(data_args: DataArguments, args: TuneConfig) -> dict:
+    """The data's metric options, with the tuned reward's own boundary tolerance or thing classes."""
+    options = metric_options(data_args)
+    if args.reward == "boundary_f" and args.boundary_tolerance not in options["boundary_tolerances"]:
+        options["boundary_tolerances"] = [*options["boundary_tolerances"], args.boundary_tolerance]
+    if args.reward == "object_f1":
+        options["thing_classes"] = args.reward_thing_classes
+    return options
+
+
+def calibrate(model, data_args: DataArguments, tune_args: TuneArguments, args: TuneConfig, id2label):
+    """Offsets fitted on the first ``calibration_images`` training images (no augmentation), folded into ``model``:
+    for the tuned reward of the counts and its scope (per image, or the whole split), else for mIoU."""
     splits = load_data(data_args, seed=args.seed, ignore_index=args.ignore_index, id2label=id2label, augment=False)
+    reward = args.count_reward()
     return calibrate_model(
         model,
         splits.train.take(tune_args.calibration_images),
-        reward,
+        reward or "miou",
+        per_image=reward is not None and args.reward_scope == "image",
         split=f"{data_args.train_split}, first images",
         num_images=tune_args.calibration_images,
         batch_size=args.per_device_eval_batch_size,
@@ -144,7 +170,7 @@ def run_control(start_args: ModelArguments, data_args: DataArguments, args: Tune
     )
     train = load_data(data_args, seed=args.seed, ignore_index=args.ignore_index, id2label=id2label).train
     model = load_model(start_args, id2label)
-    control = segmentation_trainer(model, control_args, train, val, id2label, metric_options(data_args))
+    control = segmentation_trainer(model, control_args, train, val, id2label, run_metric_options(data_args, args))
     control.train()
     with contextlib.suppress(OSError):  # Trainer made the directory; nothing of the control is saved in it
         Path(control_args.output_dir).rmdir()
@@ -172,10 +198,9 @@ def main(argv: list[str] | None = None):
         splits.train,
         splits.eval,
         id2label,
-        metric_options(data_args),
+        run_metric_options(data_args, args),
         processing_class=image_processor(data_args),
     )
-    reward = args.count_reward() or "miou"  # calibration fits a reward of the counts
     shown = []
     if tune_args.num_overlays and trainer.is_world_process_zero():
         from hf_reward.plots import spread_sample
@@ -196,10 +221,9 @@ def main(argv: list[str] | None = None):
     if tune_args.calibrate:
         eval_args = dataclasses.replace(args, push_to_hub=False)
         for name, calibrated in models.items():
-            scores[name].calibration = calibrate(calibrated, data_args, tune_args, args, id2label, reward)
-            evaluator = segmentation_trainer(
-                calibrated, eval_args, None, splits.eval, id2label, metric_options(data_args)
-            )
+            scores[name].calibration = calibrate(calibrated, data_args, tune_args, args, id2label)
+            options = run_metric_options(data_args, args)
+            evaluator = segmentation_trainer(calibrated, eval_args, None, splits.eval, id2label, options)
             scores[name].calibrated = unprefixed(evaluator.evaluate())
         calibrated_masks = _masks(models, shown)
 
@@ -217,9 +241,11 @@ def main(argv: list[str] | None = None):
         scores=scores,
         id2label=id2label,
         calibration=model.config.to_dict().get("calibration"),
+        headline=headline(args),
     )
     if trainer.is_world_process_zero():
-        written = write_outputs(Path(args.output_dir), scores, histories, trainer.state.global_step, id2label, card)
+        out, step = Path(args.output_dir), trainer.state.global_step
+        written = write_outputs(out, scores, histories, step, id2label, card, headline(args))
         if shown:
             written += _plot(
                 Path(args.output_dir), shown, scores, histories, raw_masks, calibrated_masks, id2label, args
@@ -242,9 +268,10 @@ def _masks(models: dict, shown: list) -> dict:
     return {name: predict_masks(model, shown) for name, model in models.items()}
 
 
-def write_outputs(out: Path, scores: dict[str, ModelScores], histories, steps: int, id2label, card: str) -> list:
+def write_outputs(out: Path, scores: dict[str, ModelScores], histories, steps, id2label, card, headline) -> list:
     """The summary on stdout; ``results.md``, ``results.json`` and the card in ``out``; what was written."""
-    summary, per_class = summary_table(scores, steps), per_class_table(score_columns(scores), id2label)
+    (metric, label), per_class = headline, per_class_table(score_columns(scores), id2label)
+    summary = summary_table(scores, steps, metric=metric, label=label)
     unconverged = [(n, s.calibration) for n, s in scores.items() if s.calibration and not s.calibration.converged]
     summary += "".join(
         f"\n\nThe calibration of {name} stopped after its {len(c.history)} sweeps with offsets still moving (the "
@@ -252,7 +279,7 @@ def write_outputs(out: Path, scores: dict[str, ModelScores], histories, steps: i
         "calibration images)."
         for name, c in unconverged
     )
-    print(f"\nValidation mIoU (%), from the same start and on the same data:\n\n{summary}\n")
+    print(f"\nValidation {label} (%), from the same start and on the same data:\n\n{summary}\n")
     (out / "results.md").write_text(f"{summary}\n\nPer-class validation IoU (%):\n\n{per_class}\n")
     (out / "results.json").write_text(
         json.dumps({name: s.to_dict() for name, s in scores.items()}, indent=2, default=lambda v: v.tolist())
@@ -270,9 +297,10 @@ def write_outputs(out: Path, scores: dict[str, ModelScores], histories, steps: i
 def _plot(out: Path, shown, scores, histories, raw_masks, calibrated_masks, id2label, args) -> list:
     from hf_reward.plots import CALIBRATION_CAPTION, plot_overlays, plot_training
 
-    raw = {name: s.raw["mean_iou"] for name, s in scores.items()}
-    calibrated = {name: s.calibrated["mean_iou"] for name, s in scores.items() if s.calibrated is not None}
-    plot_training(histories, out / "training.png", start=raw[START], raw=raw, calibrated=calibrated)
+    metric, _ = headline(args)
+    raw = {name: s.raw[metric] for name, s in scores.items()}
+    calibrated = {name: s.calibrated[metric] for name, s in scores.items() if s.calibrated is not None}
+    plot_training(histories, out / "training.png", start=raw[START], raw=raw, calibrated=calibrated, metric=metric)
     predictions = {}
     for name in raw_masks:
         predictions[name] = raw_masks[name]

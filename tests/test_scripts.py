@@ -336,3 +336,14 @@ def test_the_camvid_quick_start_commands_run_as_written_on_a_few_images(tmp_path
     assert (out / "overlays.png").is_file() and (out / "pretrained" / "model.safetensors").is_file()
     _, calibrated = results["calibrate.py"]
     assert results["evaluate_model.py"]["mean_iou"] == pytest.approx(calibrated["calibrated"]["mean_iou"], abs=1e-6)
+
+
+def test_an_image_scope_run_reports_and_calibrates_for_its_own_objective(tmp_path, toy_start, capsys):
+    """reward miou_gt per image: the summary is mIoU^I and the offsets are fitted for the mean image reward."""
+    argv = ["--output_dir", str(tmp_path), *quick(toy_start, "--calibration_images"), "--calibrate", "true"]
+    trainer = TUNE.main([*argv, "--calibration_images", "8", "--reward", "miou_gt", "--reward_scope", "image"])
+    assert "Validation mIoU^I (%)" in capsys.readouterr().out
+    assert (
+        trainer.model.config.calibration["scope"] == "image"
+        and trainer.model.config.calibration["reward"] == "miou_gt"
+    )
