@@ -1,6 +1,6 @@
 """Time and memory of every metric and decoder, on CamVid validation and on a Cityscapes-sized synthetic split.
 
-    python scripts/bench_decoders.py          # ~10 min on 2 CPU cores, after scripts/study.py (its checkpoint)
+    python scripts/bench_decoders.py          # ~20 min on 2 CPU cores, after scripts/study.py (its checkpoint)
 
 Each case runs in its own subprocess (its peak RSS, ``getrusage``, is its own):
 
