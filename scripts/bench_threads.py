@@ -1,6 +1,6 @@
 """Wall time of the main job and of a test subset at 1 and 2 torch threads, idle and beside a busy process.
 
-    python scripts/bench_threads.py                  # ~30 min on 2 cores; run it on an otherwise idle machine
+    python scripts/bench_threads.py                  # ~17 min on 2 cores; run it on an otherwise idle machine
 
 Each case runs in a fresh subprocess, as a user runs it:
 
