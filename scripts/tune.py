@@ -155,7 +155,7 @@ def calibrate(model, data_args: DataArguments, tune_args: TuneArguments, args: T
     )
 
 
-def run_control(start_args: ModelArguments, data_args: DataArguments, args: TuneConfig, val, id2label):
+def run_control(start_args: ModelArguments, data_args: DataArguments, args: TuneConfig, val, id2label, options):
     """Continued cross-entropy from the same start, on the same data, for the same steps."""
     control_args = dataclasses.replace(
         args,
@@ -170,7 +170,7 @@ def run_control(start_args: ModelArguments, data_args: DataArguments, args: Tune
     )
     train = load_data(data_args, seed=args.seed, ignore_index=args.ignore_index, id2label=id2label).train
     model = load_model(start_args, id2label)
-    control = segmentation_trainer(model, control_args, train, val, id2label, run_metric_options(data_args, args))
+    control = segmentation_trainer(model, control_args, train, val, id2label, options)
     control.train()
     with contextlib.suppress(OSError):  # Trainer made the directory; nothing of the control is saved in it
         Path(control_args.output_dir).rmdir()
@@ -192,14 +192,9 @@ def main(argv: list[str] | None = None):
     start_args = dataclasses.replace(model_args, model_name_or_path=start_path)
     model = load_model(start_args, id2label)
     models = {START: copy.deepcopy(model), TUNED: model}
+    options, summary_metric = run_metric_options(data_args, args), headline(args)
     trainer = segmentation_trainer(
-        model,
-        args,
-        splits.train,
-        splits.eval,
-        id2label,
-        run_metric_options(data_args, args),
-        processing_class=image_processor(data_args),
+        model, args, splits.train, splits.eval, id2label, options, processing_class=image_processor(data_args)
     )
     shown = []
     if tune_args.num_overlays and trainer.is_world_process_zero():
@@ -212,7 +207,7 @@ def main(argv: list[str] | None = None):
     scores[TUNED] = ModelScores(unprefixed(trainer.evaluate()))
     histories = {TUNED: trainer.state.log_history}
     if tune_args.control:
-        control = run_control(start_args, data_args, args, splits.eval, id2label)
+        control = run_control(start_args, data_args, args, splits.eval, id2label, options)
         scores[CONTROL] = ModelScores(unprefixed(control.evaluate()))
         models[CONTROL], histories[CONTROL] = control.model, control.state.log_history
 
@@ -222,7 +217,6 @@ def main(argv: list[str] | None = None):
         eval_args = dataclasses.replace(args, push_to_hub=False)
         for name, calibrated in models.items():
             scores[name].calibration = calibrate(calibrated, data_args, tune_args, args, id2label)
-            options = run_metric_options(data_args, args)
             evaluator = segmentation_trainer(calibrated, eval_args, None, splits.eval, id2label, options)
             scores[name].calibrated = unprefixed(evaluator.evaluate())
         calibrated_masks = _masks(models, shown)
@@ -241,15 +235,14 @@ def main(argv: list[str] | None = None):
         scores=scores,
         id2label=id2label,
         calibration=model.config.to_dict().get("calibration"),
-        headline=headline(args),
+        headline=summary_metric,
     )
     if trainer.is_world_process_zero():
         out, step = Path(args.output_dir), trainer.state.global_step
-        written = write_outputs(out, scores, histories, step, id2label, card, headline(args))
+        written = write_outputs(out, scores, histories, step, id2label, card, summary_metric)
         if shown:
-            written += _plot(
-                Path(args.output_dir), shown, scores, histories, raw_masks, calibrated_masks, id2label, args
-            )
+            masks = raw_masks, calibrated_masks
+            written += _plot(out, shown, scores, histories, *masks, id2label, args, summary_metric[0])
         checkpoints = sorted(Path(args.output_dir).glob("checkpoint-*"))
         if checkpoints:
             written.append(("checkpoints", ", ".join(str(c) for c in checkpoints)))
@@ -268,7 +261,9 @@ def _masks(models: dict, shown: list) -> dict:
     return {name: predict_masks(model, shown) for name, model in models.items()}
 
 
-def write_outputs(out: Path, scores: dict[str, ModelScores], histories, steps, id2label, card, headline) -> list:
+def write_outputs(
+    out: Path, scores: dict[str, ModelScores], histories, steps: int, id2label, card: str, headline: tuple[str, str]
+) -> list:
     """The summary on stdout; ``results.md``, ``results.json`` and the card in ``out``; what was written."""
     (metric, label), per_class = headline, per_class_table(score_columns(scores), id2label)
     summary = summary_table(scores, steps, metric=metric, label=label)
@@ -294,10 +289,9 @@ def write_outputs(out: Path, scores: dict[str, ModelScores], histories, steps, i
     ]
 
 
-def _plot(out: Path, shown, scores, histories, raw_masks, calibrated_masks, id2label, args) -> list:
+def _plot(out: Path, shown, scores, histories, raw_masks, calibrated_masks, id2label, args, metric: str) -> list:
     from hf_reward.plots import CALIBRATION_CAPTION, plot_overlays, plot_training
 
-    metric, _ = headline(args)
     raw = {name: s.raw[metric] for name, s in scores.items()}
     calibrated = {name: s.calibrated[metric] for name, s in scores.items() if s.calibrated is not None}
     plot_training(histories, out / "training.png", start=raw[START], raw=raw, calibrated=calibrated, metric=metric)
