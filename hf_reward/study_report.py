@@ -211,7 +211,7 @@ def plot_curves(cfg, groups: dict, picks: dict, start: dict, start_decoder: str,
     metric = cfg.metrics[0]
     plt = pyplot()
     horizons = list(cfg.horizons)
-    fig, axes = plt.subplots(len(horizons), 1, figsize=(9, 4 * len(horizons)), squeeze=False)
+    fig, axes = plt.subplots(len(horizons), 1, figsize=(13, 4 * len(horizons)), squeeze=False)
     arms = list(dict.fromkeys(arm for arm, _ in picks))
     colours = {arm: plt.get_cmap("tab10")(i % 10) for i, arm in enumerate(arms)}
     key = f"eval_validation_{metric}"
@@ -242,8 +242,8 @@ def plot_curves(cfg, groups: dict, picks: dict, start: dict, start_decoder: str,
             ylabel=f"validation {metric}",
             title=f"{horizon} horizon: raw during training, decoded at the end (dashed)",
         )
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the axes: no curve hidden
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=80, bbox_inches="tight")
     plt.close(fig)
