@@ -58,16 +58,18 @@ def _rankseg():
     return rankseg
 
 
-def fit_decoders(cache: LogitCache, decoders: Sequence[str], reward: Reward) -> dict:
-    """The parameters of each decoder in ``decoders`` that has some, fitted on ``cache``."""
+def fit_decoders(
+    cache: LogitCache, decoders: Sequence[str], reward: Reward, device: str | torch.device = "cpu"
+) -> dict:
+    """The parameters of each decoder in ``decoders`` that has some, fitted on ``cache`` (computed on ``device``)."""
     unknown = [d for d in decoders if d not in DECODERS]
     if unknown:
         raise ValueError(f"decoders must come from {DECODERS}, got {unknown}")
     fitted = {}
     if "offsets" in decoders:
-        fitted["offsets"] = fit_offsets(cache, reward, progress=False).offsets
+        fitted["offsets"] = fit_offsets(cache, reward, device=device, progress=False).offsets
     if "image_offsets" in decoders:
-        fitted["image_offsets"] = fit_offsets(cache, "miou_gt", per_image=True, progress=False).offsets
+        fitted["image_offsets"] = fit_offsets(cache, "miou_gt", per_image=True, device=device, progress=False).offsets
     if "rankseg" in decoders:
         _rankseg()  # missing: fail before any scoring
     return fitted
@@ -97,7 +99,12 @@ def score_decoders(
     :class:`~hf_reward.metrics.StreamingMeanIoU` with ``metric_options`` (``per_image``,
     ``boundary_tolerances``, ``thing_classes``).
     """
-    fitted = fit_decoders(_cache(model, fit_split, batch_size), decoders, reward) if set(decoders) - {"argmax"} else {}
+    device = next(model.parameters()).device
+    fitted = (
+        fit_decoders(_cache(model, fit_split, batch_size), decoders, reward, device)
+        if set(decoders) - {"argmax"}
+        else {}
+    )
     out = {}
     for split, dataset in splits.items():
         metrics = {

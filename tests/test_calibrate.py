@@ -10,6 +10,7 @@ from hf_reward.calibrate import (
     Calibration,
     LogitCache,
     _candidate_confusions,
+    _first_winning_index,
     _grid,
     _switch_histogram,
     collect_logits,
@@ -252,3 +253,36 @@ def test_a_reward_that_is_nan_on_some_candidate_is_refused_not_fitted_to_zero():
 
     with pytest.raises(ValueError, match="'precision_of_class_2' is not finite for class 0's offset"):
         fit_offsets(random_case(lattice=False), precision_of_class_2, progress=False)
+
+
+def test_the_threshold_index_is_the_first_grid_value_that_wins_even_at_ties_and_large_logits():
+    """Reference: every grid value tried, with the float32 sums the argmax computes."""
+    g = torch.Generator().manual_seed(6)
+    grid = _grid(0.05, 5.0)
+    u = torch.randn(4000, generator=g) * torch.tensor([1.0, 30.0, 3000.0]).repeat(1334)[:4000]
+    # Half the runners-up sit exactly where a grid value lands u on them: ties, and near-ties from rounding.
+    m = torch.where(torch.arange(4000) % 2 == 0, u + grid[torch.randint(0, len(grid), (4000,), generator=g)], u + 1.3)
+    c_first = torch.rand(4000, generator=g) < 0.5
+    sums = u.view(-1, 1) + grid.view(1, -1)  # (n, K)
+    wins = (sums > m.view(-1, 1)) | ((sums == m.view(-1, 1)) & c_first.view(-1, 1))
+    reference = torch.where(wins.any(1), wins.float().argmax(1), len(grid))
+    assert torch.equal(_first_winning_index(u, m, c_first, grid), reference)
+
+
+def test_calibrating_a_model_fits_on_the_models_device(monkeypatch):
+    """The fit runs where the model is (a GPU's passes take seconds), unless told otherwise."""
+    from hf_reward import pipeline
+
+    seen = {}
+
+    def spy(cache, reward, **kwargs):
+        seen.update(kwargs)
+        return fit_offsets(cache, reward, **kwargs)
+
+    monkeypatch.setattr(pipeline, "fit_offsets", spy)
+    model = tiny_segformer(C)
+    data = BlobsDataset(4, 32, C)
+    pipeline.calibrate_model(model, data, "miou", split="train", progress=False)
+    assert seen["device"] == next(model.parameters()).device
+    pipeline.calibrate_model(model, data, "miou", split="train", progress=False, device="cpu")
+    assert seen["device"] == "cpu"

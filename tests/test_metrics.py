@@ -13,7 +13,7 @@ from cityscapesscripts.helpers.labels import id2label as cs_id2label
 from cityscapesscripts.helpers.labels import trainId2label
 
 from hf_reward.data import cityscapes_id2label, cityscapes_label_map, label_lookup
-from hf_reward.metrics import StreamingMeanIoU, scores_from_confusion
+from hf_reward.metrics import StreamingMeanIoU, scores_from_confusion, upsample_logits
 
 
 def one_hot_logits(pred: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -169,3 +169,14 @@ def test_bad_labels_and_shapes_are_refused():
         metric.update(torch.zeros(1, 4, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="id2label has 2 classes"):
         StreamingMeanIoU(3, {0: "a", 1: "b"})
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7, 9, 29, 37), (1, 3, 33, 47, 100, 100), (2, 11, 32, 44, 128, 176)])
+def test_upsampled_logits_are_bilinear_and_each_channel_does_not_depend_on_the_others(shape):
+    b, c, h, w, *size = shape
+    logits = torch.randn(b, c, h, w, generator=torch.Generator().manual_seed(0)) * 10
+    up = upsample_logits(logits, tuple(size))
+    stock = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+    assert up.shape == (b, c, *size) and torch.allclose(up, stock, atol=1e-5, rtol=0)
+    for j in range(c):  # bitwise, so that a pass over one class agrees with the argmax over all
+        assert torch.equal(up[:, j], upsample_logits(logits[:, j : j + 1], tuple(size))[:, 0])
