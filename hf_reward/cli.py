@@ -245,13 +245,15 @@ class DataArguments:
 
     dataset: str = _arg(
         "toy_streets",
-        "One of 'toy_streets', 'camvid', 'cityscapes', or any image + mask dataset: a Hub repo id, a local "
-        "directory, or a builder ('parquet', 'imagefolder') with --data_path as its files.",
+        "One of 'toy_streets', 'camvid', 'cityscapes', 'gta5', 'mapillary_v1.2', 'mapillary_v2.0', 'easyportrait', "
+        "or any image + mask dataset: a Hub repo id, a local directory, or a builder ('parquet', 'imagefolder') "
+        "with --data_path as its files.",
     )
     data_path: str | None = _arg(
         None,
         f"camvid: its directory (default {CAMVID_PATH}). cityscapes: a Hub repo id (default {CITYSCAPES_REPO}) "
-        "or a directory of <split>-*.parquet files. Other datasets: a glob of their files, '{split}' standing "
+        "or a directory of <split>-*.parquet files. gta5, mapillary_*, easyportrait: the directory as published "
+        "(hf_reward.data.folders). Other datasets: a glob of their files, '{split}' standing "
         "for the split name (e.g. 'data/{split}-*.parquet').",
     )
     class_names: list[str] | None = _arg(

@@ -44,6 +44,7 @@ from .data.camvid import DEFAULT_ROOT as CAMVID_PATH
 from .data.camvid import THING_CLASSES as CAMVID_THINGS
 from .data.cityscapes import HUB_REPO as CITYSCAPES_REPO
 from .data.cityscapes import cityscapes_thing_classes
+from .data.folders import MAPILLARY_VERSIONS, load_easyportrait, load_gta5, load_mapillary, mapillary_classes
 from .data.toy_streets import THING_CLASSES as TOY_STREETS_THINGS
 from .data.transforms import collate_segmentation
 from .decoders import decode
@@ -81,19 +82,49 @@ def _cityscapes(d: DataArguments, split: str, role: str, pipeline: dict):
     return load_cityscapes(split, path=d.data_path or CITYSCAPES_REPO, **pipeline)
 
 
+def _root(d: DataArguments, name: str) -> Path:
+    if not d.data_path or not Path(d.data_path).is_dir():
+        raise UsageError(f"--dataset {name} needs --data_path: the directory it was unpacked to, got {d.data_path!r}")
+    return Path(d.data_path)
+
+
+def _mapillary(version: str):
+    def load(d: DataArguments, split: str, role: str, pipeline: dict):
+        return load_mapillary(split, root=_root(d, f"mapillary_{version}"), version=version, **pipeline)
+
+    return load
+
+
+def _easyportrait(d: DataArguments, split: str, role: str, pipeline: dict):
+    return load_easyportrait(split, root=_root(d, "easyportrait"), **pipeline)
+
+
+def _gta5(d: DataArguments, split: str, role: str, pipeline: dict):
+    return load_gta5(split, root=_root(d, "gta5"), **pipeline)
+
+
 @dataclass(frozen=True)
 class DatasetAdapter:
-    """A dataset ``--dataset`` names: ``load(data_args, split, role, pipeline) -> (dataset, id2label)``, its things."""
+    """A dataset ``--dataset`` names: ``load(data_args, split, role, pipeline) -> (dataset, id2label)``, and
+    ``thing_classes(data_args)``, its classes whose connected components are objects."""
 
     load: Callable
-    thing_classes: Callable[[], Sequence[str]]
+    thing_classes: Callable[[DataArguments], Sequence[str]]
 
 
 # The datasets --dataset names; each adapter brings its classes. Any other value is an image + mask dataset.
 DATASETS: dict[str, DatasetAdapter] = {
-    "toy_streets": DatasetAdapter(_toy_streets, lambda: TOY_STREETS_THINGS),
-    "camvid": DatasetAdapter(_camvid, lambda: CAMVID_THINGS),
-    "cityscapes": DatasetAdapter(_cityscapes, cityscapes_thing_classes),
+    "toy_streets": DatasetAdapter(_toy_streets, lambda d: TOY_STREETS_THINGS),
+    "camvid": DatasetAdapter(_camvid, lambda d: CAMVID_THINGS),
+    "cityscapes": DatasetAdapter(_cityscapes, lambda d: cityscapes_thing_classes()),
+    "gta5": DatasetAdapter(_gta5, lambda d: cityscapes_thing_classes()),
+    "easyportrait": DatasetAdapter(_easyportrait, lambda d: ()),  # face parts and a person: no countable objects
+    **{
+        f"mapillary_{v}": DatasetAdapter(
+            _mapillary(v), lambda d, v=v: mapillary_classes(_root(d, f"mapillary_{v}"), v)[2]
+        )
+        for v in MAPILLARY_VERSIONS
+    },
 }
 
 
@@ -102,7 +133,7 @@ def metric_options(data_args: DataArguments) -> dict:
     tolerances, objects of the thing classes (``--thing_classes``, or the named dataset's own)."""
     things = data_args.thing_classes
     if things is None:
-        things = DATASETS[data_args.dataset].thing_classes() if data_args.dataset in DATASETS else ()
+        things = DATASETS[data_args.dataset].thing_classes(data_args) if data_args.dataset in DATASETS else ()
     return {"per_image": True, "boundary_tolerances": data_args.boundary_tolerances, "thing_classes": list(things)}
 
 
@@ -572,7 +603,8 @@ def calibrate_model(
 
     ``split`` names the data in the model's calibration record; ``num_images``: how many a stream holds
     (for the progress bar; a map-style dataset knows). ``fit_kwargs`` go to
-    :func:`hf_reward.calibrate.fit_offsets` (``step``, ``max_offset``, ``max_sweeps``).
+    :func:`hf_reward.calibrate.fit_offsets` (``step``, ``max_offset``, ``max_sweeps``); the fit runs on the
+    model's device unless ``device`` says otherwise.
     """
     reward = get_reward(reward) if isinstance(reward, str) else reward
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_segmentation)
@@ -583,6 +615,7 @@ def calibrate_model(
     )
     if len(cache) == 0:
         raise UsageError(f"the calibration split {split!r} yields no image (check its name and the data's source)")
+    fit_kwargs.setdefault("device", next(model.parameters()).device)
     calibration = fit_offsets(cache, reward, ignore_index=ignore_index, progress=progress, **fit_kwargs)
     fold_offsets(model, calibration, split=f"{split} ({len(cache)} images)")
     return calibration

@@ -11,6 +11,7 @@ Example::
 
 from .camvid import load_camvid
 from .cityscapes import cityscapes_id2label, cityscapes_label_map, load_cityscapes
+from .folders import load_easyportrait, load_gta5, load_mapillary, mapillary_classes
 from .in_memory import InMemorySegmentation, materialise_split
 from .labels import DataError, check_num_labels, identity_label_map, label_lookup, map_mask
 from .loading import (
@@ -29,6 +30,10 @@ __all__ = [
     "cityscapes_id2label",
     "cityscapes_label_map",
     "load_cityscapes",
+    "load_easyportrait",
+    "load_gta5",
+    "load_mapillary",
+    "mapillary_classes",
     "InMemorySegmentation",
     "materialise_split",
     "DataError",
