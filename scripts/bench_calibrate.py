@@ -1,9 +1,11 @@
 """Time and peak memory of calibration (:mod:`hf_reward.calibrate`) on CPU.
 
-    python scripts/bench_calibrate.py > bench_calibrate.md      # 45 min on 1 thread, see below
+    python scripts/bench_calibrate.py --threads 2 > bench_calibrate.md   # 2 CPU cores, see below
+    python scripts/bench_calibrate.py --device cuda                       # the fit on a GPU
 
 Each case runs in its own subprocess, one after the other, so that its peak RSS
-(``getrusage``'s ``ru_maxrss``) is its own; torch uses ``--threads`` threads.
+(``getrusage``'s ``ru_maxrss``) is its own; torch uses ``--threads`` threads, and the fit
+computes on ``--device`` (the logits stay cached on the CPU and each item is moved there).
 
 1. ``camvid``: CamVid train (367 images at 128 x 176, ``--camvid_root``) through a randomly
    initialised SegFormer of the study's size (``configs/study_camvid.yaml``, 2.06M parameters; its
@@ -64,11 +66,11 @@ def rss_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def fit(cache: LogitCache, **kwargs) -> dict:
+def fit(cache: LogitCache, device: str, **kwargs) -> dict:
     data = CountingReads(cache)
     rss_before = rss_mb()
     start = time.perf_counter()
-    result = fit_offsets(data, "miou", progress=False, **kwargs)
+    result = fit_offsets(data, "miou", progress=False, device=device, **kwargs)
     seconds = time.perf_counter() - start
     image_passes = data.reads - 1
     return dict(
@@ -93,7 +95,7 @@ def camvid(args) -> dict:
     start = time.perf_counter()
     cache = collect_logits(model, loader, progress=False)
     collect_s = time.perf_counter() - start
-    out = fit(cache)
+    out = fit(cache, args.device)
     fold_offsets(model, out.pop("result"), split="train")
     metric = StreamingMeanIoU(len(id2label))
     model.eval()  # collect_logits put it back in training mode, where batch norm uses the batch's statistics
@@ -111,7 +113,7 @@ def synthetic(args) -> dict:
         for i in range(args.images):
             cache.append(*cityscapes_sized_image(i))
         collect_s = time.perf_counter() - start
-        out = fit(cache, max_sweeps=1)
+        out = fit(cache, args.device, max_sweeps=1)
         out.pop("result")
         del cache
     return dict(out, images=args.images, cache="disk", collect_s=collect_s)
@@ -127,6 +129,8 @@ def run_case(case: str, args, images: int | None = None) -> dict:
         str(args.threads),
         "--camvid_root",
         args.camvid_root,
+        "--device",
+        args.device,
     ]
     command += ["--images", str(images)] if images else []
     command += ["--cache_dir", args.cache_dir] if args.cache_dir else []
@@ -141,6 +145,7 @@ class BenchArguments:
     case: str | None = field(default=None, metadata={"help": "'camvid' or 'synthetic': run one case here."})
     images: int = field(default=50, metadata={"help": "synthetic: images in the split."})
     camvid_root: str = field(default=DEFAULT_ROOT, metadata={"help": "CamVid's directory."})
+    device: str = field(default="cpu", metadata={"help": "Where the fit computes: cpu, cuda, ..."})
     cache_dir: str | None = field(
         default=None, metadata={"help": "synthetic: the disk cache's place (default: the temp dir)."}
     )
@@ -159,7 +164,7 @@ def main(argv: list[str] | None = None):
     for n in (50, 100, 200):
         rows.append(("synthetic Cityscapes, 1024 x 2048, C = 19, 1 sweep", run_case("synthetic", args, n)))
         print(f"synthetic {n} done: {rows[-1][1]}", file=sys.stderr, flush=True)
-    print(f"torch threads: {args.threads}\n")
+    print(f"torch threads: {args.threads}, fit on: {args.device}\n")
     print(
         "| case | images | cache | collect (s) | fit (s) | sweeps | image-passes | ms / image-pass "
         "| RSS before fit (MB) | peak RSS (MB) | mIoU before -> after |"
@@ -180,7 +185,7 @@ def main(argv: list[str] | None = None):
     per_pass = rows[-1][1]["ms_per_image_pass"] / 1000
     print(
         f"Synthetic: a full sweep of 500 images at {per_pass:.2f} s per image and pass takes "
-        f"{500 * 19 * per_pass / 60:.0f} min on {args.threads} thread(s)."
+        f"{500 * 19 * per_pass / 60:.0f} min on {args.threads} thread(s), {args.device}."
     )
 
 

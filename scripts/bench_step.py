@@ -2,6 +2,7 @@
 
     python scripts/bench_step.py                           # CPU: C = 19 and 150, batch 8, 512 x 512 (~4 min)
     python scripts/bench_step.py --device cuda --rounds 20 # where a GPU is present
+    python scripts/bench_step.py --device cuda --precision bf16   # autocast; fp16 adds a gradient scaler
 
 One train step (forward, loss, backward) of a MiT-b0-sized SegFormer (the default
 ``SegformerConfig``) with C classes, batch 8 at 512 x 512, for:
@@ -24,6 +25,7 @@ Results: README, "Cost of a step".
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -33,7 +35,7 @@ import torch
 from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
 from hf_reward import LossSettings, RewardState, reward_loss
-from hf_reward.cli import parse_config, run_script
+from hf_reward.cli import UsageError, parse_config, run_script
 from hf_reward.loss import pixel_cross_entropy
 from hf_reward.rewards import miou
 
@@ -61,23 +63,32 @@ def resident_now_mib() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def step(model, pixels, labels, knobs, context):
-    if knobs is None:
-        loss = model(pixel_values=pixels, labels=labels).loss
-    else:
-        knobs = dict(knobs)
-        ce = knobs.pop("ce", False)
-        settings = LossSettings(reward=miou, sample_resolution="logits", ignore_index=255, **knobs)
-        logits = model(pixel_values=pixels).logits
-        state = RewardState(running=context if knobs["reward_scope"] == "dataset" else None)
-        loss = reward_loss(logits, labels, settings, state=state).loss
-        if ce:  # RewardSegConfig's default ce_weight=1: the trainer adds it at label resolution
-            loss = loss + pixel_cross_entropy(logits, labels)
-    loss.backward()
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def measure(device, num_classes: int, batch: int, size: int, rounds: int) -> dict[str, tuple[float, float]]:
-    """Median seconds per step and peak extra memory (MiB) of every variant."""
+def step(model, pixels, labels, knobs, context, precision: str = "fp32", scaler=None):
+    dtype = PRECISIONS[precision]
+    autocast = torch.autocast(pixels.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    with autocast:
+        if knobs is None:
+            loss = model(pixel_values=pixels, labels=labels).loss
+        else:
+            knobs = dict(knobs)
+            ce = knobs.pop("ce", False)
+            settings = LossSettings(reward=miou, sample_resolution="logits", ignore_index=255, **knobs)
+            logits = model(pixel_values=pixels).logits
+            state = RewardState(running=context if knobs["reward_scope"] == "dataset" else None)
+            loss = reward_loss(logits, labels, settings, state=state).loss
+            if ce:  # RewardSegConfig's default ce_weight=1: the trainer adds it at label resolution
+                loss = loss + pixel_cross_entropy(logits, labels)
+    (loss if scaler is None else scaler.scale(loss)).backward()
+    return loss
+
+
+def measure(
+    device, num_classes: int, batch: int, size: int, rounds: int, precision: str = "fp32"
+) -> dict[str, tuple[float, float]]:
+    """Median seconds per step and peak extra memory (MiB) of every variant; each loss must be finite."""
     torch.manual_seed(0)
     model = SegformerForSemanticSegmentation(SegformerConfig(num_labels=num_classes)).to(device).train()
     pixels = torch.randn(batch, 3, size, size, device=device)
@@ -86,6 +97,7 @@ def measure(device, num_classes: int, batch: int, size: int, rounds: int) -> dic
     pixels_per_batch = batch * (size // 4) ** 2
     context = torch.rand(num_classes, num_classes, device=device, dtype=torch.float64)
     context *= 10 * pixels_per_batch / context.sum()
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     times = {name: [] for name in VARIANTS}
     memory = {name: 0.0 for name in VARIANTS}
     for round_ in range(rounds + 1):  # round 0 warms up
@@ -99,7 +111,7 @@ def measure(device, num_classes: int, batch: int, size: int, rounds: int) -> dic
                 Path("/proc/self/clear_refs").write_text("5")
                 before = resident_now_mib()
             start = time.perf_counter()
-            step(model, pixels, labels, knobs, context)
+            loss = step(model, pixels, labels, knobs, context, precision, scaler)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
@@ -108,6 +120,8 @@ def measure(device, num_classes: int, batch: int, size: int, rounds: int) -> dic
                 if device.type == "cuda"
                 else resident_peak_mib() - before
             )
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"{name} in {precision}: the loss is {float(loss)}")
             if round_:
                 times[name].append(seconds)
                 memory[name] = max(memory[name], extra)
@@ -123,20 +137,26 @@ class StepArguments:
     batch: int = field(default=8, metadata={"help": "Images per step."})
     size: int = field(default=512, metadata={"help": "Image side."})
     classes: list[int] = field(default_factory=lambda: [19, 150], metadata={"help": "Class counts C to time."})
+    precision: str = field(
+        default="fp32", metadata={"help": f"One of {tuple(PRECISIONS)}: autocast, and for fp16 a gradient scaler."}
+    )
 
 
 def main(argv: list[str] | None = None):
     (args,) = parse_config([StepArguments], argv, description=__doc__.split("\n\n")[0])
+    if args.precision not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {tuple(PRECISIONS)}, got {args.precision!r}")
     device = torch.device(args.device)
     print(
-        f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
+        f"device {device}, {args.precision}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"batch {args.batch}, "
         f"{args.size} x {args.size}, medians of {args.rounds} rounds\n"
     )
     print(
         "| C | variant | step (s) | ratio to MLE | peak extra memory (MiB) | logits (MiB) |\n|---|---|---|---|---|---|"
     )
     for c in args.classes:
-        results = measure(device, c, args.batch, args.size, args.rounds)
+        results = measure(device, c, args.batch, args.size, args.rounds, args.precision)
         logits_mib = args.batch * c * (args.size // 4) ** 2 * 4 / 2**20
         for name, (seconds, extra) in results.items():
             print(

@@ -1,0 +1,50 @@
+"""The GPU check's parts that run anywhere: mixed-precision steps on the CPU, its study config, its table cells."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import load_script
+
+from hf_reward.cli import UsageError, parse_config
+from hf_reward.study import StudyConfig
+
+bench_step = load_script("bench_step")
+gpu_check = load_script("gpu_check")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_a_mixed_precision_step_trains_every_variant_with_a_finite_loss(precision, capsys):
+    bench_step.main(["--precision", precision, "--classes", "19", "--batch", "1", "--size", "64", "--rounds", "1"])
+    stdout = capsys.readouterr().out
+    cells = gpu_check.bench_step_result(stdout, None).split("; ")
+    assert [c.split(" ")[0] for c in cells] == ["mle", "local", "local", "score"] and f"cpu, {precision}" in stdout
+    assert all(math.isfinite(float(c.split(" s ")[0].split(" ")[-1])) for c in cells)
+
+
+def test_an_unknown_precision_is_refused():
+    with pytest.raises(UsageError, match="--precision must be one of"):
+        bench_step.main(["--precision", "fp8"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_the_gpu_check_refuses_to_run_without_cuda(tmp_path):
+    with pytest.raises(UsageError, match="no CUDA device"):
+        gpu_check.main(["--output_dir", str(tmp_path)])
+
+
+def test_the_short_study_keeps_every_arms_short_horizon_and_seed_0(tmp_path):
+    (cfg,) = parse_config([StudyConfig], ["--config", str(gpu_check.short_study_config(tmp_path / "study"))])
+    runs = cfg.runs()
+    assert {r.horizon for r in runs} == {"short"} and {r.seed for r in runs} == {0}
+    assert sorted({r.arm for r in runs}) == sorted(["ce", "lovasz", "ce_lovasz", "local", "local_ce"])
+    assert len(runs) == 10 and cfg.output_dir == str(tmp_path / "study")
+
+
+def test_the_tune_cell_reads_each_models_raw_and_calibrated_miou(tmp_path):
+    scores = {"raw": {"mean_iou": 0.5}, "calibrated": {"mean_iou": 0.55}}
+    (tmp_path / "results.json").write_text(
+        json.dumps({"start": scores, "tuned": scores, "control": {"raw": {"mean_iou": 0.25}}})
+    )
+    assert gpu_check.tune_result("", tmp_path) == "start 50.0 / 55.0; tuned 50.0 / 55.0; control 25.0"
