@@ -28,6 +28,8 @@ from hf_reward.data import (
     toy_streets,
     train_transform,
 )
+from hf_reward.data.camvid import camvid_day_dusk, camvid_frames
+from hf_reward.data.labels import DataError
 
 
 def png(array: np.ndarray) -> bytes:
@@ -333,3 +335,19 @@ def test_cityscapes_without_its_extra_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "cityscapesscripts.helpers.labels", None)  # as if not installed
     with pytest.raises(ImportError, match=r"pip install 'hf-reward\[cityscapes\]'"):
         cityscapes_id2label()
+
+
+def test_camvid_day_dusk_parts_split_the_training_frames_by_sequence_and_block():
+    parts = camvid_day_dusk(CAMVID, block=8)
+    frames = camvid_frames("train", CAMVID)
+    dusk = sorted(f for f in frames if f.startswith("0001TP_"))
+    assert sorted(parts["target_pool"] + parts["target_eval"]) == dusk and len(dusk) == 62
+    assert not set(parts["target_pool"]) & set(parts["target_eval"])
+    assert sorted(parts["source"] + dusk) == sorted(frames) and not any(
+        f.startswith("0001TP") for f in parts["source"]
+    )
+    assert parts["target_pool"][:8] == dusk[:8] and parts["target_eval"][:8] == dusk[8:16]
+    pool, _ = load_camvid("train", root=CAMVID, frames=parts["target_pool"], streaming=False)
+    assert len(pool) == 32
+    with pytest.raises(DataError, match=r"no frames \['0001TP_999999.png'\]"):
+        load_camvid("train", root=CAMVID, frames=["0001TP_999999.png"])
