@@ -38,7 +38,14 @@ from pathlib import Path
 
 import torch
 
-from .adapt import class_balanced_thresholds, em_priors, expected_miou_shortfall, mean_entropy, mean_posteriors
+from .adapt import (
+    class_balanced_thresholds,
+    em_priors,
+    expected_miou_shortfall,
+    mean_entropy,
+    mean_posteriors,
+    pseudo_labels,
+)
 from .calibrate import collect_logits
 from .data import load_camvid
 from .data.camvid import DEFAULT_ROOT as CAMVID_PATH
@@ -131,6 +138,9 @@ class Domains:
             self.images, self.labels if labels is None else labels, indices=rows, flip=flip, seed=seed
         )
 
+    def loader(self, rows) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(self.dataset(rows), batch_size=16, collate_fn=collate_segmentation)
+
     def mixed(self, target_rows, labels=None, seed: int = 0) -> InMemorySegmentation:
         """Source and ``target_rows``, the latter repeated to make about half of the rows."""
         repeats = max(1, round(len(self.source) / len(target_rows)))
@@ -163,10 +173,12 @@ def pool_logits(model, domains: Domains, rows) -> torch.Tensor:
     """The model's logits ``(N, C, H, W)`` on ``rows``, upsampled to the labels' size."""
     with eval_mode(model):
         device = next(model.parameters()).device
-        batches = torch.utils.data.DataLoader(domains.dataset(rows), batch_size=16, collate_fn=collate_segmentation)
         size = tuple(domains.labels.shape[-2:])
         return torch.cat(
-            [upsample_logits(model(pixel_values=b["pixel_values"].to(device)).logits, size).cpu() for b in batches]
+            [
+                upsample_logits(model(pixel_values=b["pixel_values"].to(device)).logits, size).cpu()
+                for b in domains.loader(rows)
+            ]
         )
 
 
@@ -197,19 +209,9 @@ def run_workflow(cfg: AdaptConfig, workflow: str, seed: int, domains: Domains, s
         _tune(cfg, model, domains.mixed(labelled, seed=seed), fields, seed, out)
         rounds.append(_score(model, domains))
     elif workflow == "em_priors":
-        source = collect_logits(
-            model,
-            torch.utils.data.DataLoader(
-                domains.dataset(domains.source), batch_size=16, collate_fn=collate_segmentation
-            ),
-            progress=False,
-        )
-        target = collect_logits(
-            model,
-            torch.utils.data.DataLoader(domains.dataset(domains.pool), batch_size=16, collate_fn=collate_segmentation),
-            progress=False,
-        )
-        _, offsets = em_priors(target, mean_posteriors(source))
+        source_logits = collect_logits(model, domains.loader(domains.source), progress=False)
+        pool = collect_logits(model, domains.loader(domains.pool), progress=False)
+        _, offsets = em_priors(pool, mean_posteriors(source_logits))
         with torch.no_grad():
             model.decode_head.classifier.bias.add_(offsets)
         rounds.append(_score(model, domains))
@@ -219,10 +221,10 @@ def run_workflow(cfg: AdaptConfig, workflow: str, seed: int, domains: Domains, s
     elif workflow == "self_training":
         for r in range(cfg.rounds):
             logits = pool_logits(model, domains, domains.pool)
-            thresholds = class_balanced_thresholds(logits, cfg.portion)
-            confidence, pred = logits.softmax(1).max(1)
             pseudo = domains.labels.clone()
-            pseudo[domains.pool] = torch.where(confidence >= thresholds[pred], pred, 255).to(pseudo.dtype)
+            pseudo[domains.pool] = pseudo_labels(logits, class_balanced_thresholds(logits, cfg.portion)).to(
+                pseudo.dtype
+            )
             _tune(cfg, model, domains.mixed(domains.pool, pseudo, seed=seed + r), {}, seed + r, out)
             rounds.append(_score(model, domains))
     elif workflow.startswith("active_"):
