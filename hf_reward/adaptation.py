@@ -55,13 +55,9 @@ from .data.transforms import collate_segmentation
 from .metrics import upsample_logits
 from .modeling import build_segformer, eval_mode, load_segformer
 from .pipeline import PretrainConfig, calibrate_model, evaluate, pretrain, segmentation_trainer, settings_hash
-from .study import _STUDY_DEFAULTS, file_hash, quiet, study_args
+from .study import _STUDY_DEFAULTS, _h, file_hash, quiet, study_args
 
 ACQUISITIONS = ("random", "entropy", "shortfall")
-
-
-def _h(text: str) -> dict:
-    return {"help": text}
 
 
 @dataclass
