@@ -54,8 +54,8 @@ from .data.in_memory import InMemorySegmentation, materialise_split
 from .data.transforms import collate_segmentation
 from .metrics import upsample_logits
 from .modeling import build_segformer, eval_mode, load_segformer
-from .pipeline import PretrainConfig, calibrate_model, evaluate, pretrain, segmentation_trainer, settings_hash
-from .study import _STUDY_DEFAULTS, _h, file_hash, quiet, study_args
+from .pipeline import calibrate_model, evaluate, pretrain, segmentation_trainer, settings_hash
+from .study import STUDY_MODEL, _h, file_hash, pretrain_config, quiet, study_args
 
 ACQUISITIONS = ("random", "entropy", "shortfall")
 
@@ -68,14 +68,7 @@ class AdaptConfig:
     data_root: str = field(default=CAMVID_PATH, metadata=_h("CamVid's directory."))
     size: list[int] = field(default_factory=lambda: [128, 176], metadata=_h("Image size (height, width)."))
     block: int = field(default=8, metadata=_h("Consecutive dusk frames per block (pool and evaluation alternate)."))
-    model: dict = field(
-        default_factory=lambda: {
-            "hidden_sizes": [32, 64, 128, 256],
-            "depths": [1, 1, 2, 1],
-            "decoder_hidden_size": 128,
-        },
-        metadata=_h("build_segformer's sizes."),
-    )
+    model: dict = field(default_factory=lambda: copy.deepcopy(STUDY_MODEL), metadata=_h("build_segformer's sizes."))
     pretrain: dict = field(
         default_factory=lambda: {"max_steps": 1500, "learning_rate": 1e-3}, metadata=_h("The source model's training.")
     )
@@ -145,15 +138,7 @@ class Domains:
 
 def source_model(cfg: AdaptConfig, domains: Domains) -> Path:
     """The source model's directory: pretrained by cross-entropy on the source (cached on its settings)."""
-    args = PretrainConfig(
-        **{
-            **_STUDY_DEFAULTS,
-            "output_dir": str(Path(cfg.output_dir) / "source"),
-            "disable_tqdm": False,
-            **cfg.pretrain,
-            "eval_steps": cfg.pretrain.get("max_steps", 600),
-        }
-    )
+    args = pretrain_config(Path(cfg.output_dir) / "source", cfg.pretrain)
 
     def make():
         model = build_segformer(domains.id2label, **cfg.model)

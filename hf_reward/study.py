@@ -27,6 +27,7 @@ or a metric and every model is scored again without training; change nothing and
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -52,6 +53,8 @@ from .decoders import DECODERS, score_decoders
 from .modeling import build_segformer, load_segformer
 from .pipeline import PretrainConfig, calibrate_model, pretrain, segmentation_trainer, settings_hash, training_settings
 
+# The SegFormer the CamVid studies build (2.06M parameters), and the adaptation benchmark's source model.
+STUDY_MODEL = {"hidden_sizes": [32, 64, 128, 256], "depths": [1, 1, 2, 1], "decoder_hidden_size": 128}
 ARM_KEYS = ("learning_rates", "horizons", "calibrate_first")  # an arm's keys that are not RewardSegConfig fields
 
 
@@ -89,11 +92,7 @@ class StudyConfig:
     )
     dev_fraction: float = field(default=0.2, metadata=_h("The first fraction of each training sequence: dev."))
     model: dict = field(
-        default_factory=lambda: {
-            "hidden_sizes": [32, 64, 128, 256],
-            "depths": [1, 1, 2, 1],
-            "decoder_hidden_size": 128,
-        },
+        default_factory=lambda: copy.deepcopy(STUDY_MODEL),
         metadata=_h("Sizes of the SegFormer built from random init (hf_reward.modeling.build_segformer)."),
     )
     pretrain: dict = field(
@@ -231,19 +230,25 @@ def file_hash(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
+def pretrain_config(output_dir: str | Path, fields: dict) -> PretrainConfig:
+    """The cross-entropy pretraining of a study-like benchmark: :data:`_STUDY_DEFAULTS` with its progress bar,
+    then ``fields``, scored once at the end."""
+    return PretrainConfig(
+        **{
+            **_STUDY_DEFAULTS,
+            "output_dir": str(output_dir),
+            "disable_tqdm": False,
+            **fields,
+            "eval_steps": fields.get("max_steps", 600),
+        }
+    )
+
+
 def pretrained_checkpoint(cfg: StudyConfig, data, id2label) -> Path:
     """The checkpoint every run starts from: ``pretrained``, or pretrained here (cached on its settings)."""
     if cfg.pretrained:
         return Path(cfg.pretrained)
-    args = PretrainConfig(
-        **{
-            **_STUDY_DEFAULTS,
-            "output_dir": str(Path(cfg.output_dir) / "pretrain"),
-            "disable_tqdm": False,
-            **cfg.pretrain,
-            "eval_steps": cfg.pretrain.get("max_steps", 600),
-        }
-    )
+    args = pretrain_config(Path(cfg.output_dir) / "pretrain", cfg.pretrain)
 
     def make():
         model = build_segformer(id2label, **cfg.model)
