@@ -53,7 +53,7 @@ from .data.camvid import camvid_day_dusk, camvid_frames
 from .data.in_memory import InMemorySegmentation, materialise_split
 from .data.transforms import collate_segmentation
 from .metrics import upsample_logits
-from .modeling import build_segformer, eval_mode, load_segformer
+from .modeling import build_model, eval_mode, load_segmentation_model
 from .pipeline import calibrate_model, evaluate, pretrain, segmentation_trainer, settings_hash
 from .study import STUDY_MODEL, _h, file_hash, pretrain_config, quiet, study_args
 
@@ -68,7 +68,9 @@ class AdaptConfig:
     data_root: str = field(default=CAMVID_PATH, metadata=_h("CamVid's directory."))
     size: list[int] = field(default_factory=lambda: [128, 176], metadata=_h("Image size (height, width)."))
     block: int = field(default=8, metadata=_h("Consecutive dusk frames per block (pool and evaluation alternate)."))
-    model: dict = field(default_factory=lambda: copy.deepcopy(STUDY_MODEL), metadata=_h("build_segformer's sizes."))
+    model: dict = field(
+        default_factory=lambda: copy.deepcopy(STUDY_MODEL), metadata=_h("build_model's architecture and sizes.")
+    )
     pretrain: dict = field(
         default_factory=lambda: {"max_steps": 1500, "learning_rate": 1e-3}, metadata=_h("The source model's training.")
     )
@@ -141,7 +143,7 @@ def source_model(cfg: AdaptConfig, domains: Domains) -> Path:
     args = pretrain_config(Path(cfg.output_dir) / "source", cfg.pretrain)
 
     def make():
-        model = build_segformer(domains.id2label, **cfg.model)
+        model = build_model(domains.id2label, **cfg.model)
         evals = {"target_eval": domains.dataset(domains.eval)}
         return model, domains.dataset(domains.source, flip=True), evals, domains.id2label
 
@@ -181,7 +183,7 @@ def _tune(cfg: AdaptConfig, model, train, fields: dict, seed: int, out: Path) ->
 
 def run_workflow(cfg: AdaptConfig, workflow: str, seed: int, domains: Domains, start: Path, out: Path) -> dict:
     """One workflow from the source model at ``start``: ``{"labels", "rounds", "raw", "calibrated"}``."""
-    model = load_segformer(str(start), domains.id2label)
+    model = load_segmentation_model(str(start), domains.id2label)
     rounds, labelled, calibrated = [], [], None
     generator = torch.Generator().manual_seed(seed)
     if workflow == "oracle":

@@ -11,7 +11,8 @@ resolution, as evaluation does:
 Shapes: B images, C classes, h x w logits, H x W labels, N = H * W pixels, K grid values.
 Bilinear upsampling preserves constants, so once ``b`` is added to the classifier bias
 (:func:`fold_offsets`) the model predicts the same masks, up to float rounding (the offset is then
-added before the upsampling), and the calibrated model is a plain ``SegformerForSemanticSegmentation``.
+added before the upsampling), and the calibrated model is a plain ``SegformerForSemanticSegmentation``
+(or ``UperNetForSemanticSegmentation``: the main head's classifier; the auxiliary head is for training only).
 
 Algorithm: coordinate ascent over classes on the grid ``x_k = k * step``, ``|x_k| <= max_offset``
 (0 included), starting from b = 0. For class c, with the other offsets fixed, let
@@ -70,7 +71,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import SegformerForSemanticSegmentation
+from transformers import PreTrainedModel
 
 from .metrics import scores_from_confusion, upsample_logits
 from .modeling import eval_mode
@@ -422,7 +423,7 @@ def fit_offsets(
 
 
 @torch.no_grad()
-def fold_offsets(model: SegformerForSemanticSegmentation, calibration: Calibration, split: str) -> None:
+def fold_offsets(model: PreTrainedModel, calibration: Calibration, split: str) -> None:
     """Add ``calibration.offsets`` to ``model.decode_head.classifier.bias`` and record it in the config.
 
     The record, ``model.config.calibration``, lands in ``config.json`` and comes back with

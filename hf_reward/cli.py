@@ -44,6 +44,7 @@ from transformers.utils import logging as transformers_logging
 from .data import DataError
 from .data.camvid import DEFAULT_ROOT as CAMVID_PATH
 from .data.cityscapes import HUB_REPO as CITYSCAPES_REPO
+from .modeling import ARCHITECTURES
 
 # transformers draws a bar for every weight load and save, dozens in a run, each of a fraction of a second.
 _QUIET_BARS = ("Loading weights", "Writing model shards")
@@ -218,20 +219,30 @@ def _arg(default, help: str, *, used_by: str = "both", **kwargs):
 
 @dataclass
 class ModelArguments:
-    """which model to start from; without model_name_or_path, a small SegFormer built from the sizes below"""
+    """which model to start from; without model_name_or_path, a small SegFormer or UperNet of the sizes below"""
 
     model_name_or_path: str | None = _arg(
-        None, "Local directory or Hub repo id of a SegFormer (safetensors). None: build one of the sizes below."
+        None,
+        "Local directory or Hub repo id of a SegFormer or UperNet (safetensors). None: build one of the sizes below.",
     )
     revision: str | None = _arg(None, "Hub revision (branch, tag or commit) to load.")
+    architecture: str = _arg(
+        "segformer",
+        "Built model: 'segformer' (MiT encoder, all-MLP decoder) or 'upernet' (ConvNeXt backbone, UperNet head and "
+        "an auxiliary FCN head, whose loss RewardSegConfig.auxiliary_reward sets).",
+    )
     hidden_sizes: list[int] = _arg(lambda: [16, 32, 64, 128], "Built model: width of each of the 4 encoder stages.")
     depths: list[int] = _arg(lambda: [1, 1, 1, 1], "Built model: blocks per stage.")
-    decoder_hidden_size: int = _arg(64, "Built model: width of the all-MLP decoder.")
+    decoder_hidden_size: int = _arg(64, "Built model: width of the decoder head (UperNet's auxiliary head: half).")
 
-    BUILT_MODEL_FIELDS = ("hidden_sizes", "depths", "decoder_hidden_size")  # no option where a model is loaded
+    BUILT_MODEL_FIELDS = ("architecture", "hidden_sizes", "depths", "decoder_hidden_size")  # none where one is loaded
+
+    def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise UsageError(f"--architecture {self.architecture}: give one of {', '.join(ARCHITECTURES)}")
 
     def sizes(self) -> dict:
-        """The built model's sizes, as :func:`hf_reward.modeling.build_segformer` takes them."""
+        """The built model's sizes, as :func:`hf_reward.modeling.build_model` takes them."""
         return {
             "hidden_sizes": self.hidden_sizes,
             "depths": self.depths,

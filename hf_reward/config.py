@@ -119,6 +119,14 @@ class RewardSegConfig(TrainingArguments):
             "region). > 0 keeps one frozen copy of the model in memory."
         },
     )
+    auxiliary_reward: bool = field(
+        default=False,
+        metadata={
+            "help": "Models with an auxiliary head (UperNet): train it on the main head's loss (the reward, "
+            "cross-entropy and Lovász at their weights; its own dataset-scope counts) instead of cross-entropy "
+            "alone, UperNet's own auxiliary loss. Either way at the model's config.auxiliary_loss_weight (0.4)."
+        },
+    )
     ignore_index: int = field(default=255, metadata={"help": "Label value of void pixels, excluded everywhere."})
     overwrite_output_dir: bool = field(
         default=False,

@@ -183,8 +183,8 @@ def _metadata(base_model: str, dataset: str, tags: list[str]) -> str:
 _USE = (
     "## Use\n\n"
     "```python\n"
-    "from transformers import SegformerForSemanticSegmentation\n"
-    'model = SegformerForSemanticSegmentation.from_pretrained("<this repo id>", use_safetensors=True)\n'
+    "from transformers import AutoModelForSemanticSegmentation\n"
+    'model = AutoModelForSemanticSegmentation.from_pretrained("<this repo id>", use_safetensors=True)\n'
     "```\n"
 )
 

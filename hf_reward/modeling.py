@@ -1,4 +1,9 @@
-"""Building and loading SegFormer models, and checking their label map against the dataset's.
+"""Building and loading segmentation models (SegFormer, UperNet), and checking their label map against the data's.
+
+SegFormer returns logits at a quarter of the input size; UperNet returns them at the input size
+(its forward upsamples them) and trains an auxiliary FCN head on the third backbone stage
+(1/16 of the input), which :class:`hf_reward.RewardSegTrainer` reads through
+:func:`captured_outputs`.
 
 Weights load from safetensors only (``use_safetensors=True``: a pickled ``pytorch_model.bin``
 is refused, since unpickling runs code) and ``trust_remote_code`` is never turned on.
@@ -12,7 +17,8 @@ Example::
 
     model = build_segformer({0: "road", 1: "car"}, hidden_sizes=(16, 32, 64, 128))
     model.save_pretrained("out/model")
-    model = load_segformer("out/model", {0: "road", 1: "car"})  # or a Hub repo id
+    model = load_segmentation_model("out/model", {0: "road", 1: "car"})  # or a Hub repo id
+    upernet = build_model({0: "road", 1: "car"}, architecture="upernet", hidden_sizes=(16, 32, 64, 128))
 """
 
 from __future__ import annotations
@@ -23,7 +29,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
-from transformers import SegformerConfig, SegformerForSemanticSegmentation
+from transformers import (
+    AutoConfig,
+    ConvNextConfig,
+    SegformerConfig,
+    SegformerForSemanticSegmentation,
+    UperNetConfig,
+    UperNetForSemanticSegmentation,
+)
+
+ARCHITECTURES = {"segformer": SegformerForSemanticSegmentation, "upernet": UperNetForSemanticSegmentation}
 
 
 def _norm(name: str) -> str:
@@ -103,21 +118,71 @@ def build_segformer(
     return SegformerForSemanticSegmentation(config)
 
 
-def load_segformer(
+def build_upernet(
+    id2label: Mapping[int, str],
+    hidden_sizes: Sequence[int] = (96, 192, 384, 768),
+    depths: Sequence[int] = (3, 3, 9, 3),
+    decoder_hidden_size: int = 512,
+    seed: int = 0,
+) -> UperNetForSemanticSegmentation:
+    """A randomly initialised UperNet on a ConvNeXt backbone (4 stages) for the classes ``id2label``.
+
+    Defaults are UperNet-ConvNeXt-tiny's sizes. ``decoder_hidden_size`` is the UperNet head's
+    width; the auxiliary FCN head has half of it, as in that model (512 and 256). The auxiliary
+    head is on, with UperNet's loss weight 0.4 (``config.auxiliary_loss_weight``).
+
+    >>> model = build_upernet({0: "bg", 1: "fg"}, hidden_sizes=(8, 16, 32, 64), depths=(1, 1, 1, 1))
+    >>> model.auxiliary_head is not None, model.config.auxiliary_loss_weight
+    (True, 0.4)
+    """
+    backbone = ConvNextConfig(
+        hidden_sizes=list(hidden_sizes),
+        depths=list(depths),
+        out_features=[f"stage{i}" for i in range(1, len(hidden_sizes) + 1)],
+    )
+    config = UperNetConfig(
+        backbone_config=backbone,
+        hidden_size=decoder_hidden_size,
+        auxiliary_channels=decoder_hidden_size // 2,
+        id2label={int(k): str(v) for k, v in id2label.items()},
+        label2id={str(v): int(k) for k, v in id2label.items()},
+    )
+    torch.manual_seed(seed)
+    return UperNetForSemanticSegmentation(config)
+
+
+def build_model(id2label: Mapping[int, str], architecture: str = "segformer", **sizes) -> torch.nn.Module:
+    """:func:`build_segformer` or :func:`build_upernet` (``architecture``), with their ``sizes`` and ``seed``."""
+    if architecture == "segformer":
+        return build_segformer(id2label, **sizes)
+    if architecture == "upernet":
+        return build_upernet(id2label, **sizes)
+    raise ValueError(f"architecture must be one of {tuple(ARCHITECTURES)}, got {architecture!r}")
+
+
+def load_segmentation_model(
     name_or_path: str,
     id2label: Mapping[int, str],
     *,
     new_head: bool = False,
     revision: str | None = None,
-) -> SegformerForSemanticSegmentation:
-    """Load a SegFormer from a local directory or a Hub repo id, safetensors only.
+) -> SegformerForSemanticSegmentation | UperNetForSemanticSegmentation:
+    """Load a SegFormer or a UperNet from a local directory or a Hub repo id, safetensors only.
 
     ``new_head=False`` (tuning, evaluation): the model's ``id2label`` must be the dataset's (see
     :func:`check_id2label`). ``new_head=True`` (pretraining on a new label set, e.g. from an
-    encoder like ``nvidia/mit-b0``): the classifier is re-initialised for ``id2label``.
+    encoder like ``nvidia/mit-b0``): the classifiers (UperNet: both heads') are re-initialised
+    for ``id2label``. Another architecture is an error naming it: the trainer and calibration are
+    tested on these two.
 
-    model = load_segformer("nvidia/segformer-b0-finetuned-cityscapes-1024-1024", cityscapes_id2label())
+    model = load_segmentation_model("nvidia/segformer-b0-finetuned-cityscapes-1024-1024", cityscapes_id2label())
+    model = load_segmentation_model("openmmlab/upernet-convnext-tiny", ade20k_id2label)
     """
+    model_type = AutoConfig.from_pretrained(name_or_path, revision=revision).model_type
+    if model_type not in ARCHITECTURES:
+        raise ValueError(
+            f"model {name_or_path!r} is a {model_type!r} model; hf-reward trains and calibrates {tuple(ARCHITECTURES)}"
+        )
     kwargs = dict(use_safetensors=True, revision=revision)
     if new_head:
         kwargs.update(
@@ -125,10 +190,12 @@ def load_segformer(
             label2id={str(v): int(k) for k, v in id2label.items()},
             ignore_mismatched_sizes=True,
         )
-    model = SegformerForSemanticSegmentation.from_pretrained(name_or_path, **kwargs)
+    model = ARCHITECTURES[model_type].from_pretrained(name_or_path, **kwargs)
     if new_head:
         # ignore_mismatched_sizes re-initialises the classifier only when the class count differs.
         model.decode_head.classifier.reset_parameters()
+        if getattr(model, "auxiliary_head", None) is not None:
+            model.auxiliary_head.classifier.reset_parameters()
     check_id2label(model.config.id2label, id2label, source=f"model {name_or_path!r}")
     return model
 
@@ -143,6 +210,24 @@ def load_checkpoint_weights(model: torch.nn.Module, checkpoint: str) -> None:
     """
     saved = type(model).from_pretrained(checkpoint, use_safetensors=True)
     model.load_state_dict(saved.state_dict())
+
+
+@contextlib.contextmanager
+def captured_outputs(module: torch.nn.Module) -> Iterator[list]:
+    """The outputs of ``module``'s forward calls inside the block, in a list (the hook is gone after it).
+
+    UperNet computes its auxiliary head's logits in its forward but does not return them::
+
+        with captured_outputs(model.auxiliary_head) as auxiliary:
+            logits = model(pixel_values=pixel_values).logits
+        auxiliary_logits = auxiliary[0]  # (B, C, H/16, W/16), with gradient
+    """
+    outputs: list = []
+    handle = module.register_forward_hook(lambda _module, _inputs, output: outputs.append(output))
+    try:
+        yield outputs
+    finally:
+        handle.remove()
 
 
 @contextlib.contextmanager

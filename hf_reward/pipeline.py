@@ -3,7 +3,7 @@
 Each script in ``scripts/`` parses its arguments (:mod:`hf_reward.cli`) and calls these:
 
 - :func:`load_data` -> :class:`Splits`: a dataset named in :data:`DATASETS`, or any image + mask set;
-- :func:`load_model`: a SegFormer from a directory or the Hub (safetensors only), or built;
+- :func:`load_model`: a SegFormer or UperNet from a directory or the Hub (safetensors only), or built;
 - :func:`pretrain`: cross-entropy training, cached in its directory under a hash of its resolved
   settings, so a rerun with the same settings reuses it and any change retrains;
 - :func:`evaluate`: the streaming metrics of a model over a split;
@@ -49,7 +49,7 @@ from .data.toy_streets import THING_CLASSES as TOY_STREETS_THINGS
 from .data.transforms import collate_segmentation
 from .decoders import decode
 from .metrics import StreamingMeanIoU
-from .modeling import build_segformer, eval_mode, load_segformer
+from .modeling import build_model, eval_mode, load_segmentation_model
 from .rewards import Reward, get_reward
 from .trainer import RewardSegTrainer
 
@@ -236,10 +236,10 @@ def load_model(model_args: ModelArguments, id2label: dict[int, str] | None, seed
     """The starting model: ``model_name_or_path`` loaded (safetensors only, label map checked), or built."""
     name = model_args.model_name_or_path
     if not name:
-        return build_segformer(id2label, **model_args.sizes(), seed=seed)
+        return build_model(id2label, model_args.architecture, **model_args.sizes(), seed=seed)
     check_model_source(name, model_args.revision)
     try:
-        return load_segformer(name, id2label, new_head=new_head, revision=model_args.revision)
+        return load_segmentation_model(name, id2label, new_head=new_head, revision=model_args.revision)
     except ValueError as err:  # the model's classes are not the dataset's
         raise UsageError(str(err)) from err
     except OSError as err:

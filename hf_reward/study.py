@@ -50,7 +50,7 @@ from .data import load_camvid
 from .data.camvid import DEFAULT_ROOT as CAMVID_PATH
 from .data.in_memory import InMemorySegmentation, materialise_split
 from .decoders import DECODERS, score_decoders
-from .modeling import build_segformer, load_segformer
+from .modeling import build_model, load_segmentation_model
 from .pipeline import PretrainConfig, calibrate_model, pretrain, segmentation_trainer, settings_hash, training_settings
 
 # The SegFormer the CamVid studies build (2.06M parameters), and the adaptation benchmark's source model.
@@ -93,7 +93,7 @@ class StudyConfig:
     dev_fraction: float = field(default=0.2, metadata=_h("The first fraction of each training sequence: dev."))
     model: dict = field(
         default_factory=lambda: copy.deepcopy(STUDY_MODEL),
-        metadata=_h("Sizes of the SegFormer built from random init (hf_reward.modeling.build_segformer)."),
+        metadata=_h("The model built from random init: build_model's architecture (default segformer) and sizes."),
     )
     pretrain: dict = field(
         default_factory=dict, metadata=_h("RewardSegConfig fields of the cross-entropy pretraining.")
@@ -251,7 +251,7 @@ def pretrained_checkpoint(cfg: StudyConfig, data, id2label) -> Path:
     args = pretrain_config(Path(cfg.output_dir) / "pretrain", cfg.pretrain)
 
     def make():
-        model = build_segformer(id2label, **cfg.model)
+        model = build_model(id2label, **cfg.model)
         return model, data["train"], {"dev": data["dev"], "validation": data["validation"]}, id2label
 
     return pretrain(args, {"model": cfg.model, "data": _data_settings(cfg)}, make)
@@ -300,7 +300,7 @@ def train_run(cfg: StudyConfig, run: Run, start: Path, data, id2label) -> Path:
     if (out / "train.json").is_file():
         return out
     args = cfg.run_args(*run, output_dir=out / "trainer")
-    model = load_segformer(str(start), id2label)
+    model = load_segmentation_model(str(start), id2label)
     if cfg.arms[run.arm].calibrate_first:  # tune from the calibrated start: the bias holds the offsets
         reward = args.count_reward() or "miou"
         calibrate_model(model, data["train_unflipped"], reward, split="train", batch_size=16, progress=False)
@@ -327,7 +327,7 @@ def score_model(cfg: StudyConfig, model_dir: Path, data, id2label) -> dict:
     path = model_dir / f"scores-{score_key(cfg)}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    model = load_segformer(str(model_dir), id2label)
+    model = load_segmentation_model(str(model_dir), id2label)
     scores = score_decoders(
         model,
         data["train_unflipped"],

@@ -2,11 +2,14 @@
 
 Per training step (see :mod:`hf_reward.loss` for the estimator):
 
-    logits = model(pixel_values)                              # (B, C, H/4, W/4)
+    logits = model(pixel_values)                              # (B, C, H/4, W/4); UperNet: (B, C, H, W)
     loss   = reward_weight * reward_loss(logits, labels)      # sampled masks, reward, baseline
            + ce_weight     * pixel cross-entropy              # surrogates on the ground truth
            + lovasz_weight * Lovász-softmax
            + kl_coef       * KL(p_theta || p_ref)             # trust region to the starting model
+           + auxiliary_loss_weight * auxiliary head's loss    # UperNet: cross-entropy on its (B, C, H/16, W/16)
+                                                              # logits, or with auxiliary_reward the terms above
+                                                              # but KL, with its own reward state
 
 With ``reward_scope`` batch or dataset, every process and every micro-batch of an optimizer step
 credits its pixels against one matrix: the sampled counts are summed over processes (one
@@ -27,6 +30,7 @@ the images (or pixels) that have it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -44,7 +48,7 @@ from .config import RewardSegConfig
 from .loss import RewardLossOutput, RewardState, pixel_cross_entropy, reward_loss
 from .lovasz import lovasz_softmax
 from .masks import MaskReward
-from .modeling import load_checkpoint_weights, share_file, share_files
+from .modeling import captured_outputs, load_checkpoint_weights, share_file, share_files
 from .rewards import Reward, check_reward, unknown_labels, unknown_labels_error
 
 
@@ -52,8 +56,10 @@ class RewardSegTrainer(Trainer):
     """Tune a semantic segmentation model (SegFormer) on a segmentation metric, as a reward.
 
     Args:
-        model: a ``SegformerForSemanticSegmentation`` (any model whose output has ``logits``
-            of shape ``(B, C, h, w)``, that takes ``pixel_values`` and has ``config.num_labels``).
+        model: a ``SegformerForSemanticSegmentation`` or ``UperNetForSemanticSegmentation`` (any model whose
+            output has ``logits`` of shape ``(B, C, h, w)``, that takes ``pixel_values`` and has
+            ``config.num_labels``). A model's ``auxiliary_head`` (UperNet's) is trained too, at
+            ``config.auxiliary_loss_weight``; see ``RewardSegConfig.auxiliary_reward``.
         args: :class:`RewardSegConfig`.
         reward_fn: optional reward ``(tp, gt, pd) -> (...)`` of the per-class counts (see
             :mod:`hf_reward.rewards`) replacing the named ``args.reward``; works with both estimators.
@@ -103,6 +109,16 @@ class RewardSegTrainer(Trainer):
         self.loss_settings = args.loss_settings(reward_fn, mask_reward_fn, id2label)
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)  # name -> per-step (sum, count)
         self.reward_state = RewardState()  # the scopes' counts and the ema baseline, saved with each checkpoint
+        # UperNet's auxiliary head (None for SegFormer): its loss is added at config.auxiliary_loss_weight.
+        head = getattr(model, "auxiliary_head", None)
+        self.auxiliary_weight = float(getattr(model.config, "auxiliary_loss_weight", 0.0)) if head is not None else 0.0
+        self.auxiliary_head = head if self.auxiliary_weight > 0 else None
+        if args.auxiliary_reward and self.auxiliary_head is None:
+            raise ValueError(
+                f"auxiliary_reward=True, but the model ({type(model).__name__}) has no auxiliary head with a loss "
+                "weight (UperNet has one: config.use_auxiliary_head and auxiliary_loss_weight > 0)"
+            )
+        self.auxiliary_reward_state = RewardState()  # the auxiliary head's own counts, with auxiliary_reward
         self.ref_model = None
         if args.kl_coef > 0:
             # One frozen copy of the starting weights: the parameters' memory again, no grads or
@@ -136,9 +152,11 @@ class RewardSegTrainer(Trainer):
         return metrics
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs["labels"]
-        outputs = model(pixel_values=inputs["pixel_values"])
-        logits, args = outputs.logits, self.args
+        labels, args = inputs["labels"], self.args
+        auxiliary_head = self.auxiliary_head if model.training else None
+        with captured_outputs(auxiliary_head) if auxiliary_head else contextlib.nullcontext([]) as auxiliary:
+            outputs = model(pixel_values=inputs["pixel_values"])
+        logits = outputs.logits
         bad_labels = unknown_labels(labels, self.num_classes, args.ignore_index)
         given, labels = labels, torch.where(bad_labels, args.ignore_index, labels)  # no index error before the check
         if not model.training:
@@ -146,17 +164,15 @@ class RewardSegTrainer(Trainer):
             self._check_step(loss, bad_labels, given, "evaluation")
             return (loss, outputs) if return_outputs else loss
 
-        terms: dict[str, torch.Tensor] = {}
-        out = None
-        if args.reward_weight > 0:
-            out = reward_loss(
-                logits, labels, self.loss_settings, state=self.reward_state, reduce_counts=self._sum_over_processes
-            )
-            terms["reward_loss"] = (args.reward_weight, out.loss)
-        if args.ce_weight > 0:
-            terms["ce_loss"] = (args.ce_weight, pixel_cross_entropy(logits, labels, args.ignore_index))
-        if args.lovasz_weight > 0:
-            terms["lovasz_loss"] = (args.lovasz_weight, lovasz_softmax(logits, labels, args.ignore_index))
+        terms, out = self._head_terms(logits, labels, self.reward_state)
+        auxiliary_out = None
+        if auxiliary:
+            if args.auxiliary_reward:
+                auxiliary_terms, auxiliary_out = self._head_terms(auxiliary[0], labels, self.auxiliary_reward_state)
+            else:  # UperNet's own auxiliary loss
+                auxiliary_terms = {"ce": (1.0, pixel_cross_entropy(auxiliary[0], labels, args.ignore_index))}
+            auxiliary_loss = sum(weight * value for weight, value in auxiliary_terms.values())
+            terms["auxiliary_loss"] = (self.auxiliary_weight, auxiliary_loss)
         if self.ref_model is not None:
             # Same mode as the policy (decode-head batch norm uses batch statistics), so KL is 0 at the start.
             self.ref_model.train(model.training)
@@ -173,7 +189,25 @@ class RewardSegTrainer(Trainer):
         if out is not None:
             self.reward_state.update(out, self.loss_settings, step_ends=self.accelerator.sync_gradients)
             self._record(out)
+        if auxiliary_out is not None:
+            self.auxiliary_reward_state.update(
+                auxiliary_out, self.loss_settings, step_ends=self.accelerator.sync_gradients
+            )
         return (loss, outputs) if return_outputs else loss
+
+    def _head_terms(
+        self, logits: torch.Tensor, labels: torch.Tensor, state: RewardState
+    ) -> tuple[dict[str, tuple[float, torch.Tensor]], RewardLossOutput | None]:
+        """One head's weighted loss terms (name -> (weight, value)), and its reward loss's output (or ``None``)."""
+        args, terms, out = self.args, {}, None
+        if args.reward_weight > 0:
+            out = reward_loss(logits, labels, self.loss_settings, state=state, reduce_counts=self._sum_over_processes)
+            terms["reward_loss"] = (args.reward_weight, out.loss)
+        if args.ce_weight > 0:
+            terms["ce_loss"] = (args.ce_weight, pixel_cross_entropy(logits, labels, args.ignore_index))
+        if args.lovasz_weight > 0:
+            terms["lovasz_loss"] = (args.lovasz_weight, lovasz_softmax(logits, labels, args.ignore_index))
+        return terms, out
 
     def _sum_over_processes(self, counts: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(counts, reduction="sum") if self.accelerator.num_processes > 1 else counts
@@ -264,18 +298,23 @@ class RewardSegTrainer(Trainer):
         super()._save_optimizer_and_scheduler(output_dir)
         # The reward's state lives outside the model and the optimizer: one file per process (the ema is each
         # process's own; the counts are the same everywhere).
-        state = {name: value.detach().cpu().contiguous() for name, value in self.reward_state.state_dict().items()}
-        if state:
-            Path(output_dir).mkdir(parents=True, exist_ok=True)  # other processes may get here before the main one
-            path = Path(output_dir, f"reward_state_{self.args.process_index}.safetensors")
-            safetensors.torch.save_file(state, path)
-            share_file(path)
+        for name, reward_state in self._reward_states().items():
+            state = {key: value.detach().cpu().contiguous() for key, value in reward_state.state_dict().items()}
+            if state:
+                Path(output_dir).mkdir(parents=True, exist_ok=True)  # other processes may get here before the main
+                path = Path(output_dir, f"{name}_{self.args.process_index}.safetensors")
+                safetensors.torch.save_file(state, path)
+                share_file(path)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
-        path = Path(checkpoint or "", f"reward_state_{self.args.process_index}.safetensors")
-        if checkpoint is not None and path.is_file():
-            self.reward_state.load_state_dict(safetensors.torch.load_file(path, device=str(self.args.device)))
+        for name, reward_state in self._reward_states().items():
+            path = Path(checkpoint or "", f"{name}_{self.args.process_index}.safetensors")
+            if checkpoint is not None and path.is_file():
+                reward_state.load_state_dict(safetensors.torch.load_file(path, device=str(self.args.device)))
+
+    def _reward_states(self) -> dict[str, RewardState]:
+        return {"reward_state": self.reward_state, "auxiliary_reward_state": self.auxiliary_reward_state}
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.model.training and self._metrics:

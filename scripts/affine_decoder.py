@@ -23,7 +23,7 @@ from hf_reward.calibrate import collect_logits, fit_offsets
 from hf_reward.cli import parse_config, run_script
 from hf_reward.data import collate_segmentation
 from hf_reward.metrics import StreamingMeanIoU, upsample_logits
-from hf_reward.modeling import load_segformer
+from hf_reward.modeling import load_segmentation_model
 from hf_reward.study import StudyConfig, load_data
 
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None):
     argv = sys.argv[1:] if argv is None else argv
     args, study = parse_config([AffineArguments, StudyConfig], ["--config", "configs/study_camvid.yaml", *argv])
     data, id2label = load_data(study)
-    model = load_segformer(args.checkpoint, id2label)
+    model = load_segmentation_model(args.checkpoint, id2label)
     c = len(id2label)
 
     def cache(split):

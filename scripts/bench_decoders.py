@@ -36,7 +36,7 @@ from hf_reward.data.cityscapes import cityscapes_id2label, cityscapes_thing_clas
 from hf_reward.data.synthetic import cityscapes_sized_image
 from hf_reward.decoders import decode
 from hf_reward.metrics import StreamingMeanIoU, upsample_logits
-from hf_reward.modeling import load_segformer
+from hf_reward.modeling import load_segmentation_model
 
 METRICS = {
     "dataset matrix only": {},
@@ -61,7 +61,7 @@ def camvid_cache(args) -> tuple[LogitCache, dict[int, str], tuple[str, ...]]:
     ds, id2label = load_camvid(
         "validation", root=args.camvid_root, transform=eval_transform((128, 176), resize_labels=False)
     )
-    model = load_segformer(args.checkpoint, id2label)
+    model = load_segmentation_model(args.checkpoint, id2label)
     loader = torch.utils.data.DataLoader(ds, batch_size=8, collate_fn=collate_segmentation)
     return collect_logits(model, loader, progress=False), id2label, CAMVID_THINGS
 

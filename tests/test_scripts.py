@@ -16,7 +16,7 @@ from conftest import CAMVID, ROOT, TINY, BlobsDataset, drop, load_script, quick,
 from hf_reward import RewardSegConfig, RewardSegTrainer
 from hf_reward.cli import UsageError, parse_config
 from hf_reward.data import TOY_STREETS_ID2LABEL
-from hf_reward.modeling import load_segformer
+from hf_reward.modeling import load_segmentation_model
 from hf_reward.pipeline import TuneConfig
 
 TUNE, PRETRAIN, EVALUATE = load_script("tune"), load_script("pretrain"), load_script("evaluate_model")
@@ -172,7 +172,7 @@ def test_tune_runs_the_whole_job_against_its_control_and_reuses_the_pretrained_m
     assert set(results) == {"start", "reward tuning", "cross-entropy"}
     assert all(set(r) == {"raw", "calibrated", "calibration"} and r["calibrated"] for r in results.values())
     # the saved model is the tuned one, calibrated, and records how it was calibrated and scored
-    saved = load_segformer(str(out), TOY_STREETS_ID2LABEL)
+    saved = load_segmentation_model(str(out), TOY_STREETS_ID2LABEL)
     assert (
         saved.config.calibration["split"].startswith("train") and saved.config.hf_reward_evaluation["toy_size"] == 32
     )
@@ -191,6 +191,20 @@ def test_tune_runs_the_whole_job_against_its_control_and_reuses_the_pretrained_m
     assert scores["mean_iou"] == pytest.approx(results["reward tuning"]["calibrated"]["mean_iou"], abs=1e-6)
 
 
+def test_tune_builds_an_upernet_tunes_its_auxiliary_head_and_evaluate_reproduces_it(tmp_path):
+    out = tmp_path / "upernet"
+    argv = ["--output_dir", str(out), *TINY, "--architecture", "upernet", "--auxiliary_reward", "true"]
+    TUNE.main(argv)
+    results = json.loads((out / "results.json").read_text())
+    saved = load_segmentation_model(str(out), TOY_STREETS_ID2LABEL)
+    assert saved.config.model_type == "upernet" and saved.auxiliary_head is not None
+    assert saved.config.calibration["split"].startswith("train")
+    history = json.loads(sorted(out.glob("checkpoint-*/trainer_state.json"))[-1].read_text())["log_history"]
+    assert any("auxiliary_loss" in entry for entry in history)
+    scores = EVALUATE.main(["--model_name_or_path", str(out)])
+    assert scores["mean_iou"] == pytest.approx(results["reward tuning"]["calibrated"]["mean_iou"], abs=1e-6)
+
+
 def test_pretrain_script_trains_and_saves(tmp_path):
     argv = [
         "--output_dir",
@@ -205,7 +219,7 @@ def test_pretrain_script_trains_and_saves(tmp_path):
 
 def test_resume_reaches_the_parameters_of_an_uninterrupted_run(tmp_path, toy_start):
     """reward_scope='dataset' (the default): the running confusion matrix is restored too."""
-    initial = load_segformer(str(toy_start), TOY_STREETS_ID2LABEL)
+    initial = load_segmentation_model(str(toy_start), TOY_STREETS_ID2LABEL)
     common = quick(toy_start, "--max_steps")
 
     def params(trainer):
@@ -236,7 +250,7 @@ def test_resume_reaches_the_parameters_of_an_uninterrupted_run(tmp_path, toy_sta
 
 def test_a_model_with_other_classes_is_refused_by_name(tmp_path, toy_start):
     swapped = {**TOY_STREETS_ID2LABEL, 0: TOY_STREETS_ID2LABEL[1], 1: TOY_STREETS_ID2LABEL[0]}
-    model = load_segformer(str(toy_start), TOY_STREETS_ID2LABEL)
+    model = load_segmentation_model(str(toy_start), TOY_STREETS_ID2LABEL)
     model.config.id2label, model.config.label2id = swapped, {v: k for k, v in swapped.items()}
     model.save_pretrained(tmp_path / "swapped")
     for script, argv in (
@@ -288,7 +302,7 @@ def test_calibrate_script_folds_offsets_into_a_plain_segformer_and_evaluate_repr
         and set(record["offsets"]) == set(TOY_STREETS_ID2LABEL.values())
     )
     assert record["metric_after"] >= record["metric_before"]
-    start = load_segformer(str(toy_start), TOY_STREETS_ID2LABEL)
+    start = load_segmentation_model(str(toy_start), TOY_STREETS_ID2LABEL)
     offsets = torch.tensor([record["offsets"][name] for name in TOY_STREETS_ID2LABEL.values()])
     torch.testing.assert_close(plain.decode_head.classifier.bias, start.decode_head.classifier.bias + offsets)
     assert "## Calibration" in (out / "README.md").read_text()
