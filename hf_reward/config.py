@@ -96,7 +96,8 @@ class RewardSegConfig(TrainingArguments):
     sample_resolution: str = field(
         default="logits",
         metadata={
-            "help": "'logits': sample at SegFormer's native H/4 x W/4, labels downsampled (nearest-exact); "
+            "help": "'logits': sample at the logits' size (SegFormer: H/4 x W/4; UperNet: the input size), labels "
+            "downsampled (nearest-exact); "
             "'labels': upsample logits bilinearly to the label size first, as evaluation does."
         },
     )

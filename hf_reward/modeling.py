@@ -87,6 +87,14 @@ def check_id2label(model_id2label: Mapping, dataset_id2label: Mapping[int, str],
         raise ValueError(f"{source}'s classes differ from the dataset's at {pairs}: {fix}")
 
 
+def label_maps(id2label: Mapping[int, str]) -> dict:
+    """A config's ``id2label`` and ``label2id`` for the classes ``id2label``."""
+    return {
+        "id2label": {int(k): str(v) for k, v in id2label.items()},
+        "label2id": {str(v): int(k) for k, v in id2label.items()},
+    }
+
+
 def build_segformer(
     id2label: Mapping[int, str],
     hidden_sizes: Sequence[int] = (32, 64, 160, 256),
@@ -111,8 +119,7 @@ def build_segformer(
         depths=list(depths),
         num_attention_heads=heads,
         decoder_hidden_size=decoder_hidden_size,
-        id2label={int(k): str(v) for k, v in id2label.items()},
-        label2id={str(v): int(k) for k, v in id2label.items()},
+        **label_maps(id2label),
     )
     torch.manual_seed(seed)
     return SegformerForSemanticSegmentation(config)
@@ -144,8 +151,7 @@ def build_upernet(
         backbone_config=backbone,
         hidden_size=decoder_hidden_size,
         auxiliary_channels=decoder_hidden_size // 2,
-        id2label={int(k): str(v) for k, v in id2label.items()},
-        label2id={str(v): int(k) for k, v in id2label.items()},
+        **label_maps(id2label),
     )
     torch.manual_seed(seed)
     return UperNetForSemanticSegmentation(config)
@@ -186,8 +192,7 @@ def load_segmentation_model(
     kwargs = dict(use_safetensors=True, revision=revision)
     if new_head:
         kwargs.update(
-            id2label={int(k): str(v) for k, v in id2label.items()},
-            label2id={str(v): int(k) for k, v in id2label.items()},
+            **label_maps(id2label),
             ignore_mismatched_sizes=True,
         )
     model = ARCHITECTURES[model_type].from_pretrained(name_or_path, **kwargs)
