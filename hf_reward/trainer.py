@@ -153,8 +153,8 @@ class RewardSegTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels, args = inputs["labels"], self.args
-        auxiliary_head = self.auxiliary_head if model.training else None
-        with captured_outputs(auxiliary_head) if auxiliary_head else contextlib.nullcontext([]) as auxiliary:
+        head = self.auxiliary_head if model.training else None
+        with captured_outputs(head) if head is not None else contextlib.nullcontext([]) as auxiliary:
             outputs = model(pixel_values=inputs["pixel_values"])
         logits = outputs.logits
         bad_labels = unknown_labels(labels, self.num_classes, args.ignore_index)
