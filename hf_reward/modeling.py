@@ -182,7 +182,7 @@ def load_segmentation_model(
     tested on these two.
 
     model = load_segmentation_model("nvidia/segformer-b0-finetuned-cityscapes-1024-1024", cityscapes_id2label())
-    model = load_segmentation_model("openmmlab/upernet-convnext-tiny", ade20k_id2label)
+    model = load_segmentation_model("runs/study_camvid_upernet/pretrain", camvid_id2label)  # a UperNet
     """
     model_type = AutoConfig.from_pretrained(name_or_path, revision=revision).model_type
     if model_type not in ARCHITECTURES:
