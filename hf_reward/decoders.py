@@ -91,13 +91,16 @@ def score_decoders(
     *,
     batch_size: int = 16,
     ignore_index: int = 255,
+    image_records: bool = False,
     **metric_options,
 ) -> dict:
     """``{split: {decoder: metrics}, "fitted": {decoder: parameters}}`` for ``model`` on each of ``splits``.
 
     ``offsets`` are fitted on ``fit_split`` for ``reward``. Every decoder is scored by a
     :class:`~hf_reward.metrics.StreamingMeanIoU` with ``metric_options`` (``per_image``,
-    ``boundary_tolerances``, ``thing_classes``).
+    ``boundary_tolerances``, ``thing_classes``). ``image_records``: also ``"images": {split:
+    {decoder: records}}``, each metric's per-image records (:meth:`StreamingMeanIoU.image_records`),
+    for a bootstrap over images.
     """
     device = next(model.parameters()).device
     fitted = (
@@ -116,5 +119,7 @@ def score_decoders(
             for name, metric in metrics.items():
                 metric.update_masks(decode(name, logits, tuple(labels.shape[-2:]), fitted), labels)
         out[split] = {name: metric.compute() for name, metric in metrics.items()}
+        if image_records:
+            out.setdefault("images", {})[split] = {name: metric.image_records() for name, metric in metrics.items()}
     out["fitted"] = {name: value.tolist() for name, value in fitted.items()}
     return out

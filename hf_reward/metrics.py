@@ -53,6 +53,7 @@ from .rewards import (
     class_counts,
     confusion_matrix,
     iou_per_class,
+    miou,
     miou_gt,
     recall_per_class,
 )
@@ -166,8 +167,9 @@ class StreamingMeanIoU:
     def reset(self) -> None:
         self.confusion: torch.Tensor | None = None  # (C, C) long, cm[target, pred], on the logits' device
         self.image_confusions: list[torch.Tensor] = []  # (B, C, C) per batch, per_image only, on the CPU
+        # Per image, in the order added: boundary F (NaN for an image with no counted pixel), object counts.
         self.boundary_scores: dict[str, list[torch.Tensor]] = {t: [] for t in self.boundary_tolerances}
-        self.object_counts = torch.zeros(3, dtype=torch.long)  # target objects, predicted objects, matches
+        self.object_counts: list[torch.Tensor] = []  # (B, 3) long per batch: target objects, predicted, matches
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
@@ -204,14 +206,16 @@ class StreamingMeanIoU:
         self.confusion = cm if self.confusion is None else self.confusion + cm
         if self.per_image:
             self.image_confusions.append(per_image.cpu())
-        for p, t in zip(pred, labels):  # one image at a time: the boundary maps are (C, H, W) each
-            if not (t != self.ignore_index).any():  # an image with no counted pixel scores nothing
-                continue
-            for tolerance in self.boundary_tolerances:
-                score = masks.boundary_f(p[None], t[None], self.num_classes, tolerance, self.ignore_index)
-                self.boundary_scores[tolerance].append(score.cpu())
-            if self.thing_ids:
-                self.object_counts += masks.object_counts(p[None], t[None], self.thing_ids, self.ignore_index)[0]
+        counted = (labels != self.ignore_index).flatten(1).any(1).tolist()  # an image with none scores nothing
+        for tolerance in self.boundary_tolerances:
+            score = torch.full((len(labels),), torch.nan, dtype=torch.float64)
+            for i in (i for i, c in enumerate(counted) if c):  # one image at a time: its boundary maps are (C, H, W)
+                score[i] = masks.boundary_f(
+                    pred[i, None], labels[i, None], self.num_classes, tolerance, self.ignore_index
+                )
+            self.boundary_scores[tolerance].append(score)
+        if self.thing_ids:
+            self.object_counts.append(masks.object_counts(pred, labels, self.thing_ids, self.ignore_index))
 
     def scores(self) -> dict[str, np.ndarray | float]:
         """:func:`scores_from_confusion` of the matrix so far (per-class arrays and the means)."""
@@ -234,42 +238,33 @@ class StreamingMeanIoU:
         if self.reward is not None:
             out["reward"] = score(self.reward)
         out.update({class_key(name): float(scores["iou"][i]) for i, name in self.id2label.items()})
-        if self.per_image:
-            out.update(self.image_scores())
-        for tolerance, values in self.boundary_scores.items():
-            values = torch.cat(values) if values else torch.zeros(0)
-            out[f"boundary_f_{tolerance}"] = float(values.mean()) if len(values) else float("nan")
-        if self.thing_ids:
-            targets, predicted, matched = self.object_counts.double().tolist()
-            recall = matched / targets if targets else float("nan")
-            precision = matched / predicted if predicted else float("nan")
-            out.update(
-                object_recall=recall,
-                object_precision=precision,
-                object_f1=2 * matched / (targets + predicted) if targets + predicted else float("nan"),
-            )
+        records = self.image_records()
+        if records:
+            everything = torch.ones(1, len(next(iter(records.values()))), dtype=torch.float64)
+            out.update({k: float(v[0]) for k, v in resampled_scores(records, everything).items() if k != "mean_iou"})
+        if self.per_image and self.reward is not None:
+            tp, gt, pd = records["counts"][records["counts"][:, 1].sum(1) > 0].unbind(1)
+            out["image_reward"] = float(self.reward(tp, gt, pd).mean()) if len(tp) else float("nan")
         return out
 
-    def image_scores(self) -> dict[str, float]:
-        """``image_miou``, ``class_miou``, ``image_miou_worst10`` over the images with a counted pixel."""
-        counts = class_counts(torch.cat(self.image_confusions or [torch.zeros(0, self.num_classes, self.num_classes)]))
-        counts = tuple(c[counts[1].sum(1) > 0] for c in counts)  # (N, C) each, the images with a counted pixel
-        if len(counts[0]) == 0:
-            keys = ("image_miou", "class_miou", "image_miou_worst10") + (("image_reward",) if self.reward else ())
-            return dict.fromkeys(keys, float("nan"))
-        per_image = miou_gt(*counts)  # (N,)
-        iou, _ = iou_per_class(*counts)
-        has = counts[1] > 0  # (N, C): the class is in the image's ground truth
-        per_class = (iou * has).sum(0) / has.sum(0).clamp(min=1)
-        worst = per_image.sort().values[: max(1, int(0.1 * len(per_image)))]
-        scores = {
-            "image_miou": float(per_image.mean()),
-            "class_miou": float(per_class[has.any(0)].mean()),
-            "image_miou_worst10": float(worst.mean()),
-        }
-        if self.reward is not None:
-            scores["image_reward"] = float(self.reward(*counts).mean())
-        return scores
+    def image_records(self) -> dict[str, torch.Tensor]:
+        """What the per-image metrics are computed from, a row per image in the order added, on the CPU:
+
+        - ``counts`` ``(N, 3, C)`` float64: each image's tp, gt and pd per class (``per_image`` only);
+        - ``boundary_f_<tolerance>`` ``(N,)`` float64: NaN for an image with no counted pixel;
+        - ``objects`` ``(N, 3)`` long: target objects, predicted objects, matches (``thing_classes`` only).
+
+        :func:`resampled_scores` scores any multiset of the images from them (the split itself, or a bootstrap).
+        """
+        records = {}
+        if self.per_image:
+            cm = torch.cat(self.image_confusions or [torch.zeros(0, self.num_classes, self.num_classes)])
+            records["counts"] = torch.stack(class_counts(cm), 1)
+        for tolerance, values in self.boundary_scores.items():
+            records[f"boundary_f_{tolerance}"] = torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
+        if self.thing_ids:
+            records["objects"] = torch.cat(self.object_counts) if self.object_counts else torch.zeros(0, 3).long()
+        return records
 
     def __call__(self, eval_pred, compute_result: bool = False) -> dict[str, float]:
         """Trainer's ``compute_metrics`` with ``batch_eval_metrics=True``: accumulate, and on the
@@ -282,3 +277,59 @@ class StreamingMeanIoU:
         result = self.compute()
         self.reset()
         return result
+
+
+def resampled_scores(records: Mapping[str, torch.Tensor], weights: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The metrics of :meth:`StreamingMeanIoU.image_records` over weighted multisets of the images: ``(R,)`` each.
+
+    ``weights`` ``(R, N)``: how many times each of the N images is in each of R multisets (a row of
+    ones: the split itself; a bootstrap's counts: a resample). One definition of every metric that
+    the records decide, used by :meth:`StreamingMeanIoU.compute` and the studies' bootstrap:
+
+    - ``mean_iou``: :func:`rewards.miou` of the summed counts (the dataset-level matrix);
+    - ``image_miou``, ``class_miou``, ``image_miou_worst10``: over images with a counted pixel
+      (the worst 10%: the lowest ``max(1, int(0.1 n))`` of the multiset's n such images);
+    - ``boundary_f_<tolerance>``: the mean over images with a counted pixel;
+    - ``object_recall``, ``object_precision``, ``object_f1``: of the summed object counts, NaN with
+      no object to divide by.
+
+    >>> counts = torch.tensor([[[1.0, 0.0], [2.0, 0.0], [1.0, 0.0]], [[0.0, 2.0], [0.0, 2.0], [0.0, 2.0]]])
+    >>> s = resampled_scores({"counts": counts}, torch.tensor([[1.0, 1.0], [2.0, 0.0]]))
+    >>> s["image_miou"].tolist(), s["mean_iou"].tolist()
+    ([0.75, 0.5], [0.75, 0.5])
+    """
+    weights = weights.double()
+    out = {}
+    if "counts" in records:
+        tp, gt, pd = records["counts"].double().unbind(1)  # (N, C) each
+        w = weights * (gt.sum(1) > 0)  # images with no counted pixel do not count
+        total = w.sum(1)
+        out["mean_iou"] = torch.where(total > 0, miou(w @ tp, w @ gt, w @ pd), torch.nan)
+        per_image = miou_gt(tp, gt, pd)  # (N,)
+        out["image_miou"] = (w @ per_image) / total  # NaN over no image
+        iou, _ = iou_per_class(tp, gt, pd)
+        has = (gt > 0).double()  # (N, C): the class is in the image's ground truth
+        images_with = w @ has  # (R, C)
+        per_class = (w @ (iou * has)) / images_with.clamp(min=1e-300)
+        out["class_miou"] = torch.where(images_with > 0, per_class, 0.0).sum(1) / (images_with > 0).sum(1)
+        out["image_miou_worst10"] = _lowest_mean(per_image, w, 0.1)
+    for key, values in records.items():
+        if key.startswith("boundary_f_"):
+            w = weights * ~values.isnan()
+            out[key] = (w @ values.nan_to_num(0.0)) / w.sum(1)
+    if "objects" in records:
+        targets, predicted, matched = (weights @ records["objects"].double()).unbind(1)
+        out["object_recall"] = matched / targets
+        out["object_precision"] = matched / predicted
+        out["object_f1"] = 2 * matched / (targets + predicted)
+    return out
+
+
+def _lowest_mean(values: torch.Tensor, weights: torch.Tensor, fraction: float) -> torch.Tensor:
+    """The mean of the lowest ``max(1, int(fraction * n))`` values of each weighted multiset ``weights (R, N)``."""
+    order = values.argsort()
+    v, w = values[order], weights[:, order]
+    k = (fraction * w.sum(1)).floor().clamp(min=1)  # (R,)
+    before = w.cumsum(1) - w  # how many lower values each multiset holds before this one
+    taken = torch.minimum(w, (k[:, None] - before).clamp(min=0))
+    return torch.where(w.sum(1) > 0, (taken * v.nan_to_num(0.0)).sum(1) / k, torch.nan)

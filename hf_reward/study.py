@@ -7,7 +7,16 @@ Protocol (:class:`StudyConfig` holds every setting; ``scripts/study.py`` parses 
 1. Data: CamVid train and validation at ``size``, in memory (:mod:`hf_reward.data.in_memory`).
    The development split is the first ``dev_fraction`` of the frames of each training video
    sequence: contiguous blocks, so no dev frame is a near-duplicate of a training frame (frames
-   are one second apart). Settings are chosen on dev; validation is reported.
+   are one second apart). Settings are chosen on dev; the report split is scored.
+
+   - In-sequence (``folds`` empty): dev and training from CamVid train, CamVid validation
+     reported. Validation is sequence 0016E5, which also gives 204 of the 367 training frames, so
+     this measures more frames of a scene the model trained on.
+   - Cross-sequence (``folds``: sequences): one fold per sequence, which it holds out (its frames
+     of train and validation both, the ``heldout`` split); pretraining, tuning, dev and decoder
+     fitting use the other sequences only (:func:`fold_rows`). Each fold lives in
+     ``<output_dir>/fold_<sequence>``; :func:`hf_reward.study_report.fold_report` pools them with
+     paired bootstrap intervals over images and seeds.
 2. Pretraining: a SegFormer from random init, cross-entropy on the other training images
    (:func:`hf_reward.pipeline.pretrain`), unless ``pretrained`` names another study's checkpoint.
 3. Runs: every arm x horizon x learning rate x seed starts from that checkpoint. An arm is a set
@@ -40,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-import datasets
+import safetensors.torch
 import torch
 from tqdm.auto import tqdm
 from transformers import PrinterCallback
@@ -48,7 +57,9 @@ from transformers import PrinterCallback
 from .config import RewardSegConfig
 from .data import load_camvid
 from .data.camvid import DEFAULT_ROOT as CAMVID_PATH
+from .data.camvid import camvid_frames
 from .data.in_memory import InMemorySegmentation, materialise_split
+from .data.labels import DataError
 from .decoders import DECODERS, score_decoders
 from .modeling import build_model, load_segmentation_model
 from .pipeline import PretrainConfig, calibrate_model, pretrain, segmentation_trainer, settings_hash, training_settings
@@ -91,6 +102,18 @@ class StudyConfig:
         default_factory=lambda: [360, 480], metadata=_h("The size of --full_resolution runs.")
     )
     dev_fraction: float = field(default=0.2, metadata=_h("The first fraction of each training sequence: dev."))
+    folds: list[str] = field(
+        default_factory=list,
+        metadata=_h(
+            "Cross-sequence protocol: hold out each of these sequences in turn (train, dev and decoder fitting on the "
+            "others). Empty: in-sequence (dev from train, CamVid validation reported)."
+        ),
+    )
+    held_out: str | None = field(
+        default=None,
+        metadata=_h("Run one fold: the sequence it holds out (one of folds; the study sets it per fold)."),
+    )
+    bootstrap_samples: int = field(default=2000, metadata=_h("Resamples of the paired bootstrap intervals."))
     model: dict = field(
         default_factory=lambda: copy.deepcopy(STUDY_MODEL),
         metadata=_h("The model built from random init: build_model's architecture (default segformer) and sizes."),
@@ -103,7 +126,8 @@ class StudyConfig:
     )
     tune: dict = field(default_factory=dict, metadata=_h("RewardSegConfig fields every run shares."))
     horizons: dict = field(
-        default_factory=dict, metadata=_h("Horizon name -> RewardSegConfig fields (steps, schedule).")
+        default_factory=dict,
+        metadata=_h("Horizon name -> RewardSegConfig fields (steps, schedule), and optionally its own seeds."),
     )
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata=_h("Seeds of every setting."))
     control: str = field(default="ce", metadata=_h("The arm every other is paired with, seed by seed."))
@@ -127,6 +151,12 @@ class StudyConfig:
     )
 
     def __post_init__(self):
+        if self.folds and self.pretrained:
+            raise ValueError(
+                "folds need a pretraining per fold: a checkpoint from elsewhere may have seen a held-out sequence"
+            )
+        if self.held_out is not None and self.held_out not in self.folds:
+            raise ValueError(f"held_out {self.held_out!r} is not one of the folds {self.folds}")
         self.arms = {
             name: spec if isinstance(spec, Arm) else Arm.from_dict(name, spec) for name, spec in self.arms.items()
         }
@@ -140,13 +170,28 @@ class StudyConfig:
             if missing:
                 raise ValueError(f"arm {name!r} names horizons {missing} that are not in {list(self.horizons)}")
 
+    @property
+    def report_split(self) -> str:
+        """The split a run is judged on: ``heldout`` (a fold's sequence) or ``validation`` (in-sequence)."""
+        return "validation" if self.held_out is None else "heldout"
+
+    @property
+    def stage_dir(self) -> Path:
+        """Where this config's pretraining and runs are cached: ``output_dir``, or its fold's directory."""
+        return Path(self.output_dir) / (f"fold_{self.held_out}" if self.held_out else "")
+
+    def fold(self, sequence: str) -> StudyConfig:
+        """The config of the fold that holds out ``sequence``."""
+        return dataclasses.replace(self, held_out=sequence)
+
     def metric_options(self) -> dict:
         """The metrics' settings (:class:`hf_reward.metrics.StreamingMeanIoU`): per image, boundaries, objects."""
         return dict(per_image=True, boundary_tolerances=self.boundary_tolerances, thing_classes=self.thing_classes)
 
     def run_args(self, arm: str, horizon: str, lr: float, seed: int, output_dir: str | Path) -> RewardSegConfig:
         """The RewardSegConfig of one run."""
-        fields = {**self.tune, **self.arms[arm].fields, **self.horizons[horizon]}
+        horizon_fields = {k: v for k, v in self.horizons[horizon].items() if k != "seeds"}
+        fields = {**self.tune, **self.arms[arm].fields, **horizon_fields}
         return study_args(output_dir, fields, learning_rate=lr, seed=seed)
 
     def runs(self, arms: list[str] | None = None, seeds: list[int] | None = None) -> list[Run]:
@@ -160,7 +205,8 @@ class StudyConfig:
             for arm in arms
             for horizon, rates in self.arms[arm].learning_rates.items()
             for lr in rates
-            for seed in (self.seeds if seeds is None else seeds)
+            for seed in self.horizons[horizon].get("seeds", self.seeds)
+            if seeds is None or seed in seeds
         ]
 
 
@@ -203,27 +249,53 @@ def dev_rows(files: list[str], fraction: float) -> list[int]:
     return sorted(row for frames in sequences.values() for _, row in sorted(frames)[: round(fraction * len(frames))])
 
 
+def sequence_of(name: str) -> str:
+    """The sequence of a CamVid frame's file name, ``<sequence>_<frame>.png``."""
+    return name.split("_", 1)[0]
+
+
+def fold_rows(names: list[str], held_out: str, dev_fraction: float) -> dict[str, list[int]]:
+    """Rows of ``names`` for the fold that holds out sequence ``held_out``: ``heldout`` (its frames),
+    ``dev`` (the first ``dev_fraction`` of each other sequence's frames) and ``train`` (the rest)."""
+    heldout = [row for row, name in enumerate(names) if sequence_of(name) == held_out]
+    if not heldout:
+        raise DataError(f"no frame of sequence {held_out!r}; the sequences are {sorted(set(map(sequence_of, names)))}")
+    others = [row for row, name in enumerate(names) if sequence_of(name) != held_out]
+    dev = [others[i] for i in dev_rows([names[row] for row in others], dev_fraction)]
+    return {"train": sorted(set(others) - set(dev)), "dev": dev, "heldout": heldout}
+
+
 def load_data(cfg: StudyConfig) -> tuple[dict[str, InMemorySegmentation], dict[int, str]]:
-    """The splits in memory: ``train`` (flipped), ``train_unflipped`` (decoders fit on it), ``dev``, ``validation``."""
+    """The splits in memory: ``train`` (flipped), ``train_unflipped`` (decoders fit on it), ``dev``, and the report
+    split: ``validation`` (in-sequence) or ``heldout`` (the fold's sequence, from train and validation)."""
     root, size, out = Path(cfg.data_root), tuple(cfg.size), Path(cfg.output_dir)
+    if not root.is_dir():
+        raise DataError(f"data_root {cfg.data_root!r} is not a directory")
     splits = {
         s: materialise_split(out / f"{s}.safetensors", load_camvid, s, size, root=root, streaming=False)
         for s in ("train", "validation")
     }
     (images, labels, id2label), (val_images, val_labels, _) = splits["train"], splits["validation"]
-    files = datasets.load_dataset("parquet", data_files=str(root / "train-*.parquet"), split="train")["file"]
-    dev = dev_rows(files, cfg.dev_fraction)
-    rest = sorted(set(range(len(labels))) - set(dev))
+    files = camvid_frames("train", root)
+    if cfg.held_out is not None:  # one pool of both splits' frames, cut by sequence
+        images, labels = torch.cat([images, val_images]), torch.cat([labels, val_labels])
+        rows = fold_rows(files + camvid_frames("validation", root), cfg.held_out, cfg.dev_fraction)
+        report = InMemorySegmentation(images, labels, indices=rows["heldout"])
+    else:
+        dev = dev_rows(files, cfg.dev_fraction)
+        rows = {"dev": dev, "train": sorted(set(range(len(labels))) - set(dev))}
+        report = InMemorySegmentation(val_images, val_labels)
     return {
-        "train": InMemorySegmentation(images, labels, indices=rest, flip=True),
-        "train_unflipped": InMemorySegmentation(images, labels, indices=rest),
-        "dev": InMemorySegmentation(images, labels, indices=dev),
-        "validation": InMemorySegmentation(val_images, val_labels),
+        "train": InMemorySegmentation(images, labels, indices=rows["train"], flip=True),
+        "train_unflipped": InMemorySegmentation(images, labels, indices=rows["train"]),
+        "dev": InMemorySegmentation(images, labels, indices=rows["dev"]),
+        cfg.report_split: report,
     }, id2label
 
 
 def _data_settings(cfg: StudyConfig) -> dict:
-    return {"camvid": str(Path(cfg.data_root).resolve()), "size": list(cfg.size), "dev_fraction": cfg.dev_fraction}
+    settings = {"camvid": str(Path(cfg.data_root).resolve()), "size": list(cfg.size), "dev_fraction": cfg.dev_fraction}
+    return settings if cfg.held_out is None else {**settings, "held_out": cfg.held_out}  # in-sequence keys as before
 
 
 def file_hash(path: Path) -> str:
@@ -248,11 +320,11 @@ def pretrained_checkpoint(cfg: StudyConfig, data, id2label) -> Path:
     """The checkpoint every run starts from: ``pretrained``, or pretrained here (cached on its settings)."""
     if cfg.pretrained:
         return Path(cfg.pretrained)
-    args = pretrain_config(Path(cfg.output_dir) / "pretrain", cfg.pretrain)
+    args = pretrain_config(cfg.stage_dir / "pretrain", cfg.pretrain)
 
     def make():
         model = build_model(id2label, **cfg.model)
-        return model, data["train"], {"dev": data["dev"], "validation": data["validation"]}, id2label
+        return model, data["train"], {"dev": data["dev"], cfg.report_split: data[cfg.report_split]}, id2label
 
     return pretrain(args, {"model": cfg.model, "data": _data_settings(cfg)}, make)
 
@@ -304,7 +376,7 @@ def train_run(cfg: StudyConfig, run: Run, start: Path, data, id2label) -> Path:
     if cfg.arms[run.arm].calibrate_first:  # tune from the calibrated start: the bias holds the offsets
         reward = args.count_reward() or "miou"
         calibrate_model(model, data["train_unflipped"], reward, split="train", batch_size=16, progress=False)
-    evals = {"dev": data["dev"], "validation": data["validation"]}
+    evals = {"dev": data["dev"], cfg.report_split: data[cfg.report_split]}
     trainer = quiet(segmentation_trainer(model, args, data["train"], evals, id2label, cfg.metric_options()))
     started = time.perf_counter()
     trainer.train()
@@ -315,7 +387,7 @@ def train_run(cfg: StudyConfig, run: Run, start: Path, data, id2label) -> Path:
         **run._asdict(),
         "settings": dataclasses.asdict(cfg.arms[run.arm]),
         "seconds_per_step": seconds / args.max_steps,
-        "eval_curve": [e for e in history if any(k.startswith(("eval_dev_", "eval_validation_")) for k in e)],
+        "eval_curve": [e for e in history if any(k.startswith(("eval_dev_", f"eval_{cfg.report_split}_")) for k in e)],
         "train_logs": [e for e in history if "loss" in e and "train_runtime" not in e],
     }
     (out / "train.json").write_text(json.dumps(record, indent=1))
@@ -323,26 +395,47 @@ def train_run(cfg: StudyConfig, run: Run, start: Path, data, id2label) -> Path:
 
 
 def score_model(cfg: StudyConfig, model_dir: Path, data, id2label) -> dict:
-    """Every decoder's metrics on dev and validation for ``model_dir``'s model, cached beside it."""
-    path = model_dir / f"scores-{score_key(cfg)}.json"
-    if path.is_file():
+    """Every decoder's metrics on dev and the report split for ``model_dir``'s model, cached beside it with their
+    per-image records (:func:`image_records` reads them back)."""
+    path = scores_path(cfg, model_dir)
+    if path.is_file() and path.with_suffix(".safetensors").is_file():
         return json.loads(path.read_text())
     model = load_segmentation_model(str(model_dir), id2label)
     scores = score_decoders(
         model,
         data["train_unflipped"],
-        {"dev": data["dev"], "validation": data["validation"]},
+        {"dev": data["dev"], cfg.report_split: data[cfg.report_split]},
         cfg.decoders,
         study_args("unused", cfg.tune).count_reward(),
         id2label,
+        image_records=True,
         **cfg.metric_options(),
     )
+    images = scores.pop("images")
+    flat = {
+        f"{split}/{decoder}/{k}": v for split, d in images.items() for decoder, r in d.items() for k, v in r.items()
+    }
+    safetensors.torch.save_file({k: v.contiguous() for k, v in flat.items()}, path.with_suffix(".safetensors"))
     path.write_text(json.dumps(scores, indent=1))
     return scores
 
 
+def scores_path(cfg: StudyConfig, model_dir: Path) -> Path:
+    """A model's cached scores (JSON; its per-image records beside it, ``.safetensors``)."""
+    return Path(model_dir) / f"scores-{score_key(cfg)}.json"
+
+
+def image_records(scores_path: Path) -> dict[str, dict[str, dict[str, torch.Tensor]]]:
+    """``{split: {decoder: per-image records}}`` saved beside a scores file by :func:`score_model`."""
+    out = defaultdict(lambda: defaultdict(dict))
+    for key, value in safetensors.torch.load_file(Path(scores_path).with_suffix(".safetensors")).items():
+        split, decoder, name = key.split("/", 2)
+        out[split][decoder][name] = value
+    return out
+
+
 def run_dir(cfg: StudyConfig, run: Run, start: Path) -> Path:
-    return Path(cfg.output_dir) / "runs" / f"{run.name}-{run_key(cfg, run, start)}"
+    return cfg.stage_dir / "runs" / f"{run.name}-{run_key(cfg, run, start)}"
 
 
 def _result(cfg: StudyConfig, run: Run, start: Path, data=None, id2label=None) -> dict | None:
@@ -351,10 +444,14 @@ def _result(cfg: StudyConfig, run: Run, start: Path, data=None, id2label=None) -
     if data is not None:
         train_run(cfg, run, start, data, id2label)
         score_model(cfg, out, data, id2label)
-    scores = out / f"scores-{score_key(cfg)}.json"
-    if not ((out / "train.json").is_file() and scores.is_file()):
+    scores = scores_path(cfg, out)
+    if not ((out / "train.json").is_file() and scores.is_file() and scores.with_suffix(".safetensors").is_file()):
         return None
-    return {**json.loads((out / "train.json").read_text()), "scores": json.loads(scores.read_text())}
+    return {
+        **json.loads((out / "train.json").read_text()),
+        "scores": json.loads(scores.read_text()),
+        "path": str(scores),
+    }
 
 
 _worker = {}
@@ -387,9 +484,9 @@ def run_all(cfg: StudyConfig, runs: list[Run], start: Path, jobs: int) -> list[d
     first = cfg.metrics[0]
     for r, result in tqdm(finished, total=len(todo), desc="study runs"):
         done[r] = result
-        scores = result["scores"]["validation"]
+        scores = result["scores"][cfg.report_split]
         tqdm.write(
-            f"{r.name}: validation {first} {scores['argmax'][first]:.4f} raw, "
+            f"{r.name}: {cfg.report_split} {first} {scores['argmax'][first]:.4f} raw, "
             f"{max(s[first] for s in scores.values()):.4f} best decoded, {result['seconds_per_step']:.2f} s/step"
         )
     return [done[r] for r in runs]

@@ -17,13 +17,15 @@ first, of the paired differences for the second).
 
 from __future__ import annotations
 
+import functools
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from .metrics import class_key
+import numpy as np
+import torch
 
-SPLITS = ("dev", "validation")
+from .metrics import class_key, resampled_scores
 
 
 def value(scores: dict, split: str, decoder: str, metric: str) -> float:
@@ -77,11 +79,11 @@ def _verdict(cfg, groups: dict, picks: dict, alone: float, metric: str, key: tup
     arm, horizon, _ = key
     runs = groups[key]
     decoder = best_decoder(list(runs.values()), cfg.decoders, metric)
-    val = {s: value(r["scores"], "validation", decoder, metric) for s, r in runs.items()}
+    val = {s: value(r["scores"], cfg.report_split, decoder, metric) for s, r in runs.items()}
     over_start, ok_start = _gain([v - alone for v in val.values()], cfg.bar / 100)
     lr_c, dec_c = picks.get((cfg.control, horizon), (None, None))
     controls = groups.get((cfg.control, horizon, lr_c), {})
-    paired = [val[s] - value(controls[s]["scores"], "validation", dec_c, metric) for s in val if s in controls]
+    paired = [val[s] - value(controls[s]["scores"], cfg.report_split, dec_c, metric) for s in val if s in controls]
     over_control, ok_control = _gain(paired, cfg.bar / 100) if arm != cfg.control else ("—", False)
     return {
         "decoder": decoder,
@@ -97,13 +99,14 @@ def metric_table(cfg, start: dict, results: list[dict], metric: str) -> list[str
     groups = group(results)
     picks = chosen(groups, cfg.decoders, metric)
     start_decoder = best_decoder([{"scores": start}], cfg.decoders, metric)
-    alone = value(start, "validation", start_decoder, metric)
+    alone = value(start, cfg.report_split, start_decoder, metric)
     lines = [
         f"**{metric}**. Start: dev {value(start, 'dev', 'argmax', metric):.4f} raw, "
         f"{value(start, 'dev', start_decoder, metric):.4f} by {start_decoder} (its best decoder on dev); validation "
-        f"{value(start, 'validation', 'argmax', metric):.4f} raw, {alone:.4f} by {start_decoder}.",
+        f"{value(start, cfg.report_split, 'argmax', metric):.4f} raw, {alone:.4f} by {start_decoder}.",
         "",
-        "| arm | horizon | lr | chosen on dev | decoder | dev raw | dev decoded | val raw | val decoded | "
+        f"| arm | horizon | lr | chosen on dev | decoder | dev raw | dev decoded | {cfg.report_split} raw | "
+        f"{cfg.report_split} decoded | "
         f"Δ vs {start_decoder} alone | Δ vs {cfg.control}, decoded | clears the bar | s/step |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -113,7 +116,7 @@ def metric_table(cfg, start: dict, results: list[dict], metric: str) -> list[str
         verdict = ("yes" if row["clears"] else "no") if is_chosen and arm != cfg.control else ""
         cells = [
             _mean_sd([value(r["scores"], split, d, metric) for r in runs.values()])
-            for split in SPLITS
+            for split in ("dev", cfg.report_split)
             for d in ("argmax", row["decoder"])
         ]
         step = statistics.mean(r["seconds_per_step"] for r in runs.values())
@@ -135,15 +138,16 @@ def summary_table(cfg, start: dict, results: list[dict]) -> list[str]:
     (not the control) whose chosen setting has the best decoded dev score, with its verdict."""
     groups = group(results)
     lines = [
-        "| metric | horizon | best decoder alone (val) | "
-        f"{cfg.control}, decoded (val) | best other arm on dev | its val, decoded | Δ vs decoder alone | "
+        f"| metric | horizon | best decoder alone ({cfg.report_split}) | "
+        f"{cfg.control}, decoded ({cfg.report_split}) | best other arm on dev | its {cfg.report_split}, decoded | "
+        "Δ vs decoder alone | "
         f"Δ vs {cfg.control}, decoded | clears the bar |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for metric in cfg.metrics:
         picks = chosen(groups, cfg.decoders, metric)
         start_decoder = best_decoder([{"scores": start}], cfg.decoders, metric)
-        alone = value(start, "validation", start_decoder, metric)
+        alone = value(start, cfg.report_split, start_decoder, metric)
         for horizon in cfg.horizons:
             if (cfg.control, horizon) not in picks:
                 continue
@@ -179,13 +183,13 @@ def report(cfg, start: dict, results: list[dict], id2label: dict[int, str], out:
     picks = chosen(group(results), cfg.decoders, first)
     start_decoder = best_decoder([{"scores": start}], cfg.decoders, first)
     lines += [
-        f"Per-class validation IoU, mean over seeds, at the settings chosen on dev for {first}, decoded:",
+        f"Per-class {cfg.report_split} IoU, mean over seeds, at the settings chosen on dev for {first}, decoded:",
         "",
         "| model | " + " | ".join(id2label[i] for i in sorted(id2label)) + " |",
         "|---" * (len(id2label) + 1) + "|",
         f"| start, {start_decoder} | "
         + " | ".join(
-            f"{value(start, 'validation', start_decoder, class_key(id2label[i])):.3f}" for i in sorted(id2label)
+            f"{value(start, cfg.report_split, start_decoder, class_key(id2label[i])):.3f}" for i in sorted(id2label)
         )
         + " |",
     ]
@@ -193,7 +197,7 @@ def report(cfg, start: dict, results: list[dict], id2label: dict[int, str], out:
     for (arm, horizon), (lr, decoder) in picks.items():
         runs = groups[(arm, horizon, lr)].values()
         ious = [
-            statistics.mean(value(r["scores"], "validation", decoder, class_key(id2label[i])) for r in runs)
+            statistics.mean(value(r["scores"], cfg.report_split, decoder, class_key(id2label[i])) for r in runs)
             for i in sorted(id2label)
         ]
         lines.append(f"| {arm}, {horizon}, {decoder} | " + " | ".join(f"{v:.3f}" for v in ious) + " |")
@@ -214,7 +218,7 @@ def plot_curves(cfg, groups: dict, picks: dict, start: dict, start_decoder: str,
     fig, axes = plt.subplots(len(horizons), 1, figsize=(13, 4 * len(horizons)), squeeze=False)
     arms = list(dict.fromkeys(arm for arm, _ in picks))
     colours = {arm: plt.get_cmap("tab10")(i % 10) for i, arm in enumerate(arms)}
-    key = f"eval_validation_{metric}"
+    key = f"eval_{cfg.report_split}_{metric}"
     for ax, horizon in zip(axes[:, 0], horizons):
         for arm in arms:
             if (arm, horizon) not in picks:
@@ -222,24 +226,24 @@ def plot_curves(cfg, groups: dict, picks: dict, start: dict, start_decoder: str,
             lr, decoder = picks[(arm, horizon)]
             runs = list(groups[(arm, horizon, lr)].values())
             curves = [
-                [value(start, "validation", "argmax", metric)] + [e[key] for e in r["eval_curve"] if key in e]
+                [value(start, cfg.report_split, "argmax", metric)] + [e[key] for e in r["eval_curve"] if key in e]
                 for r in runs
             ]
             steps = [0] + [e["step"] for e in runs[0]["eval_curve"] if key in e]
             if len(steps) > 1:
                 mean = [statistics.mean(v) for v in zip(*curves)]
                 ax.plot(steps, mean, "o-", markersize=3, color=colours[arm], label=f"{arm} (lr {lr:g})")
-            end = statistics.mean(value(r["scores"], "validation", decoder, metric) for r in runs)
+            end = statistics.mean(value(r["scores"], cfg.report_split, decoder, metric) for r in runs)
             ax.axhline(end, color=colours[arm], linestyle="--", linewidth=1, label=f"{arm}, {decoder} at the end")
         ax.axhline(
-            value(start, "validation", start_decoder, metric),
+            value(start, cfg.report_split, start_decoder, metric),
             color="grey",
             linestyle=":",
             label=f"{start_decoder} alone",
         )
         ax.set(
             xlabel="tuning step",
-            ylabel=f"validation {metric}",
+            ylabel=f"{cfg.report_split} {metric}",
             title=f"{horizon} horizon: raw during training, decoded at the end (dashed)",
         )
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the axes: no curve hidden
@@ -247,3 +251,163 @@ def plot_curves(cfg, groups: dict, picks: dict, start: dict, start_decoder: str,
     fig.tight_layout()
     fig.savefig(path, dpi=80, bbox_inches="tight")
     plt.close(fig)
+
+
+# The cross-sequence protocol (hf_reward.study, ``folds``): each fold's runs and start judged on its held-out
+# sequence, pooled over folds, with paired bootstrap intervals over images and seeds.
+
+
+def bootstrap_weights(sizes: list[int], samples: int, rng: np.random.Generator) -> torch.Tensor:
+    """``(samples, sum(sizes))`` counts of a bootstrap over images stratified by fold: each fold's ``n`` images
+    resampled ``n`` times with replacement, the folds side by side."""
+    return torch.from_numpy(
+        np.concatenate([rng.multinomial(n, np.full(n, 1.0 / n), size=samples) for n in sizes], axis=1)
+    ).double()
+
+
+def paired_interval(
+    model: list[dict], reference: list[dict], metric: str, weights: torch.Tensor, rng: np.random.Generator
+) -> tuple[float, float, float]:
+    """Mean and 95% percentile interval of ``metric(model) - metric(reference)``, paired by image and by seed.
+
+    ``model`` and ``reference``: per seed, per-image records (:meth:`StreamingMeanIoU.image_records`) of the
+    same images (a reference with one model repeats it for every seed). ``weights (R, N)``: the image
+    resamples (:func:`bootstrap_weights`); each resample also draws the seeds with replacement.
+    """
+    everything = torch.ones(1, weights.shape[1], dtype=torch.float64)
+
+    def gaps(w):  # (S, R): each seed's difference on each resample
+        return torch.stack(
+            [resampled_scores(m, w)[metric] - resampled_scores(r, w)[metric] for m, r in zip(model, reference)]
+        )
+
+    point = float(gaps(everything).mean())
+    per_seed = gaps(weights)
+    seeds = torch.from_numpy(rng.integers(0, len(model), size=(weights.shape[0], len(model))))
+    boot = per_seed[seeds, torch.arange(weights.shape[0])[:, None]].mean(1)
+    low, high = np.nanquantile(boot.numpy(), [0.025, 0.975])
+    return point, float(low), float(high)
+
+
+def _concat(records: list[dict]) -> dict:
+    return {k: torch.cat([r[k] for r in records]) for k in records[0]}
+
+
+def fold_report(cfg, per_fold: dict[str, tuple[dict, list[dict]]], out: Path, minutes: float) -> str:
+    """The cross-sequence report, ``results.md`` in ``out``: per metric and horizon, the start by its dev-best
+    decoder, the control and every arm by their dev-best setting and decoder (chosen per fold), each fold's
+    held-out Δ and the pooled one with 95% paired bootstrap intervals; the verdict; how often dev picks the
+    held-out best. ``per_fold``: held-out sequence -> (the start's result, the runs' results), as
+    :func:`hf_reward.study.run_all` returns them (with ``scores`` and the scores file's ``path``)."""
+    from .study import image_records
+
+    split, folds = "heldout", list(per_fold)
+    records = functools.lru_cache(maxsize=None)(image_records)
+    rng = np.random.default_rng(0)
+    sizes = [len(next(iter(records(per_fold[f][0]["path"])[split]["argmax"].values()))) for f in folds]
+    weights = bootstrap_weights(sizes, cfg.bootstrap_samples, rng)
+    ends = np.cumsum([0] + sizes)
+    parts = {**{f: weights[:, ends[i] : ends[i + 1]] for i, f in enumerate(folds)}, "pooled": weights}
+    lines = [
+        f"Cross-sequence protocol: folds {', '.join(f'{f} ({n} images)' for f, n in zip(folds, sizes))} each held "
+        f"out in turn; Δ in points on the held-out frames, mean over seeds, with a 95% paired bootstrap interval "
+        f"({cfg.bootstrap_samples} resamples of images within each fold, and of seeds). 'clears': pooled Δ >= "
+        f"{cfg.bar:g} over both references with the interval above 0, and no fold below 0. This invocation took "
+        f"{minutes:.0f} min (stages cached by earlier ones not counted).",
+        "",
+    ]
+    agree, asked = 0, 0
+    for metric in cfg.metrics:
+        for horizon in cfg.horizons:
+            seeds = cfg.horizons[horizon].get("seeds", cfg.seeds)
+            candidates = {}  # name -> per fold: (decoder, [records per seed], dev score, held-out score)
+            for f in folds:
+                start, results = per_fold[f]
+                decoder = best_decoder([start], cfg.decoders, metric)
+                candidates.setdefault("start", {})[f] = (
+                    decoder,
+                    [records(start["path"])[split][decoder]] * len(seeds),
+                    value(start["scores"], "dev", decoder, metric),
+                    value(start["scores"], split, decoder, metric),
+                )
+                groups = group(results)
+                for (arm, h), (lr, decoder) in chosen(groups, cfg.decoders, metric).items():
+                    runs = groups[(arm, h, lr)]
+                    if h != horizon or set(runs) != set(seeds):
+                        continue
+                    candidates.setdefault(arm, {})[f] = (
+                        f"{decoder}, lr {lr:g}",
+                        [records(runs[s]["path"])[split][decoder] for s in seeds],
+                        statistics.mean(value(runs[s]["scores"], "dev", decoder, metric) for s in seeds),
+                        statistics.mean(value(runs[s]["scores"], split, decoder, metric) for s in seeds),
+                    )
+            candidates = {name: c for name, c in candidates.items() if set(c) == set(folds)}
+            if cfg.control not in candidates or metric not in resampled_scores(
+                candidates["start"][folds[0]][1][0], weights[:1, : sizes[0]]
+            ):
+                continue
+            for f in folds:  # does dev pick the candidate that is best on the held-out fold?
+                by_dev = max(candidates, key=lambda c, f=f: candidates[c][f][2])
+                by_heldout = max(candidates, key=lambda c, f=f: candidates[c][f][3])
+                agree, asked = agree + (by_dev == by_heldout), asked + 1
+            # per candidate, per part (each fold, and "pooled"): its per-seed records on that part's images
+            series = {
+                c: {f: v[f][1] for f in folds}
+                | {"pooled": [_concat([v[f][1][i] for f in folds]) for i in range(len(seeds))]}
+                for c, v in candidates.items()
+            }
+
+            lines += [
+                f"**{metric}, {horizon} horizon** (seeds {seeds}); held-out score pooled over the folds, mean over "
+                "seeds; decoder (and learning rate) chosen on each fold's dev:",
+                "",
+                "| candidate | decoder per fold | held-out | "
+                + " | ".join(f"Δ vs start, {f}" for f in folds)
+                + f" | Δ vs start, pooled | Δ vs {cfg.control}, pooled | clears the bar |",
+                "|---" * (len(folds) + 6) + "|",
+            ]
+            for name in candidates:
+                everything = torch.ones_like(weights[:1])
+                score = statistics.mean(float(resampled_scores(r, everything)[metric]) for r in series[name]["pooled"])
+                decoders = "; ".join(candidates[name][f][0] for f in folds)
+                if name == "start":
+                    lines.append(f"| start | {decoders} | {100 * score:.2f} |" + " |" * (len(folds) + 3))
+                    continue
+                gaps = {
+                    (reference, part): paired_interval(
+                        series[name][part], series[reference][part], metric, parts[part], rng
+                    )
+                    for reference in ("start", cfg.control)
+                    for part in parts
+                    if name != reference
+                }
+                per = [gaps[("start", f)] for f in folds]
+                over_start = gaps[("start", "pooled")]
+                over_control = gaps.get((cfg.control, "pooled"))
+                per_control = [gaps[(cfg.control, f)] for f in folds] if over_control else []
+                clears = (
+                    over_control is not None
+                    and min(over_start[0], over_control[0]) >= cfg.bar / 100
+                    and min(over_start[1], over_control[1]) > 0
+                    and min(p[0] for p in per + per_control) >= 0
+                )
+                lines.append(
+                    f"| {name} | {decoders} | {100 * score:.2f} | "
+                    + " | ".join(_points(p) for p in per)
+                    + f" | {_points(over_start)} | {_points(over_control) if over_control else '—'} | "
+                    + ("yes" if clears else "no" if over_control else "")
+                    + " |"
+                )
+            lines.append("")
+    lines += [
+        f"Dev picks the candidate best on the held-out fold (start or an arm, each decoded) in {agree} of {asked} "
+        "(fold, metric, horizon) cases.",
+    ]
+    text = "\n".join(lines) + "\n"
+    (out / "results.md").write_text(text)
+    return text
+
+
+def _points(interval: tuple[float, float, float]) -> str:
+    mean, low, high = (100 * v for v in interval)
+    return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"

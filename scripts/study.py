@@ -4,9 +4,12 @@
     python scripts/study.py --config configs/study_camvid_more.yaml
     python scripts/study.py --only_arms ce,local --only_seeds 0          # a subset
     python scripts/study.py --full_resolution                 # 360 x 480 on a GPU, in <output_dir>_full
+    python scripts/study.py --config configs/study_camvid_folds.yaml     # cross-sequence: one fold per sequence
+    python scripts/study.py --config configs/study_camvid_folds.yaml --held_out 0001TP   # one fold
 
-Writes ``<output_dir>/results.md`` and ``curves.png`` and prints the tables; see :mod:`hf_reward.study`
-for the protocol and the caching.
+Writes ``<output_dir>/results.md`` and ``curves.png`` and prints the tables (with folds: each fold's in
+``<output_dir>/fold_<sequence>/``, and the pooled report with bootstrap intervals in ``<output_dir>/results.md``);
+see :mod:`hf_reward.study` for the protocol and the caching.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from pathlib import Path
 import torch
 
 from hf_reward.cli import UsageError, parse_config, run_script
-from hf_reward.study import StudyConfig, load_data, pretrained_checkpoint, run_all, score_model
-from hf_reward.study_report import report
+from hf_reward.study import StudyConfig, load_data, pretrained_checkpoint, run_all, score_model, scores_path
+from hf_reward.study_report import fold_report, report
 
 DEFAULT_CONFIG = "configs/study_camvid.yaml"
 
@@ -52,11 +55,6 @@ def main(argv: list[str] | None = None):
         raise UsageError(str(err)) from err
     if cli.full_resolution:
         cfg = dataclasses.replace(cfg, size=cfg.full_resolution_size, output_dir=cfg.output_dir + "_full")
-    out = Path(cfg.output_dir)
-    started = time.perf_counter()
-    data, id2label = load_data(cfg)
-    start = pretrained_checkpoint(cfg, data, id2label)
-    start_scores = score_model(cfg, start, data, id2label)
     try:
         runs = cfg.runs(
             cli.only_arms.split(",") if cli.only_arms else None,
@@ -64,9 +62,36 @@ def main(argv: list[str] | None = None):
         )
     except ValueError as err:
         raise UsageError(str(err)) from err
-    results = run_all(cfg, runs, start, cli.jobs or (1 if torch.cuda.is_available() else 2))
-    (out / "start.json").write_text(json.dumps(start_scores, indent=1))
-    print(report(cfg, start_scores, results, id2label, out, minutes=(time.perf_counter() - started) / 60))
+    started = time.perf_counter()
+    jobs = cli.jobs or (1 if torch.cuda.is_available() else 2)
+    folds = [cfg.held_out] if cfg.held_out else cfg.folds
+    if not folds:  # in-sequence
+        _, start_result, results, id2label = run_stage(cfg, runs, jobs)
+        print(report(cfg, start_result["scores"], results, id2label, Path(cfg.output_dir), _minutes(started)))
+        return
+    per_fold = {}
+    for sequence in folds:
+        fold = cfg.fold(sequence)
+        print(f"fold {sequence}: held out")
+        *_, id2label = per_fold[sequence] = run_stage(fold, runs, jobs)
+        report(
+            fold, per_fold[sequence][1]["scores"], per_fold[sequence][2], id2label, fold.stage_dir, _minutes(started)
+        )
+    print(fold_report(cfg, {s: (f[1], f[2]) for s, f in per_fold.items()}, Path(cfg.output_dir), _minutes(started)))
+
+
+def run_stage(cfg: StudyConfig, runs, jobs: int):
+    """Pretrain (or read) the start, score it, run every run: ``(start, start's result, results, id2label)``."""
+    data, id2label = load_data(cfg)
+    start = pretrained_checkpoint(cfg, data, id2label)
+    start_result = {"scores": score_model(cfg, start, data, id2label), "path": str(scores_path(cfg, start))}
+    (cfg.stage_dir / "start.json").write_text(json.dumps(start_result["scores"], indent=1))
+    results = run_all(cfg, runs, start, jobs)
+    return start, start_result, results, id2label
+
+
+def _minutes(started: float) -> float:
+    return (time.perf_counter() - started) / 60
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from conftest import CAMVID, ROOT, load_script
 
 from hf_reward import study_report as REPORT
 from hf_reward.cli import parse_config
-from hf_reward.study import StudyConfig, dev_rows, run_dir, run_key
+from hf_reward.study import StudyConfig, dev_rows, image_records, run_dir, run_key
 
 STUDY = load_script("study")
 ID2LABEL = {0: "road", 1: "car"}
@@ -166,3 +166,57 @@ def test_every_study_config_builds_every_run(path, tmp_path):
     for run in cfg.runs():
         args = cfg.run_args(*run, output_dir=tmp_path)
         assert args.max_steps == cfg.horizons[run.horizon]["max_steps"] and args.learning_rate == run.learning_rate
+
+
+def tiny_fold_config(tmp_path, **changes) -> dict:
+    cfg = yaml.safe_load((ROOT / "configs/study_camvid_folds.yaml").read_text())
+    cfg.update(
+        output_dir=str(tmp_path / "folds"),
+        data_root=str(CAMVID),
+        size=[32, 44],
+        seeds=[0, 1],
+        bootstrap_samples=50,
+        decoders=["argmax", "offsets"],
+        model={"hidden_sizes": [8, 16, 16, 16], "depths": [1, 1, 1, 1], "decoder_hidden_size": 16},
+        pretrain={**cfg["pretrain"], "max_steps": 2},
+        horizons={
+            "short": {"max_steps": 2, "lr_scheduler_type": "constant", "eval_strategy": "no"},
+            "long": {"max_steps": 3, "lr_scheduler_type": "constant", "eval_strategy": "no", "seeds": [0]},
+        },
+        arms={
+            "ce": {"reward_weight": 0.0, "ce_weight": 1.0, "learning_rates": [1e-4], "horizons": ["short", "long"]},
+            "local_image": {
+                "reward": "miou_gt",
+                "reward_scope": "image",
+                "learning_rates": [1e-4],
+                "horizons": ["short"],
+            },
+        },
+        **changes,
+    )
+    path = tmp_path / "folds.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.slow
+def test_a_tiny_fold_study_holds_each_sequence_out_and_pools_the_folds(tmp_path):
+    path = tiny_fold_config(tmp_path, folds=["0006R0", "0001TP"])
+    STUDY.main(["--config", str(path), "--jobs", "1"])
+    out = tmp_path / "folds"
+    for sequence, held_out in (("0006R0", 101), ("0001TP", 62)):
+        runs = sorted(p.name.rsplit("-", 1)[0] for p in (out / f"fold_{sequence}" / "runs").iterdir())
+        assert runs == ["ce_hlong_lr0.0001_seed0", "ce_hshort_lr0.0001_seed0", "ce_hshort_lr0.0001_seed1"] + [
+            "local_image_hshort_lr0.0001_seed0",
+            "local_image_hshort_lr0.0001_seed1",
+        ]
+        start = out / f"fold_{sequence}" / "pretrain"
+        (scores,) = start.glob("scores-*.json")
+        records = image_records(scores)
+        assert len(records["heldout"]["offsets"]["counts"]) == held_out
+        assert set(json.loads(scores.read_text())) == {"dev", "heldout", "fitted"}
+    text = (out / "results.md").read_text()
+    assert "folds 0006R0 (101 images), 0001TP (62 images)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| local_image |"))
+    assert row.count("[") == 4  # each fold's Δ over the start, the pooled one and the pooled one over ce
+    assert "(fold, metric, horizon) cases" in text and (out / "fold_0001TP" / "results.md").is_file()
