@@ -6,8 +6,9 @@ Scores are :class:`hf_reward.pipeline.ModelScores` by model name (or plain metri
 Example::
 
     >>> from hf_reward.pipeline import ModelScores
-    >>> scores = {"start": ModelScores({"mean_iou": 0.5}), "tuned": ModelScores({"mean_iou": 0.6}, {"mean_iou": 0.7})}
-    >>> print(summary_table(scores, steps=200))
+    >>> tuned = ModelScores({"mean_iou": 0.6}, {"mean_iou": 0.7}, steps=200)
+    >>> scores = {"start": ModelScores({"mean_iou": 0.5}), "tuned": tuned}
+    >>> print(summary_table(scores))
     | model | mIoU (%) | calibrated |
     |---|---:|---:|
     | start | 50.0 | — |
@@ -33,12 +34,13 @@ def _fmt(value: float | None) -> str:
     return "—" if value is None else "n/a" if math.isnan(value) else f"{100 * value:.1f}"
 
 
-def summary_table(scores: Mapping, steps: int, metric: str = "mean_iou", label: str = "mIoU") -> str:
-    """One row per model (the start, then each tuned model with its steps): ``metric`` raw and calibrated, in %."""
+def summary_table(scores: Mapping, metric: str = "mean_iou", label: str = "mIoU") -> str:
+    """One row per model (the start, then each tuned model with the steps it trained): ``metric`` raw and
+    calibrated, in %."""
     lines = [f"| model | {label} (%) | calibrated |", "|---|---:|---:|"]
     for name, s in scores.items():
         calibrated = None if s.calibrated is None else s.calibrated.get(metric, math.nan)
-        row = name if name == "start" else f"{name}, {steps} steps"
+        row = name if s.steps is None else f"{name}, {s.steps} steps"
         lines.append(f"| {row} | {_fmt(s.raw.get(metric, math.nan))} | {_fmt(calibrated)} |")
     return "\n".join(lines)
 
@@ -137,7 +139,7 @@ def model_card(
         f"Tuned from **{base_model}** on **{dataset}** with hf-reward: {describe_recipe(args)}.\n\n"
         f"## Tuning settings\n\n{settings_table}\n\n"
         f"## Results\n\nValidation {headline[1]} (%), from the same start and on the same data.\n\n"
-        f"{summary_table(scores, args.max_steps, *headline)}\n\n"
+        f"{summary_table(scores, *headline)}\n\n"
         f"Per-class IoU (%):\n\n{per_class_table(score_columns(scores), id2label)}\n\n"
         f"{calibrated}" + _USE
     )

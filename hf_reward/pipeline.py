@@ -361,10 +361,11 @@ class ModelScores:
     raw: dict[str, float]
     calibrated: dict[str, float] | None = None
     calibration: Calibration | None = None
+    steps: int | None = None  # the optimiser steps the model was trained for, as its trainer counted them
 
     def to_dict(self) -> dict:
         calibration = None if self.calibration is None else dataclasses.asdict(self.calibration)
-        return {"raw": self.raw, "calibrated": self.calibrated, "calibration": calibration}
+        return {"raw": self.raw, "calibrated": self.calibrated, "calibration": calibration, "steps": self.steps}
 
 
 def unprefixed(metrics: dict[str, float], prefix: str = "eval_") -> dict[str, float]:
@@ -503,9 +504,11 @@ def prepare_output_dir(args: RewardSegConfig, settings: dict) -> str | None:
 
     ``settings`` describe the model and data (JSON-able); with :func:`training_settings` of ``args``
     (``max_steps`` aside: a run may be resumed to go further) they are recorded in
-    ``run_settings.json``. In a directory that holds checkpoints or a model of a run with other
-    settings (or with no record) the run is refused, unless ``overwrite_output_dir`` (which removes
-    the checkpoints first). A run of the same settings resumes from its latest checkpoint.
+    ``run_settings.json``, with ``max_steps``. In a directory that holds checkpoints or a model of
+    a run with other settings (or with no record), or of the same run trained for more steps than
+    ``max_steps`` (its tables would carry the other length), the run is refused with the settings
+    that differ, unless ``overwrite_output_dir`` (which removes the checkpoints first). A run of the
+    same settings resumes from its latest checkpoint.
     ``resume_from_checkpoint``: a path, or ``"true"`` for the latest here.
     """
     out = Path(args.output_dir)
@@ -514,12 +517,11 @@ def prepare_output_dir(args: RewardSegConfig, settings: dict) -> str | None:
         key=lambda p: int(p.name.rsplit("-", 1)[-1]) if p.name.rsplit("-", 1)[-1].isdigit() else -1,
     )
     training = {k: v for k, v in training_settings(args).items() if k != "max_steps"}
-    record = {
-        "hash": settings_hash({**settings, "training": training}),
-        "settings": {**settings, "training": training},
-    }
+    record = json.loads(json.dumps({"settings": {**settings, "training": training}}, default=str))
+    record["hash"] = settings_hash(record["settings"])
     marker = out / "run_settings.json"
-    earlier = json.loads(marker.read_text()).get("hash") if marker.is_file() else None
+    before = json.loads(marker.read_text()) if marker.is_file() else {}
+    earlier = before.get("hash")
     resume = args.resume_from_checkpoint
     if str(resume).lower() in ("false", "none", ""):
         resume = None
@@ -528,15 +530,24 @@ def prepare_output_dir(args: RewardSegConfig, settings: dict) -> str | None:
             raise UsageError(f"--resume_from_checkpoint true: {out} holds no checkpoint-* to resume from")
         resume = str(checkpoints[-1])
     holds_a_run = bool(checkpoints) or (out / "model.safetensors").is_file()
+    steps = [int(p.name.rsplit("-", 1)[-1]) for p in checkpoints if p.name.rsplit("-", 1)[-1].isdigit()]
+    same_run = holds_a_run and earlier == record["hash"] and not args.overwrite_output_dir
+    trained = max([before.get("max_steps", 0), *steps]) if same_run else 0
     if args.overwrite_output_dir:
         for checkpoint in checkpoints:
             shutil.rmtree(checkpoint)
         resume = None
     elif holds_a_run and earlier != record["hash"]:
         what = ", ".join(p.name for p in checkpoints[-2:]) or "model.safetensors"
+        differ = _differences(before.get("settings", {}), record["settings"]) if earlier else "no settings record"
         raise UsageError(
-            f"{out} holds another run ({what}, {'other settings' if earlier else 'no settings record'}): give "
-            "another --output_dir, or --overwrite_output_dir true to start afresh there (its checkpoints are removed)"
+            f"{out} holds another run ({what}; {differ}): give another --output_dir, or --overwrite_output_dir true "
+            "to start afresh there (its checkpoints are removed)"
+        )
+    elif trained > args.max_steps:
+        raise UsageError(
+            f"{out} holds this run at {trained} steps, more than --max_steps {args.max_steps}: give another "
+            "--output_dir, or --overwrite_output_dir true to start afresh there (its checkpoints are removed)"
         )
     elif checkpoints and resume is None:
         resume = str(checkpoints[-1])
@@ -544,8 +555,24 @@ def prepare_output_dir(args: RewardSegConfig, settings: dict) -> str | None:
             print(f"Resuming from {resume}: {out} holds this run's checkpoints (--overwrite_output_dir true: afresh).")
     if args.process_index == 0:
         out.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps(record, indent=2, default=str))
+        marker.write_text(json.dumps({**record, "max_steps": max(trained, args.max_steps)}, indent=2, default=str))
     return resume
+
+
+def _differences(there: dict, here: dict) -> str:
+    """``"other settings: learning_rate 0.001 there, 0.0001 here"`` between two run records (nested dicts)."""
+
+    def flat(d: dict) -> dict:
+        return {
+            k: v
+            for key, value in d.items()
+            for k, v in (flat(value) if isinstance(value, dict) else {key: value}).items()
+        }
+
+    a, b = flat(there), flat(here)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    shown = "; ".join(f"{k} {a.get(k, 'default')} there, {b.get(k, 'default')} here" for k in keys[:3])
+    return "other settings" + (f": {shown}" if keys else "") + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
 
 
 @torch.no_grad()

@@ -294,118 +294,183 @@ def _concat(records: list[dict]) -> dict:
 
 
 def fold_report(cfg, per_fold: dict[str, tuple[dict, list[dict]]], out: Path, minutes: float) -> str:
-    """The cross-sequence report, ``results.md`` in ``out``: per metric and horizon, the start by its dev-best
-    decoder, the control and every arm by their dev-best setting and decoder (chosen per fold), each fold's
-    held-out Δ and the pooled one with 95% paired bootstrap intervals; the verdict; how often dev picks the
-    held-out best. ``per_fold``: held-out sequence -> (the start's result, the runs' results), as
-    :func:`hf_reward.study.run_all` returns them (with ``scores`` and the scores file's ``path``)."""
+    """The cross-sequence report, ``results.md`` in ``out``; the text.
+
+    ``per_fold``: held-out sequence -> (the start's result, the runs' results), as
+    :func:`hf_reward.study.run_all` returns them (``scores`` and the scores file's ``path``). On each
+    fold the start is decoded by its dev-best decoder, and every arm by its dev-best learning rate
+    and decoder. Every Δ is on the held-out frames, per fold and pooled over the folds' frames, with
+    a 95% paired bootstrap interval (:func:`paired_interval`). An arm clears the bar when its
+    pooled Δ over both the start and the control is at least ``bar`` with the interval above 0,
+    and no fold's Δ is below 0.
+    """
     from .study import image_records
 
-    split, folds = "heldout", list(per_fold)
+    folds = list(per_fold)
     records = functools.lru_cache(maxsize=None)(image_records)
     rng = np.random.default_rng(0)
-    sizes = [len(next(iter(records(per_fold[f][0]["path"])[split]["argmax"].values()))) for f in folds]
+    sizes = [len(records(per_fold[f][0]["path"])[HELDOUT]["argmax"]["counts"]) for f in folds]
     weights = bootstrap_weights(sizes, cfg.bootstrap_samples, rng)
     ends = np.cumsum([0] + sizes)
     parts = {**{f: weights[:, ends[i] : ends[i + 1]] for i, f in enumerate(folds)}, "pooled": weights}
-    lines = [
-        f"Cross-sequence protocol: folds {', '.join(f'{f} ({n} images)' for f, n in zip(folds, sizes))} each held "
-        f"out in turn; Δ in points on the held-out frames, mean over seeds, with a 95% paired bootstrap interval "
-        f"({cfg.bootstrap_samples} resamples of images within each fold, and of seeds). 'clears': pooled Δ >= "
-        f"{cfg.bar:g} over both references with the interval above 0, and no fold below 0. This invocation took "
-        f"{minutes:.0f} min (stages cached by earlier ones not counted).",
-        "",
-    ]
+    tables, summary, decoders = [], [], []
     agree, asked = 0, 0
     for metric in cfg.metrics:
+        decoders.append(_decoder_row(cfg, per_fold, records, metric, parts, rng))
         for horizon in cfg.horizons:
-            seeds = cfg.horizons[horizon].get("seeds", cfg.seeds)
-            candidates = {}  # name -> per fold: (decoder, [records per seed], dev score, held-out score)
-            for f in folds:
-                start, results = per_fold[f]
-                decoder = best_decoder([start], cfg.decoders, metric)
-                candidates.setdefault("start", {})[f] = (
-                    decoder,
-                    [records(start["path"])[split][decoder]] * len(seeds),
-                    value(start["scores"], "dev", decoder, metric),
-                    value(start["scores"], split, decoder, metric),
-                )
-                groups = group(results)
-                for (arm, h), (lr, decoder) in chosen(groups, cfg.decoders, metric).items():
-                    runs = groups[(arm, h, lr)]
-                    if h != horizon or set(runs) != set(seeds):
-                        continue
-                    candidates.setdefault(arm, {})[f] = (
-                        f"{decoder}, lr {lr:g}",
-                        [records(runs[s]["path"])[split][decoder] for s in seeds],
-                        statistics.mean(value(runs[s]["scores"], "dev", decoder, metric) for s in seeds),
-                        statistics.mean(value(runs[s]["scores"], split, decoder, metric) for s in seeds),
-                    )
-            candidates = {name: c for name, c in candidates.items() if set(c) == set(folds)}
-            if cfg.control not in candidates or metric not in resampled_scores(
-                candidates["start"][folds[0]][1][0], weights[:1, : sizes[0]]
-            ):
+            candidates = _candidates(cfg, per_fold, records, metric, horizon)
+            if cfg.control not in candidates:
                 continue
             for f in folds:  # does dev pick the candidate that is best on the held-out fold?
-                by_dev = max(candidates, key=lambda c, f=f: candidates[c][f][2])
-                by_heldout = max(candidates, key=lambda c, f=f: candidates[c][f][3])
+                by_dev = max(candidates, key=lambda c, f=f: candidates[c][f]["dev"])
+                by_heldout = max(candidates, key=lambda c, f=f: candidates[c][f]["heldout"])
                 agree, asked = agree + (by_dev == by_heldout), asked + 1
-            # per candidate, per part (each fold, and "pooled"): its per-seed records on that part's images
-            series = {
-                c: {f: v[f][1] for f in folds}
-                | {"pooled": [_concat([v[f][1][i] for f in folds]) for i in range(len(seeds))]}
-                for c, v in candidates.items()
-            }
-
-            lines += [
-                f"**{metric}, {horizon} horizon** (seeds {seeds}); held-out score pooled over the folds, mean over "
-                "seeds; decoder (and learning rate) chosen on each fold's dev:",
-                "",
-                "| candidate | decoder per fold | held-out | "
-                + " | ".join(f"Δ vs start, {f}" for f in folds)
-                + f" | Δ vs start, pooled | Δ vs {cfg.control}, pooled | clears the bar |",
-                "|---" * (len(folds) + 6) + "|",
-            ]
-            for name in candidates:
-                everything = torch.ones_like(weights[:1])
-                score = statistics.mean(float(resampled_scores(r, everything)[metric]) for r in series[name]["pooled"])
-                decoders = "; ".join(candidates[name][f][0] for f in folds)
-                if name == "start":
-                    lines.append(f"| start | {decoders} | {100 * score:.2f} |" + " |" * (len(folds) + 3))
-                    continue
-                gaps = {
-                    (reference, part): paired_interval(
-                        series[name][part], series[reference][part], metric, parts[part], rng
-                    )
-                    for reference in ("start", cfg.control)
-                    for part in parts
-                    if name != reference
-                }
-                per = [gaps[("start", f)] for f in folds]
-                over_start = gaps[("start", "pooled")]
-                over_control = gaps.get((cfg.control, "pooled"))
-                per_control = [gaps[(cfg.control, f)] for f in folds] if over_control else []
-                clears = (
-                    over_control is not None
-                    and min(over_start[0], over_control[0]) >= cfg.bar / 100
-                    and min(over_start[1], over_control[1]) > 0
-                    and min(p[0] for p in per + per_control) >= 0
+            rows = {name: _gaps(cfg, candidates, name, metric, parts, rng) for name in candidates}
+            tables += _fold_table(cfg, metric, horizon, candidates, rows, folds)
+            others = [c for c in candidates if c not in ("start", cfg.control)]
+            if others:  # the arm whose chosen settings have the best dev score, mean over folds
+                best = max(others, key=lambda c: statistics.mean(candidates[c][f]["dev"] for f in folds))
+                row = rows[best]
+                summary.append(
+                    f"| {metric} | {horizon} | {100 * rows['start']['score']:.2f} | "
+                    f"{100 * rows[cfg.control]['score']:.2f} | {best} | {100 * row['score']:.2f} | "
+                    f"{_points(row[('start', 'pooled')])} | {_points(row[(cfg.control, 'pooled')])} | "
+                    + " / ".join(f"{100 * row[('start', f)][0]:+.2f}" for f in folds)
+                    + f" | {'yes' if row['clears'] else 'no'} |"
                 )
-                lines.append(
-                    f"| {name} | {decoders} | {100 * score:.2f} | "
-                    + " | ".join(_points(p) for p in per)
-                    + f" | {_points(over_start)} | {_points(over_control) if over_control else '—'} | "
-                    + ("yes" if clears else "no" if over_control else "")
-                    + " |"
-                )
-            lines.append("")
-    lines += [
-        f"Dev picks the candidate best on the held-out fold (start or an arm, each decoded) in {agree} of {asked} "
+    lines = [
+        f"Cross-sequence protocol: {', '.join(f'{f} ({n} images)' for f, n in zip(folds, sizes))} held out in turn; "
+        f"training, dev and decoder fitting on the other sequences. Scores in points on the held-out frames, "
+        f"pooled over the folds, mean over seeds; Δ with a 95% paired bootstrap interval ({cfg.bootstrap_samples} "
+        f"resamples of the images within each fold, and of the seeds). Clears the bar: pooled Δ >= {cfg.bar:g} over "
+        "both the start and the control (each decoded by its dev-best decoder) with the interval above 0, and no "
+        f"fold below 0. This invocation took {minutes:.0f} min (stages cached by earlier ones not counted).",
+        "",
+        "The start by each decoder (pooled held-out score), and the gain of its dev-chosen decoder (per fold) over "
+        "the argmax:",
+        "",
+        "| metric | " + " | ".join(cfg.decoders) + " | dev-chosen decoder per fold | Δ vs argmax, pooled |",
+        "|---" * (len(cfg.decoders) + 3) + "|",
+        *decoders,
+        "",
+        "Summary: each metric's start and control, each decoded, and the arm best on dev (mean over folds):",
+        "",
+        f"| metric | horizon | start | {cfg.control} | best arm on dev | its score | Δ vs start | "
+        f"Δ vs {cfg.control} | Δ vs start per fold ({' / '.join(folds)}) | clears the bar |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *summary,
+        "",
+        f"Dev picks the candidate best on the held-out fold (the start or an arm, each decoded) in {agree} of {asked} "
         "(fold, metric, horizon) cases.",
+        "",
+        *tables,
     ]
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
     return text
+
+
+HELDOUT = "heldout"  # a fold's report split (hf_reward.study.StudyConfig.report_split)
+
+
+def _candidates(cfg, per_fold: dict, records, metric: str, horizon: str) -> dict[str, dict[str, dict]]:
+    """name -> fold -> the start's or an arm's chosen setting on that fold: its ``label``, per-seed held-out
+    ``records``, mean ``dev`` and ``heldout`` scores. Only arms with every seed of the horizon on every fold."""
+    seeds = cfg.horizons[horizon].get("seeds", cfg.seeds)
+    candidates = defaultdict(dict)
+    for f, (start, results) in per_fold.items():
+        decoder = best_decoder([start], cfg.decoders, metric)
+        candidates["start"][f] = {
+            "label": decoder,
+            "records": [records(start["path"])[HELDOUT][decoder]] * len(seeds),
+            "dev": value(start["scores"], "dev", decoder, metric),
+            HELDOUT: value(start["scores"], HELDOUT, decoder, metric),
+        }
+        groups = group(results)
+        for (arm, h), (lr, decoder) in chosen(groups, cfg.decoders, metric).items():
+            runs = groups[(arm, h, lr)]
+            if h == horizon and set(seeds) <= set(runs):
+                candidates[arm][f] = {
+                    "label": f"{decoder}, lr {lr:g}",
+                    "records": [records(runs[s]["path"])[HELDOUT][decoder] for s in seeds],
+                    **{
+                        sp: statistics.mean(value(runs[s]["scores"], sp, decoder, metric) for s in seeds)
+                        for sp in ("dev", HELDOUT)
+                    },
+                }
+    return {name: c for name, c in candidates.items() if set(c) == set(per_fold)}
+
+
+def _series(candidate: dict[str, dict]) -> dict[str, list[dict]]:
+    """fold (and ``pooled``) -> a candidate's per-seed records on that part's images."""
+    folds = list(candidate)
+    seeds = range(len(candidate[folds[0]]["records"]))
+    pooled = [
+        {k: torch.cat([candidate[f]["records"][i][k] for f in folds]) for k in candidate[folds[0]]["records"][i]}
+        for i in seeds
+    ]
+    return {**{f: candidate[f]["records"] for f in folds}, "pooled": pooled}
+
+
+def _gaps(cfg, candidates: dict, name: str, metric: str, parts: dict, rng) -> dict:
+    """A candidate's pooled ``score``, its Δ over the start and the control on every part, and the verdict."""
+    mine = _series(candidates[name])
+    everything = torch.ones_like(parts["pooled"][:1])
+    row = {"score": statistics.mean(float(resampled_scores(r, everything)[metric]) for r in mine["pooled"])}
+    for reference in ("start", cfg.control):
+        if name != "start" and reference != name:
+            theirs = _series(candidates[reference])
+            for part, w in parts.items():
+                row[(reference, part)] = paired_interval(mine[part], theirs[part], metric, w, rng)
+    refs = [row[(r, "pooled")] for r in ("start", cfg.control) if (r, "pooled") in row]
+    per_fold = [v[0] for k, v in row.items() if isinstance(k, tuple) and k[1] != "pooled"]
+    row["clears"] = (
+        name not in ("start", cfg.control)
+        and all(mean >= cfg.bar / 100 and low > 0 for mean, low, _ in refs)
+        and min(per_fold) >= 0
+    )
+    return row
+
+
+def _fold_table(cfg, metric: str, horizon: str, candidates: dict, rows: dict, folds: list[str]) -> list[str]:
+    seeds = cfg.horizons[horizon].get("seeds", cfg.seeds)
+    lines = [
+        f"**{metric}, {horizon} horizon** (seeds {seeds}); decoder and learning rate chosen on each fold's dev:",
+        "",
+        "| candidate | chosen per fold | held-out | "
+        + " | ".join(f"Δ vs {ref}, {part}" for ref in ("start", cfg.control) for part in [*folds, "pooled"])
+        + " | clears the bar |",
+        "|---" * (2 * len(folds) + 6) + "|",
+    ]
+    for name, row in rows.items():
+        cells = [
+            _points(row[(ref, part)]) if (ref, part) in row else ""
+            for ref in ("start", cfg.control)
+            for part in [*folds, "pooled"]
+        ]
+        verdict = "" if name in ("start", cfg.control) else "yes" if row["clears"] else "no"
+        chosen_here = "; ".join(candidates[name][f]["label"] for f in folds)
+        lines.append(f"| {name} | {chosen_here} | {100 * row['score']:.2f} | " + " | ".join(cells) + f" | {verdict} |")
+    return lines + [""]
+
+
+def _decoder_row(cfg, per_fold: dict, records, metric: str, parts: dict, rng) -> str:
+    """The start's pooled held-out score by each decoder, and its dev-chosen decoder's Δ over the argmax."""
+    folds = list(per_fold)
+    everything = torch.ones_like(parts["pooled"][:1])
+
+    def start(decoders: dict[str, str]) -> list[dict]:  # the start decoded by decoders[fold], pooled, as one seed
+        return _series({f: {"records": [records(per_fold[f][0]["path"])[HELDOUT][d]]} for f, d in decoders.items()})[
+            "pooled"
+        ]
+
+    cells = [
+        f"{100 * float(resampled_scores(start(dict.fromkeys(folds, d))[0], everything)[metric]):.2f}"
+        for d in cfg.decoders
+    ]
+    chosen_decoders = {f: best_decoder([per_fold[f][0]], cfg.decoders, metric) for f in folds}
+    gap = paired_interval(start(chosen_decoders), start(dict.fromkeys(folds, "argmax")), metric, parts["pooled"], rng)
+    return f"| {metric} | " + " | ".join(cells) + f" | {', '.join(chosen_decoders.values())} | {_points(gap)} |"
 
 
 def _points(interval: tuple[float, float, float]) -> str:

@@ -204,11 +204,11 @@ def main(argv: list[str] | None = None):
 
     scores = {START: ModelScores(unprefixed(trainer.evaluate()))}
     trainer.train(resume_from_checkpoint=resume)
-    scores[TUNED] = ModelScores(unprefixed(trainer.evaluate()))
+    scores[TUNED] = ModelScores(unprefixed(trainer.evaluate()), steps=trainer.state.global_step)
     histories = {TUNED: trainer.state.log_history}
     if tune_args.control:
         control = run_control(start_args, data_args, args, splits.eval, id2label, options)
-        scores[CONTROL] = ModelScores(unprefixed(control.evaluate()))
+        scores[CONTROL] = ModelScores(unprefixed(control.evaluate()), steps=control.state.global_step)
         models[CONTROL], histories[CONTROL] = control.model, control.state.log_history
 
     raw_masks = _masks(models, shown)
@@ -238,8 +238,8 @@ def main(argv: list[str] | None = None):
         headline=summary_metric,
     )
     if trainer.is_world_process_zero():
-        out, step = Path(args.output_dir), trainer.state.global_step
-        written = write_outputs(out, scores, histories, step, id2label, card, summary_metric)
+        out = Path(args.output_dir)
+        written = write_outputs(out, scores, histories, id2label, card, summary_metric)
         if shown:
             masks = raw_masks, calibrated_masks
             written += _plot(out, shown, scores, histories, *masks, id2label, args, summary_metric[0])
@@ -262,11 +262,11 @@ def _masks(models: dict, shown: list) -> dict:
 
 
 def write_outputs(
-    out: Path, scores: dict[str, ModelScores], histories, steps: int, id2label, card: str, headline: tuple[str, str]
+    out: Path, scores: dict[str, ModelScores], histories, id2label, card: str, headline: tuple[str, str]
 ) -> list:
     """The summary on stdout; ``results.md``, ``results.json`` and the card in ``out``; what was written."""
     (metric, label), per_class = headline, per_class_table(score_columns(scores), id2label)
-    summary = summary_table(scores, steps, metric=metric, label=label)
+    summary = summary_table(scores, metric=metric, label=label)
     unconverged = [(n, s.calibration) for n, s in scores.items() if s.calibration and not s.calibration.converged]
     summary += "".join(
         f"\n\nThe calibration of {name} stopped after its {len(c.history)} sweeps with offsets still moving (the "

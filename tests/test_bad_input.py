@@ -161,8 +161,10 @@ def test_a_rerun_resumes_its_own_run_and_refuses_another(tmp_path, toy_start, ca
     capsys.readouterr()
     again = tune(out, toy_start, "--max_steps", "3")  # same settings, further: resumes from its checkpoint
     assert "Resuming from" in capsys.readouterr().out and again.state.global_step == 3
-    with pytest.raises(UsageError, match="holds another run .*--overwrite_output_dir true"):
+    with pytest.raises(UsageError, match="holds another run .*learning_rate default there, 0.001 here.*--overwrite_"):
         tune(out, toy_start, "--max_steps", "3", "--learning_rate", "1e-3")
+    with pytest.raises(UsageError, match="holds this run at 3 steps, more than --max_steps 2: give another"):
+        tune(out, toy_start, "--max_steps", "2")  # fewer steps: its tables would say 2 steps of a 3-step model
     fresh = tune(out, toy_start, "--max_steps", "1", "--learning_rate", "1e-3", "--overwrite_output_dir", "true")
     assert fresh.state.global_step == 1 and sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
     latest = tune(out, toy_start, "--max_steps", "2", "--learning_rate", "1e-3", "--resume_from_checkpoint", "true")

@@ -182,7 +182,6 @@ def test_per_class_rows_follow_the_label_order():
 def test_summary_table_of_another_metric():
     table = summary_table(
         {"start": ModelScores({"mean_accuracy": 0.5}, calibrated={"mean_accuracy": 0.7})},
-        steps=10,
         metric="mean_accuracy",
         label="mean accuracy",
     )

@@ -218,5 +218,6 @@ def test_a_tiny_fold_study_holds_each_sequence_out_and_pools_the_folds(tmp_path)
     text = (out / "results.md").read_text()
     assert "folds 0006R0 (101 images), 0001TP (62 images)" in text
     row = next(line for line in text.splitlines() if line.startswith("| local_image |"))
-    assert row.count("[") == 4  # each fold's Δ over the start, the pooled one and the pooled one over ce
+    assert row.count("[") == 6 and row.endswith("| no |")  # Δ over the start and over ce: each fold, pooled
+    assert next(line for line in text.splitlines() if line.startswith("| start |")).count("[") == 0
     assert "(fold, metric, horizon) cases" in text and (out / "fold_0001TP" / "results.md").is_file()
