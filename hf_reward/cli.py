@@ -196,9 +196,19 @@ def _pre_parser() -> argparse.ArgumentParser:
     return pre
 
 
+# What Ctrl-C prints after "interrupted: "; a script says more once it knows (set_resume_hint).
+_resume_hint = ["nothing was saved that a rerun would not redo"]
+
+
+def set_resume_hint(text: str) -> None:
+    """What Ctrl-C prints from now on: where the run stopped and how to resume it."""
+    _resume_hint[0] = text
+
+
 def run_script(main: Callable[[], object]) -> None:
     """Run a script's ``main`` with its CPU threads set: a :class:`UsageError`, or a
-    :class:`~hf_reward.data.DataError` naming a bad sample, prints one line and exits with status 2."""
+    :class:`~hf_reward.data.DataError` naming a bad sample, prints one line and exits with status 2; Ctrl-C prints
+    one line (:func:`set_resume_hint`) and exits with status 130."""
     try:
         threads = _pre_parser().parse_known_args()[0].threads
         if threads is not None and threads < 1:
@@ -208,6 +218,9 @@ def run_script(main: Callable[[], object]) -> None:
     except (UsageError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {_resume_hint[0]}", file=sys.stderr)
+        sys.exit(130)
 
 
 def _arg(default, help: str, *, used_by: str = "both", **kwargs):

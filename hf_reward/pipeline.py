@@ -153,7 +153,7 @@ def _any_dataset(d: DataArguments, split: str, id2label: dict[int, str] | None, 
         )
     local = d.dataset not in ("parquet", "imagefolder", "csv", "json", "arrow") and _looks_local(d.dataset)
     if local and not Path(d.dataset).is_dir():
-        raise UsageError(f"--dataset {d.dataset!r}: no such directory here ({Path.cwd()})")
+        raise UsageError(f"--dataset {d.dataset!r}: {no_such_directory(d.dataset)}")
     try:
         ds = load_segmentation_dataset(
             d.dataset,
@@ -166,7 +166,7 @@ def _any_dataset(d: DataArguments, split: str, id2label: dict[int, str] | None, 
         )
     except ConnectionError as err:  # not a directory here, so a Hub dataset, and the Hub is out of reach
         raise UsageError(
-            f"--dataset {d.dataset!r}: no such directory here ({Path.cwd()}), and as a Hub dataset it could not be "
+            f"--dataset {d.dataset!r}: {no_such_directory(d.dataset)}, and as a Hub dataset it could not be "
             f"loaded ({err})"
         ) from err
     except (
@@ -201,6 +201,7 @@ def load_data(
     (accelerate's batch dispatch), so every process loads the whole stream.
     """
     d = data_args
+    check_data_source(d)
     train_pipeline = dict(
         transform=make_train_transform(
             d.crop_size, scale_range=tuple(d.scale_range), ignore_index=ignore_index, seed=seed
@@ -246,6 +247,25 @@ def load_model(model_args: ModelArguments, id2label: dict[int, str] | None, seed
         raise _unloadable(name, err) from err
 
 
+def no_such_directory(name: str) -> str:
+    """``"no such directory"``, and for a relative path the directory it was looked for in."""
+    return "no such directory" + ("" if Path(name).expanduser().is_absolute() else f" here ({Path.cwd()})")
+
+
+def check_data_source(d: DataArguments) -> None:
+    """Raise :class:`UsageError` naming ``--dataset`` or ``--data_path`` as given when it is a path that does not
+    exist: before a run writes anything or loads anything."""
+    builders = ("parquet", "imagefolder", "csv", "json", "arrow")
+    if d.dataset not in DATASETS and d.dataset not in builders and _looks_local(d.dataset):
+        if not Path(d.dataset).expanduser().is_dir():
+            raise UsageError(f"--dataset {d.dataset!r}: {no_such_directory(d.dataset)}")
+    folder_datasets = ("camvid", "gta5", "easyportrait", *(f"mapillary_{v}" for v in MAPILLARY_VERSIONS))
+    if d.data_path and d.dataset in folder_datasets and not Path(d.data_path).expanduser().is_dir():
+        raise UsageError(f"--data_path {d.data_path!r}: {no_such_directory(d.data_path)}")
+    if d.data_path and d.dataset == "cityscapes" and _looks_local(d.data_path) and not Path(d.data_path).is_dir():
+        raise UsageError(f"--data_path {d.data_path!r}: {no_such_directory(d.data_path)}")
+
+
 def _looks_local(name: str) -> bool:
     """A path rather than a Hub repo id: relative to here or absolute, nested, or under a directory that exists."""
     parts = Path(name).parts
@@ -262,27 +282,25 @@ def check_model_source(name: str, revision: str | None = None) -> None:
         "run that first."
     )
     if Path(name).exists() or _looks_local(name):
-        raise UsageError(f"model {name!r}: there is no such directory here ({Path.cwd()}). {made_by}")
+        raise UsageError(f"model {name!r}: there is {no_such_directory(name)}. {made_by}")
     import huggingface_hub
 
     if isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json", revision=revision), str):
         return
     if huggingface_hub.constants.HF_HUB_OFFLINE:
         raise UsageError(
-            f"model {name!r}: no such directory here ({Path.cwd()}), and HF_HUB_OFFLINE is set and the Hub cache "
+            f"model {name!r}: {no_such_directory(name)}, and HF_HUB_OFFLINE is set and the Hub cache "
             f"does not hold it. {made_by}"
         )
     try:
         huggingface_hub.model_info(name, revision=revision, timeout=10)
     except huggingface_hub.errors.RepositoryNotFoundError as err:
-        raise UsageError(
-            f"model {name!r}: no such directory here ({Path.cwd()}) nor repo on the Hub. {made_by}"
-        ) from err
+        raise UsageError(f"model {name!r}: {no_such_directory(name)} nor repo on the Hub. {made_by}") from err
     except huggingface_hub.errors.HfHubHTTPError as err:
         raise UsageError(f"model {name!r}: the Hub refused it ({str(err).splitlines()[0]})") from err
     except Exception as err:  # the network: DNS, connection, timeout
         raise UsageError(
-            f"model {name!r}: no such directory here ({Path.cwd()}), and the Hub cannot be reached "
+            f"model {name!r}: {no_such_directory(name)}, and the Hub cannot be reached "
             f"({type(err).__name__}: {err}). {made_by}"
         ) from err
 
@@ -291,7 +309,7 @@ def _unloadable(name: str, err: OSError) -> UsageError:
     if Path(name).exists():
         return UsageError(f"model {name!r}: {err}")
     return UsageError(
-        f"model {name!r}: there is no such directory here ({Path.cwd()}), and as a Hub repo id it could not be loaded "
+        f"model {name!r}: there is {no_such_directory(name)}, and as a Hub repo id it could not be loaded "
         f"({str(err).splitlines()[0]}). If another command makes this model (the --config file's header names it, "
         "e.g. scripts/pretrain.py), run that first."
     )

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from hf_reward.cli import UsageError, parse_config, run_script
+from hf_reward.cli import UsageError, parse_config, run_script, set_resume_hint
 from hf_reward.study import StudyConfig, load_data, pretrained_checkpoint, run_all, score_model, scores_path
 from hf_reward.study_report import fold_report, report
 
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None):
         )
     except ValueError as err:
         raise UsageError(str(err)) from err
+    set_resume_hint(f"the same command goes on from there: every finished stage is cached in {cfg.output_dir}")
     started = time.perf_counter()
     jobs = cli.jobs or (1 if torch.cuda.is_available() else 2)
     folds = [cfg.held_out] if cfg.held_out else cfg.folds

@@ -28,7 +28,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hf_reward.cli import DataArguments, ModelArguments, parse_config, run_script
+from hf_reward.cli import DataArguments, ModelArguments, UsageError, parse_config, run_script, set_resume_hint
 from hf_reward.data.cityscapes import HUB_REPO as CITYSCAPES_REPO
 from hf_reward.hub import model_card, per_class_table, push_to_hub, score_columns, summary_table
 from hf_reward.pipeline import (
@@ -37,11 +37,13 @@ from hf_reward.pipeline import (
     PretrainConfig,
     TuneConfig,
     calibrate_model,
+    check_data_source,
     image_processor,
     load_data,
     load_model,
     metric_options,
     model_classes,
+    model_config,
     prepare_output_dir,
     pretrain,
     segmentation_trainer,
@@ -177,6 +179,19 @@ def run_control(start_args: ModelArguments, data_args: DataArguments, args: Tune
     return control
 
 
+def check_request(model_args: ModelArguments, data_args: DataArguments, args: TuneConfig) -> None:
+    """Refuse, in one line, what would fail only after data loading or pretraining: a dataset path or model that
+    does not exist, an auxiliary reward for a model without an auxiliary head."""
+    check_data_source(data_args)
+    config = model_config(model_args)  # checks the model's source first
+    architecture = config.model_type if config is not None else model_args.architecture
+    if args.auxiliary_reward and architecture != "upernet":
+        raise UsageError(
+            f"--auxiliary_reward true: the model is a {architecture}, which has no auxiliary head (UperNet has: "
+            "--architecture upernet)"
+        )
+
+
 def main(argv: list[str] | None = None):
     model_args, data_args, tune_args, args = parse_config(ARGUMENTS, argv, description=__doc__.split("\n\n")[0])
     run = {
@@ -184,7 +199,12 @@ def main(argv: list[str] | None = None):
         "data": data_args.settings("train"),
         "tune": dataclasses.asdict(tune_args),
     }
+    check_request(model_args, data_args, args)  # before anything is written, loaded or trained
     resume = prepare_output_dir(args, run)
+    set_resume_hint(
+        f"the same command resumes from the latest checkpoint-* in {args.output_dir} (saved every {args.save_steps:g} "
+        "steps; --overwrite_output_dir true starts afresh)"
+    )
     classes = model_classes(model_args) if data_args.dataset not in DATASETS else None
     splits = load_data(data_args, seed=args.seed, ignore_index=args.ignore_index, id2label=classes)
     id2label = splits.id2label

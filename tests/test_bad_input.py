@@ -9,9 +9,9 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import ROOT, load_script, quick, tiny_segformer
+from conftest import ROOT, TINY, load_script, quick, tiny_segformer
 
-from hf_reward.cli import UsageError, parse_config
+from hf_reward.cli import UsageError, parse_config, run_script, set_resume_hint
 from hf_reward.data import TOY_STREETS_ID2LABEL, DataError
 from hf_reward.metrics import StreamingMeanIoU
 from hf_reward.pipeline import TuneConfig, check_model_source
@@ -175,3 +175,70 @@ def test_resume_true_with_nothing_to_resume_says_so(tmp_path, toy_start):
     with pytest.raises(UsageError, match="--resume_from_checkpoint true: .* holds no checkpoint"):
         tune(tmp_path / "empty", toy_start, "--resume_from_checkpoint", "true")
     assert TuneConfig(output_dir="x", resume_from_checkpoint="True").resume_from_checkpoint == "True"
+
+
+def test_a_dataset_path_that_does_not_exist_is_named_before_anything_is_written(tmp_path, toy_start):
+    out = tmp_path / "run"
+    with pytest.raises(UsageError, match=r"--dataset '/nonexistent': no such directory$"):
+        TUNE.main(["--output_dir", str(out), *quick(toy_start), "--dataset", "/nonexistent"])
+    with pytest.raises(UsageError, match=r"--dataset 'not/here/at_all': no such directory here \("):
+        TUNE.main(["--output_dir", str(out), *quick(toy_start), "--dataset", "not/here/at_all"])
+    with pytest.raises(UsageError, match=r"--data_path '/nonexistent/camvid': no such directory$"):
+        TUNE.main(
+            ["--output_dir", str(out), *quick(toy_start), "--dataset", "camvid", "--data_path", "/nonexistent/camvid"]
+        )
+    assert not out.exists()  # no run_settings.json left behind
+
+
+def test_a_model_path_that_does_not_exist_is_named_as_given(tmp_path):
+    with pytest.raises(UsageError, match=r"model '/nonexistent/model': there is no such directory\. If another"):
+        EVALUATE.main(["--model_name_or_path", "/nonexistent/model"])
+
+
+def test_an_auxiliary_reward_for_a_model_without_an_auxiliary_head_is_refused_before_pretraining(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(UsageError, match="--auxiliary_reward true: the model is a segformer, which has no auxiliary"):
+        TUNE.main(["--output_dir", str(out), *TINY, "--auxiliary_reward", "true"])
+    assert not out.exists()
+
+
+def test_ctrl_c_prints_one_line_with_how_to_resume_and_exits_130(capsys):
+    def main():
+        set_resume_hint("the same command resumes from the latest checkpoint-* in outputs/x")
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as stopped:
+        run_script(main)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 130
+    assert err == ["interrupted: the same command resumes from the latest checkpoint-* in outputs/x"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_tuning_leaves_a_resumable_run(tmp_path, toy_start):
+    """A real SIGINT in the middle of tune.py: one line, status 130, and the same command then resumes."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    argv = [
+        sys.executable,
+        "scripts/tune.py",
+        "--output_dir",
+        str(out),
+        *quick(toy_start, "--max_steps", "--save_steps"),
+    ]
+    argv += ["--max_steps", "400", "--save_steps", "1"]
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    deadline = time.time() + 120
+    while not list(out.glob("checkpoint-*")) and time.time() < deadline:
+        time.sleep(0.2)
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("interrupted: the same command")
+    latest = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert (latest / "trainer_state.json").is_file() and (latest / "model.safetensors").is_file()
+    again = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert again.returncode == 0 and f"Resuming from {latest}" in again.stdout, again.stderr[-2000:]
