@@ -55,7 +55,7 @@ from .data.transforms import collate_segmentation
 from .metrics import upsample_logits
 from .modeling import build_model, eval_mode, load_segmentation_model
 from .pipeline import calibrate_model, evaluate, pretrain, segmentation_trainer, settings_hash
-from .study import STUDY_MODEL, _h, file_hash, pretrain_config, quiet, study_args
+from .study import STUDY_MODEL, _h, checked_args, file_hash, pretrain_config, quiet, study_args
 
 ACQUISITIONS = ("random", "entropy", "shortfall")
 
@@ -100,6 +100,11 @@ class AdaptConfig:
             raise ValueError(
                 f"need budget >= 1, rounds >= 1, 0 < portion <= 1; got {self.budget}, {self.rounds}, {self.portion}"
             )
+        # Every training's settings, checked before the source model trains.
+        checked_args("pretrain", self.pretrain, lambda: pretrain_config("unused", self.pretrain))
+        for name, fields in {"tune": {}, **self.objectives}.items():
+            where = "tune" if name == "tune" else f"objective {name!r}"
+            checked_args(where, {**self.tune, **fields}, lambda f=fields: study_args("unused", {**self.tune, **f}))
 
     def workflows(self) -> list[str]:
         active = [f"active_{a}_{o}" for a in self.acquisitions for o in self.objectives]

@@ -169,6 +169,17 @@ class StudyConfig:
             missing = [h for h in arm.learning_rates if h not in self.horizons]
             if missing:
                 raise ValueError(f"arm {name!r} names horizons {missing} that are not in {list(self.horizons)}")
+        # Every run's settings, checked now: a misspelt field fails here, before any data loads or model trains.
+        checked_args("pretrain", self.pretrain, lambda: pretrain_config("unused", self.pretrain))
+        checked_args("tune", self.tune, lambda: study_args("unused", self.tune))
+        for name, arm in self.arms.items():
+            for horizon, rates in arm.learning_rates.items():
+                fields = {**arm.fields, **{k: v for k, v in self.horizons[horizon].items() if k != "seeds"}}
+                checked_args(
+                    f"arm {name!r} at horizon {horizon!r}",
+                    fields,
+                    lambda n=name, h=horizon, r=rates: self.run_args(n, h, r[0], self.seeds[0], "unused"),
+                )
 
     @property
     def report_split(self) -> str:
@@ -233,6 +244,18 @@ _STUDY_DEFAULTS = dict(
     dataloader_num_workers=0,
     disable_tqdm=True,
 )
+
+
+def checked_args(where: str, fields: dict, make):
+    """``make()``, a RewardSegConfig (or a subclass) built from a config's ``fields``, or a ``ValueError`` that names
+    ``where`` and the unknown or refused field, instead of an error deep in a run."""
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(RewardSegConfig)})
+    if unknown:
+        raise ValueError(f"{where}: {unknown} are not RewardSegConfig fields")
+    try:
+        return make()
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from err
 
 
 def study_args(output_dir: str | Path, fields: dict, **run) -> RewardSegConfig:

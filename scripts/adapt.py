@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hf_reward.adaptation import AdaptConfig, report, run_all
 from hf_reward.cli import UsageError, parse_config, run_script
+from hf_reward.pipeline import no_such_directory
 
 
 @dataclass
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None):
         cfg, cli = parse_config([AdaptConfig, AdaptArguments], argv, description=__doc__.split("\n\n")[0])
     except ValueError as err:
         raise UsageError(str(err)) from err
+    if not Path(cfg.data_root).is_dir():  # before anything loads or trains
+        raise UsageError(f"data_root {cfg.data_root!r}: {no_such_directory(cfg.data_root)}")
     workflows = cli.only_workflows.split(",") if cli.only_workflows else None
     unknown = [w for w in workflows or [] if w not in cfg.workflows()]
     if unknown:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from hf_reward.cli import UsageError, parse_config, run_script, set_resume_hint
+from hf_reward.pipeline import no_such_directory
 from hf_reward.study import StudyConfig, load_data, pretrained_checkpoint, run_all, score_model, scores_path
 from hf_reward.study_report import fold_report, report
 
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None):
         cfg, cli = parse_config([StudyConfig, StudyArguments], argv, description=__doc__.split("\n\n")[0])
     except ValueError as err:
         raise UsageError(str(err)) from err
+    if not Path(cfg.data_root).is_dir():  # before anything loads or trains
+        raise UsageError(f"data_root {cfg.data_root!r}: {no_such_directory(cfg.data_root)}")
     if cli.full_resolution:
         cfg = dataclasses.replace(cfg, size=cfg.full_resolution_size, output_dir=cfg.output_dir + "_full")
     try:

@@ -2,6 +2,7 @@
 pixels, and a rerun never loses or mixes runs."""
 
 import math
+import re
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+import yaml
 from conftest import ROOT, TINY, load_script, quick, tiny_segformer
 
 from hf_reward.cli import UsageError, parse_config, run_script, set_resume_hint
@@ -242,3 +244,37 @@ def test_ctrl_c_during_tuning_leaves_a_resumable_run(tmp_path, toy_start):
     assert (latest / "trainer_state.json").is_file() and (latest / "model.safetensors").is_file()
     again = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=env)
     assert again.returncode == 0 and f"Resuming from {latest}" in again.stdout, again.stderr[-2000:]
+
+
+def run_with_config(script: str, cfg: dict, path):
+    path.write_text(yaml.safe_dump(cfg))
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, f"scripts/{script}.py", "--config", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize(
+    "script, config, misspell",
+    [
+        ("study", "configs/study_camvid.yaml", lambda cfg: cfg["arms"]["local"].update(rewrd="miou")),
+        ("adapt", "configs/adapt_camvid_dusk.yaml", lambda cfg: cfg["objectives"].update(recipe={"rewrd": "miou"})),
+    ],
+)
+def test_a_misspelt_field_or_a_missing_data_root_stops_a_study_before_any_work(script, config, misspell, tmp_path):
+    """One line, exit 2, and nothing loaded or trained: the output directory is not even made."""
+    cfg = {**yaml.safe_load((ROOT / config).read_text()), "output_dir": str(tmp_path / "out")}
+    missing_root = run_with_config(script, {**cfg, "data_root": "/nonexistent/camvid"}, tmp_path / "root.yaml")
+    misspell(cfg)
+    misspelt = run_with_config(script, cfg, tmp_path / "field.yaml")
+    for run, message in (
+        (misspelt, r"\['rewrd'\] are not RewardSegConfig fields$"),
+        (missing_root, r"data_root '/nonexistent/camvid': no such directory$"),
+    ):
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
+        assert re.search(message, run.stderr.strip().splitlines()[-1]), run.stderr
+    assert not (tmp_path / "out").exists()
