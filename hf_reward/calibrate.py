@@ -376,6 +376,11 @@ def fit_offsets(
                 hist = hist + hist_item
                 bar.update()
             cms = _candidate_confusions(hist, c).cpu()
+            if cms[0].sum() == 0:  # a mean over no image or pixel is no score of 0
+                raise ValueError(
+                    f"data holds no counted pixel: every label is ignore_index ({ignore_index}) or outside "
+                    f"[0, {num_classes}), so there is nothing to fit offsets on"
+                )
             scores = (total / max(images, 1) if per_image else reward(*class_counts(cms))).cpu()  # (K,)
             if not scores.isfinite().all():
                 bad = grid[~scores.isfinite()][:3].tolist()

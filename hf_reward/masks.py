@@ -26,7 +26,11 @@ images. ``theta`` is given in pixels (``"2px"``) or as a fraction of the image d
 and of the prediction (at non-void pixels) are objects; a target and a predicted object match
 when their IoU is at least 0.5 (one-to-one, greedily by IoU). :func:`object_counts` returns per
 image the target objects, the predicted objects and the matches, from which recall, precision
-and F1 follow.
+and F1 follow. :func:`object_f1` is the one definition of object F1, 2 matches / (target +
+predicted objects), and 1 where there is no object in either (nothing to find, nothing found):
+the reward ``object_f1`` scores one image's counts; the metric ``object_f1``
+(:mod:`hf_reward.metrics`) scores the split's counts summed over its images, as dataset mIoU pools
+pixels, so an image without objects counts there only through its false positives.
 
 Example::
 
@@ -177,11 +181,11 @@ def _matches(g: np.ndarray, n_g: int, p: np.ndarray, n_p: int, min_iou: float) -
 
 
 def object_f1(counts: torch.Tensor) -> torch.Tensor:
-    """Per-image object F1 ``(N,)`` float64 from :func:`object_counts`: 2 matches / (target + predicted objects);
-    1 where there is no object in either."""
+    """Object F1 ``(...)`` float64 of counts ``(..., 3)`` (:func:`object_counts`: target objects, predicted objects,
+    matches): 2 matches / (target + predicted objects); 1 where there is no object in either."""
     counts = counts.double()
-    total = counts[:, 0] + counts[:, 1]
-    return torch.where(total > 0, 2 * counts[:, 2] / total.clamp(min=1), 1.0)
+    total = counts[..., 0] + counts[..., 1]
+    return torch.where(total > 0, 2 * counts[..., 2] / total.clamp(min=1), 1.0)
 
 
 def _object_f1_of_masks(pred, target, thing_ids, ignore_index):

@@ -290,8 +290,9 @@ def resampled_scores(records: Mapping[str, torch.Tensor], weights: torch.Tensor)
     - ``image_miou``, ``class_miou``, ``image_miou_worst10``: over images with a counted pixel
       (the worst 10%: the lowest ``max(1, int(0.1 n))`` of the multiset's n such images);
     - ``boundary_f_<tolerance>``: the mean over images with a counted pixel;
-    - ``object_recall``, ``object_precision``, ``object_f1``: of the summed object counts, NaN with
-      no object to divide by.
+    - ``object_recall``, ``object_precision``: of the summed object counts, NaN with no object to
+      divide by; ``object_f1``: :func:`hf_reward.masks.object_f1` of the summed counts (1 with no
+      object in either: the reward's definition, applied to the pooled counts).
 
     >>> counts = torch.tensor([[[1.0, 0.0], [2.0, 0.0], [1.0, 0.0]], [[0.0, 2.0], [0.0, 2.0], [0.0, 2.0]]])
     >>> s = resampled_scores({"counts": counts}, torch.tensor([[1.0, 1.0], [2.0, 0.0]]))
@@ -318,10 +319,11 @@ def resampled_scores(records: Mapping[str, torch.Tensor], weights: torch.Tensor)
             w = weights * ~values.isnan()
             out[key] = (w @ values.nan_to_num(0.0)) / w.sum(1)
     if "objects" in records:
-        targets, predicted, matched = (weights @ records["objects"].double()).unbind(1)
+        pooled = weights @ records["objects"].double()  # (R, 3)
+        targets, predicted, matched = pooled.unbind(1)
         out["object_recall"] = matched / targets
         out["object_precision"] = matched / predicted
-        out["object_f1"] = 2 * matched / (targets + predicted)
+        out["object_f1"] = masks.object_f1(pooled)
     return out
 
 

@@ -286,3 +286,11 @@ def test_calibrating_a_model_fits_on_the_models_device(monkeypatch):
     assert seen["device"] == next(model.parameters()).device
     pipeline.calibrate_model(model, data, "miou", split="train", progress=False, device="cpu")
     assert seen["device"] == "cpu"
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_a_fit_over_no_counted_pixel_is_refused_not_scored_zero(per_image):
+    logits = torch.randn(2, 3, 4, 4)
+    void = torch.full((2, 4, 4), 255)
+    with pytest.raises(ValueError, match="no counted pixel: every label is ignore_index \\(255\\)"):
+        fit_offsets([(logits, void)], "miou_gt" if per_image else "miou", per_image=per_image, progress=False)

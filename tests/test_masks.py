@@ -149,3 +149,22 @@ def test_every_worst_fraction_takes_at_least_one_image():
     scores = metric.compute()
     # predictions [0, 0], [0, 1], [1, 0], [1, 1] against [0, 1]: per-image mIoU 1/4, 1, 0, 1/4
     assert scores["image_miou_worst10"] == 0.0 and scores["image_miou"] == pytest.approx(1.5 / 4)
+
+
+def test_object_f1_has_one_definition_for_the_metric_and_the_reward():
+    """No object in either mask: 1 for both. With objects: the metric is object_f1 of the counts summed over the
+    split, the reward is object_f1 of each image's counts."""
+    from hf_reward.masks import get_mask_reward
+    from hf_reward.metrics import StreamingMeanIoU
+
+    empty = torch.zeros(1, 6, 6, dtype=torch.long)
+    reward = get_mask_reward("object_f1", 2, thing_ids=[1])
+    metric = StreamingMeanIoU(2, {0: "road", 1: "car"}, thing_classes=["car"])
+    metric.update_masks(empty, empty)
+    assert metric.compute()["object_f1"] == 1.0 == reward(empty, empty).item()
+    target = empty.clone()
+    target[0, :2, :2] = 1  # one car, missed
+    metric.update_masks(empty, target)
+    pooled = object_counts(torch.cat([empty, empty]), torch.cat([empty, target]), [1]).sum(0)
+    assert metric.compute()["object_f1"] == object_f1(pooled).item() == 0.0  # (2 * 0) / (1 + 0)
+    assert reward(torch.cat([empty, empty]), torch.cat([empty, target])).tolist() == [1.0, 0.0]
