@@ -1,293 +1,132 @@
-"""Day -> dusk adaptation on CamVid: source only, the oracle, and each workflow, over seeds. Cached, resumable.
+"""Building blocks of domain adaptation: a model trained on a source domain, predicting on a target.
 
-    python scripts/adapt.py --config configs/adapt_camvid_dusk.yaml
+Three pure functions, on logits ``(B, C, h, w)`` at the model's resolution:
 
-Protocol (:class:`AdaptConfig` holds every setting):
+- **Prior re-estimation** (:func:`em_priors`, Saerens, Latinne and Decaestecker 2002). A model's
+  posteriors p_s(y | x) carry the class priors pi_s of its training data. On a target domain whose
+  priors pi_t differ but whose class-conditional densities do not, p_t(y | x) is proportional to
+  p_s(y | x) pi_t(y) / pi_s(y), and pi_t is the mean of p_t(y | x) over the target pixels. EM
+  alternates the two from pi_t = pi_s; the result needs no target label. Adding
+  ``log(pi_t / pi_s)`` to the logits (to the classifier bias, as calibration's offsets are) is the
+  corrected model.
+- **Class-balanced pseudo-labels** (:func:`class_balanced_thresholds`, :func:`pseudo_labels`;
+  CBST, Zou et al. 2018). Self-training keeps, for each class, the most confident ``portion`` of
+  the target pixels the model assigns to it, so that frequent classes do not fill the pseudo-labels:
+  one confidence threshold per class, the others are void.
+- **Acquisition scores** for asking a human to label a few target images: :func:`mean_entropy`
+  (pixel entropy), and :func:`expected_miou_shortfall`, how much mIoU the model expects its argmax
+  to lose on the image by its own probabilities, ``1 - E_{y ~ p}[mIoU(argmax p, y)]``, estimated
+  from masks sampled from its softmax (the reward the tuning optimises, turned into a question: on
+  which images is the model least sure of its score?).
 
-1. Data (:func:`hf_reward.data.camvid.camvid_day_dusk`) at ``size``, in memory. Source: the day
-   sequences' training frames, labelled. Target: the dusk sequence's training frames in alternating
-   blocks, the pool (unlabelled, or labelled on request) and the evaluation part, which is reported.
-2. The source model: a SegFormer pretrained by cross-entropy on the source alone (cached).
-3. Workflows, each from the source model, for every seed:
+Example::
 
-   - ``oracle``: fine-tuned by cross-entropy on every pool image's labels, then calibrated on them;
-   - ``em_priors``: the pool's class priors re-estimated by EM (:func:`hf_reward.adapt.em_priors`),
-     folded into the bias; no label;
-   - ``calibration``: exact offsets (:func:`hf_reward.calibrate.fit_offsets`) fitted on
-     ``budget * rounds`` pool images picked at random and labelled; no training;
-   - ``self_training``: ``rounds`` rounds of class-balanced pseudo-labels on the pool (the most
-     confident ``portion`` of each class's pixels), each followed by tuning on source + pool; no label;
-   - ``active_<acquisition>_<objective>``: ``rounds`` rounds of asking labels for ``budget`` pool
-     images chosen by the acquisition (``random``, ``entropy``, ``shortfall``: the model's expected
-     mIoU shortfall from its own samples), each followed by tuning on source + labelled pool with the
-     objective's RewardSegConfig fields; then calibration on the labelled images.
-
-   In every tuning the target images are repeated to make about half of what is drawn.
-4. Scores: the target evaluation part's mIoU, raw after every round and, where the workflow has
-   labels, calibrated on them at the end. :func:`report` writes the table.
+    target_prior, offsets = em_priors(target_cache, source_prior)   # LogitCache of unlabelled target images
+    model.decode_head.classifier.bias += offsets
+    scores = expected_miou_shortfall(model(pixel_values=pixels).logits, num_samples=8)
+    ask = scores.topk(k).indices                                      # the images to label
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import statistics
-import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+import math
+from collections.abc import Iterable
 
 import torch
 
-from .adapt import (
-    class_balanced_thresholds,
-    em_priors,
-    expected_miou_shortfall,
-    mean_entropy,
-    mean_posteriors,
-    pseudo_labels,
-)
-from .calibrate import collect_logits
-from .data import load_camvid
-from .data.camvid import DEFAULT_ROOT as CAMVID_PATH
-from .data.camvid import camvid_day_dusk, camvid_frames
-from .data.in_memory import InMemorySegmentation, materialise_split
-from .data.transforms import collate_segmentation
-from .metrics import upsample_logits
-from .modeling import build_model, eval_mode, load_segmentation_model
-from .pipeline import calibrate_model, evaluate, pretrain, segmentation_trainer, settings_hash
-from .study import STUDY_MODEL, _h, checked_args, file_hash, pretrain_config, quiet, study_args
-
-ACQUISITIONS = ("random", "entropy", "shortfall")
-
-
-@dataclass
-class AdaptConfig:
-    """a day -> dusk adaptation benchmark: data, source model, workflows, seeds"""
-
-    output_dir: str = field(default="runs/adapt_camvid_dusk", metadata=_h("Where every stage is cached."))
-    data_root: str = field(default=CAMVID_PATH, metadata=_h("CamVid's directory."))
-    size: list[int] = field(default_factory=lambda: [128, 176], metadata=_h("Image size (height, width)."))
-    block: int = field(default=8, metadata=_h("Consecutive dusk frames per block (pool and evaluation alternate)."))
-    model: dict = field(
-        default_factory=lambda: copy.deepcopy(STUDY_MODEL), metadata=_h("build_model's architecture and sizes.")
-    )
-    pretrain: dict = field(
-        default_factory=lambda: {"max_steps": 1500, "learning_rate": 1e-3}, metadata=_h("The source model's training.")
-    )
-    tune: dict = field(
-        default_factory=lambda: {"max_steps": 100, "learning_rate": 1e-4, "lr_scheduler_type": "constant"},
-        metadata=_h("RewardSegConfig fields of every tuning (each round of each workflow)."),
-    )
-    objectives: dict = field(
-        default_factory=lambda: {"recipe": {}, "ce": {"reward_weight": 0.0, "ce_weight": 1.0}},
-        metadata=_h("Active workflows' tuning objectives: RewardSegConfig fields (recipe: the library's defaults)."),
-    )
-    acquisitions: list[str] = field(
-        default_factory=lambda: list(ACQUISITIONS), metadata=_h(f"Active workflows' acquisitions, of {ACQUISITIONS}.")
-    )
-    budget: int = field(default=4, metadata=_h("Pool images labelled per active round."))
-    rounds: int = field(default=2, metadata=_h("Rounds of the active and self-training workflows."))
-    portion: float = field(default=0.5, metadata=_h("Self-training: each class keeps its most confident portion."))
-    shortfall_samples: int = field(default=8, metadata=_h("Masks sampled per image for the shortfall acquisition."))
-    oracle_steps: int = field(default=200, metadata=_h("The oracle's fine-tuning steps on every pool label."))
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata=_h("Seeds of every workflow."))
-
-    def __post_init__(self):
-        unknown = [a for a in self.acquisitions if a not in ACQUISITIONS]
-        if unknown:
-            raise ValueError(f"acquisitions must come from {ACQUISITIONS}, got {unknown}")
-        if self.budget < 1 or self.rounds < 1 or not 0 < self.portion <= 1:
-            raise ValueError(
-                f"need budget >= 1, rounds >= 1, 0 < portion <= 1; got {self.budget}, {self.rounds}, {self.portion}"
-            )
-        # Every training's settings, checked before the source model trains.
-        checked_args("pretrain", self.pretrain, lambda: pretrain_config("unused", self.pretrain))
-        for name, fields in {"tune": {}, **self.objectives}.items():
-            where = "tune" if name == "tune" else f"objective {name!r}"
-            checked_args(where, {**self.tune, **fields}, lambda f=fields: study_args("unused", {**self.tune, **f}))
-
-    def workflows(self) -> list[str]:
-        active = [f"active_{a}_{o}" for a in self.acquisitions for o in self.objectives]
-        return ["source", "oracle", "em_priors", "calibration", "self_training", *active]
-
-
-class Domains:
-    """The source, pool and evaluation rows of CamVid's training frames, in memory at ``cfg.size``."""
-
-    def __init__(self, cfg: AdaptConfig):
-        self.images, self.labels, self.id2label = materialise_split(
-            Path(cfg.output_dir) / "train.safetensors",
-            load_camvid,
-            "train",
-            cfg.size,
-            root=cfg.data_root,
-            streaming=False,
-        )
-        row = {name: i for i, name in enumerate(camvid_frames("train", cfg.data_root))}
-        parts = camvid_day_dusk(cfg.data_root, cfg.block)
-        self.source, self.pool, self.eval = (
-            [row[f] for f in parts[p]] for p in ("source", "target_pool", "target_eval")
-        )
-
-    def dataset(self, rows, labels=None, *, flip: bool = False, seed: int = 0) -> InMemorySegmentation:
-        return InMemorySegmentation(
-            self.images, self.labels if labels is None else labels, indices=rows, flip=flip, seed=seed
-        )
-
-    def loader(self, rows) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(self.dataset(rows), batch_size=16, collate_fn=collate_segmentation)
-
-    def mixed(self, target_rows, labels=None, seed: int = 0) -> InMemorySegmentation:
-        """Source and ``target_rows``, the latter repeated to make about half of the rows."""
-        repeats = max(1, round(len(self.source) / len(target_rows)))
-        return self.dataset(self.source + list(target_rows) * repeats, labels, flip=True, seed=seed)
-
-
-def source_model(cfg: AdaptConfig, domains: Domains) -> Path:
-    """The source model's directory: pretrained by cross-entropy on the source (cached on its settings)."""
-    args = pretrain_config(Path(cfg.output_dir) / "source", cfg.pretrain)
-
-    def make():
-        model = build_model(domains.id2label, **cfg.model)
-        evals = {"target_eval": domains.dataset(domains.eval)}
-        return model, domains.dataset(domains.source, flip=True), evals, domains.id2label
-
-    data = {"camvid": str(Path(cfg.data_root).resolve()), "size": list(cfg.size), "block": cfg.block, "part": "source"}
-    return pretrain(args, {"model": cfg.model, "data": data}, make)
+from .policy import sample_masks
+from .rewards import Reward, miou, reward_of_masks
 
 
 @torch.no_grad()
-def pool_logits(model, domains: Domains, rows) -> torch.Tensor:
-    """The model's logits ``(N, C, H, W)`` on ``rows``, upsampled to the labels' size."""
-    with eval_mode(model):
-        device = next(model.parameters()).device
-        size = tuple(domains.labels.shape[-2:])
-        return torch.cat(
-            [
-                upsample_logits(model(pixel_values=b["pixel_values"].to(device)).logits, size).cpu()
-                for b in domains.loader(rows)
-            ]
-        )
+def mean_posteriors(batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """The mean softmax ``(C,)`` float64 over every pixel of ``batches`` of ``(logits (B, C, h, w), ...)``:
+    the priors a model's posteriors carry, e.g. on its source training split."""
+    total, pixels = 0.0, 0
+    for logits, *_ in batches:
+        probs = logits.double().softmax(1)
+        total = total + probs.sum((0, 2, 3))
+        pixels += probs.shape[0] * probs.shape[2] * probs.shape[3]
+    if not pixels:
+        raise ValueError("no logits to average")
+    return total / pixels
 
 
-def _score(model, domains: Domains) -> float:
-    metric = evaluate(model, domains.dataset(domains.eval), domains.id2label, batch_size=16, progress=False)
-    return float(metric.compute()["mean_iou"])
+@torch.no_grad()
+def em_priors(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    source_prior: torch.Tensor,
+    *,
+    max_iterations: int = 100,
+    tolerance: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target's class priors ``(C,)`` by EM, and the logit offsets ``log(pi_t / pi_s)`` ``(C,)`` float32.
+
+    ``batches``: a re-iterable (a :class:`~hf_reward.calibrate.LogitCache`, a list) of
+    ``(logits (B, C, h, w), ...)`` on unlabelled target images, read once per iteration; labels, if
+    any, are not used. ``source_prior (C,)``: the priors of the model's training data (e.g.
+    :func:`mean_posteriors` on it), all positive. Stops when no prior moves more than ``tolerance``.
+    """
+    if iter(batches) is batches:
+        raise TypeError("batches are read once per EM iteration: pass a LogitCache or a list, not an iterator")
+    source = torch.as_tensor(source_prior, dtype=torch.float64)
+    if not (source > 0).all():
+        raise ValueError(f"the source priors must be positive, got {source.tolist()}")
+    source = source / source.sum()
+    prior = source.clone()
+    for _ in range(max_iterations):
+        ratio = (prior / source).log()
+        updated = mean_posteriors((logits.double() + ratio.view(1, -1, 1, 1), None) for logits, *_ in batches)
+        done = (updated - prior).abs().max() <= tolerance
+        prior = updated
+        if done:
+            break
+    return prior, (prior / source).log().float()
 
 
-def _calibrated_score(model, domains: Domains, rows) -> float:
-    model = copy.deepcopy(model)
-    calibrate_model(model, domains.dataset(rows), "miou", split="target pool", batch_size=16, progress=False)
-    return _score(model, domains)
+def class_balanced_thresholds(logits: torch.Tensor, portion: float) -> torch.Tensor:
+    """Per-class confidence thresholds ``(C,)``: class c keeps the top ``portion`` of the pixels predicted c.
+
+    ``logits (B, C, h, w)``. Threshold of class c: the k-th highest confidence (softmax maximum)
+    among the n pixels whose argmax is c, k = ceil(portion * n); ``inf`` for a class no pixel predicts.
+    """
+    if not 0 < portion <= 1:
+        raise ValueError(f"portion must be in (0, 1], got {portion}")
+    confidence, pred = logits.float().softmax(1).max(1)
+    thresholds = torch.full((logits.shape[1],), torch.inf)
+    for c in pred.unique().tolist():
+        ranked = confidence[pred == c].sort(descending=True).values
+        thresholds[c] = ranked[max(1, math.ceil(portion * len(ranked) - 1e-9)) - 1]  # (float products like 0.3 * 10)
+    return thresholds
 
 
-def _tune(cfg: AdaptConfig, model, train, fields: dict, seed: int, out: Path) -> None:
-    args = study_args(out, {**cfg.tune, **fields}, seed=seed, eval_strategy="no", batch_eval_metrics=False)
-    quiet(segmentation_trainer(model, args, train, None, model.config.id2label)).train()
+def pseudo_labels(logits: torch.Tensor, thresholds: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """Argmax labels ``(B, h, w)`` long where the confidence reaches its class's threshold, else ``ignore_index``."""
+    confidence, pred = logits.float().softmax(1).max(1)
+    return torch.where(confidence >= thresholds.to(confidence)[pred], pred, ignore_index)
 
 
-def run_workflow(cfg: AdaptConfig, workflow: str, seed: int, domains: Domains, start: Path, out: Path) -> dict:
-    """One workflow from the source model at ``start``: ``{"labels", "rounds", "raw", "calibrated"}``."""
-    model = load_segmentation_model(str(start), domains.id2label)
-    rounds, labelled, calibrated = [], [], None
-    generator = torch.Generator().manual_seed(seed)
-    if workflow == "oracle":
-        labelled = list(domains.pool)
-        fields = {"reward_weight": 0.0, "ce_weight": 1.0, "max_steps": cfg.oracle_steps}
-        _tune(cfg, model, domains.mixed(labelled, seed=seed), fields, seed, out)
-        rounds.append(_score(model, domains))
-    elif workflow == "em_priors":
-        source_logits = collect_logits(model, domains.loader(domains.source), progress=False)
-        pool = collect_logits(model, domains.loader(domains.pool), progress=False)
-        _, offsets = em_priors(pool, mean_posteriors(source_logits))
-        with torch.no_grad():
-            model.decode_head.classifier.bias.add_(offsets)
-        rounds.append(_score(model, domains))
-    elif workflow == "calibration":
-        picks = torch.randperm(len(domains.pool), generator=generator)[: cfg.budget * cfg.rounds]
-        labelled = [domains.pool[i] for i in picks]
-    elif workflow == "self_training":
-        for r in range(cfg.rounds):
-            logits = pool_logits(model, domains, domains.pool)
-            pseudo = domains.labels.clone()
-            pseudo[domains.pool] = pseudo_labels(logits, class_balanced_thresholds(logits, cfg.portion)).to(
-                pseudo.dtype
-            )
-            _tune(cfg, model, domains.mixed(domains.pool, pseudo, seed=seed + r), {}, seed + r, out)
-            rounds.append(_score(model, domains))
-    elif workflow.startswith("active_"):
-        acquisition, objective = workflow.removeprefix("active_").split("_", 1)
-        for r in range(cfg.rounds):
-            candidates = [row for row in domains.pool if row not in labelled]
-            if acquisition == "random":
-                scores = torch.rand(len(candidates), generator=generator)
-            else:
-                logits = pool_logits(model, domains, candidates)
-                scores = (
-                    mean_entropy(logits)
-                    if acquisition == "entropy"
-                    else expected_miou_shortfall(logits, num_samples=cfg.shortfall_samples, generator=generator)
-                )
-            labelled += [candidates[i] for i in scores.topk(min(cfg.budget, len(candidates))).indices.tolist()]
-            _tune(cfg, model, domains.mixed(labelled, seed=seed + r), cfg.objectives[objective], seed + r, out)
-            rounds.append(_score(model, domains))
-    elif workflow != "source":
-        raise ValueError(f"unknown workflow {workflow!r}; the config has {cfg.workflows()}")
-    raw = rounds[-1] if rounds else _score(model, domains)
-    if labelled:
-        calibrated = _calibrated_score(model, domains, labelled)
-    return {"labels": len(labelled), "rounds": rounds, "raw": raw, "calibrated": calibrated}
+def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Each image's mean pixel entropy (nats) ``(B,)`` of ``logits (B, C, h, w)``."""
+    log_probs = logits.float().log_softmax(1)
+    return -(log_probs.exp() * log_probs).sum(1).mean((1, 2))
 
 
-def run_all(cfg: AdaptConfig, workflows: list[str] | None = None, seeds: list[int] | None = None) -> list[dict]:
-    """Every workflow x seed, each cached as ``runs/<workflow>_seed<seed>-<hash>.json``; the records."""
-    domains = Domains(cfg)
-    start = source_model(cfg, domains)
-    key = settings_hash(
-        {"config": asdict(cfg) | {"output_dir": None, "seeds": None}, "start": file_hash(start / "model.safetensors")}
-    )
-    records = []
-    for workflow in workflows or cfg.workflows():
-        for seed in [0] if workflow in ("source", "em_priors") else (seeds or cfg.seeds):
-            path = Path(cfg.output_dir) / "runs" / f"{workflow}_seed{seed}-{key}.json"
-            if not path.is_file():
-                started = time.perf_counter()
-                record = run_workflow(cfg, workflow, seed, domains, start, Path(cfg.output_dir) / "trainer")
-                record.update(workflow=workflow, seed=seed, seconds=time.perf_counter() - started)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(record, indent=1))
-                print(
-                    f"{workflow} seed {seed}: raw {record['raw']:.4f}, calibrated {record['calibrated']}", flush=True
-                )
-            records.append(json.loads(path.read_text()))
-    return records
+def expected_miou_shortfall(
+    logits: torch.Tensor,
+    *,
+    num_samples: int = 8,
+    reward: Reward = miou,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``1 - E_{y ~ softmax}[reward(argmax, y)]`` per image ``(B,)`` float64, from ``num_samples`` sampled masks.
 
-
-def _mean_sd(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{100 * values[0]:.2f}"
-    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
-
-
-def report(records: list[dict]) -> str:
-    """The markdown table: target mIoU (%) per workflow, and the share of the source -> oracle gap each recovers."""
-    by = {}
-    for r in records:
-        by.setdefault(r["workflow"], []).append(r)
-    source = statistics.mean(r["raw"] for r in by["source"])
-    oracle = statistics.mean(r["calibrated"] for r in by["oracle"]) if "oracle" in by else None
-    lines = [
-        "| workflow | target labels | rounds (raw mIoU) | raw | calibrated | gap recovered | per label |",
-        "|---|---:|---|---:|---:|---:|---:|",
-    ]
-    for name, runs in by.items():
-        best = [r["calibrated"] if r["calibrated"] is not None else r["raw"] for r in runs]
-        labels = runs[0]["labels"]
-        gap = (statistics.mean(best) - source) / (oracle - source) if oracle and oracle != source else None
-        rounds = " -> ".join(_mean_sd([r["rounds"][i] for r in runs]) for i in range(len(runs[0]["rounds"])))
-        calibrated = _mean_sd([r["calibrated"] for r in runs]) if runs[0]["calibrated"] is not None else ""
-        recovered = "" if gap is None else f"{100 * gap:.0f}%"
-        per_label = "" if gap is None or not labels else f"{100 * gap / labels:.1f}%"
-        raw = _mean_sd([r["raw"] for r in runs])
-        lines.append(f"| {name} | {labels} | {rounds} | {raw} | {calibrated} | {recovered} | {per_label} |")
-    return "\n".join(lines)
+    ``logits (B, C, h, w)``: masks are drawn pixel by pixel from the softmax, as the tuning samples
+    them, and each scores the argmax as its target would. The mean over samples is unbiased for the
+    expectation. 0: the model is sure of its mask; large: it expects to miss much of it.
+    """
+    probs = logits.float().softmax(1)
+    pred = probs.argmax(1)
+    samples = sample_masks(probs, num_samples, generator)  # (K, B, h, w)
+    scores = torch.stack([reward_of_masks(reward, pred, y, logits.shape[1]) for y in samples])
+    return 1 - scores.mean(0)

@@ -10,7 +10,7 @@ from transformers import TrainingArguments
 
 from .baselines import BASELINES
 from .loss import LossSettings
-from .masks import MASK_REWARDS, MaskReward, get_mask_reward
+from .mask_scores import MASK_REWARDS, MaskReward, get_mask_reward
 from .rewards import REWARDS, Reward, get_reward
 
 

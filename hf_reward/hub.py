@@ -1,11 +1,10 @@
 """Results tables, the model card, and pushing a tuned model to the Hub through Trainer.
 
-Scores are :class:`hf_reward.pipeline.ModelScores` by model name (or plain metric dicts, keys as
+Scores are :class:`ModelScores` by model name (or plain metric dicts, keys as
 :meth:`hf_reward.metrics.StreamingMeanIoU.compute` names them).
 
 Example::
 
-    >>> from hf_reward.pipeline import ModelScores
     >>> tuned = ModelScores({"mean_iou": 0.6}, {"mean_iou": 0.7}, steps=200)
     >>> scores = {"start": ModelScores({"mean_iou": 0.5}), "tuned": tuned}
     >>> print(summary_table(scores))
@@ -17,17 +16,34 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from .calibrate import Calibration
 from .config import RewardSegConfig
 from .metrics import class_key
 
 Metrics = Mapping[str, float]
+
+
+@dataclass
+class ModelScores:
+    """One model's metrics (:meth:`StreamingMeanIoU.compute` keys), raw and, once it is calibrated, after."""
+
+    raw: dict[str, float]
+    calibrated: dict[str, float] | None = None
+    calibration: Calibration | None = None
+    steps: int | None = None  # the optimiser steps the model was trained for, as its trainer counted them
+
+    def to_dict(self) -> dict:
+        calibration = None if self.calibration is None else dataclasses.asdict(self.calibration)
+        return {"raw": self.raw, "calibrated": self.calibrated, "calibration": calibration, "steps": self.steps}
 
 
 def _fmt(value: float | None) -> str:

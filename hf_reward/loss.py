@@ -55,7 +55,7 @@ from dataclasses import dataclass
 import torch
 
 from . import baselines, local, policy
-from .masks import MaskReward
+from .mask_scores import MaskReward
 from .rewards import Reward, class_counts, confusion_matrix, reward_of_masks
 
 ESTIMATORS = ("score", "local")
@@ -77,7 +77,7 @@ class LossSettings:
     dataset_confusion_decay: of the dataset scope's running matrix, per optimizer step.
     ema_decay: of the ``ema`` baseline's running mean reward.
     mask_reward: a reward of whole masks ``(pred (N, h, w), target (N, h, w)) -> (N,)`` at the
-    sampling resolution (:mod:`hf_reward.masks`: boundary F, object F1, or your own) in place of
+    sampling resolution (:mod:`hf_reward.mask_scores`: boundary F, object F1, or your own) in place of
     ``reward``; the score estimator, per image, is the one that takes it. Void pixels get no
     gradient, so the reward must not depend on the prediction there (the named ones do not).
     """

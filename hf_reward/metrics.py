@@ -21,7 +21,7 @@ and G_i the classes in image i's ground truth:
 
 Boundary F-score at each tolerance (``boundary_f_<tolerance>``, e.g. ``boundary_f_2px``,
 ``boundary_f_0.75%``) and object recall, precision and F1 of the thing classes
-(``object_recall``, ``object_precision``, ``object_f1``): :mod:`hf_reward.masks`.
+(``object_recall``, ``object_precision``, ``object_f1``): :mod:`hf_reward.mask_scores`.
 
 The confusion matrix lives on the logits' device; per-image scores are a few numbers per image
 on the CPU, so memory grows only by those. With Trainer, pass the metric as ``compute_metrics``
@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import masks
+from . import mask_scores
 from .rewards import (
     REWARDS,
     Reward,
@@ -155,7 +155,7 @@ class StreamingMeanIoU:
         self.reward = reward
         self.per_image = per_image
         for tolerance in boundary_tolerances:
-            masks.tolerance_pixels(tolerance, (1, 1))  # a bad spelling fails here, not after the first batch
+            mask_scores.tolerance_pixels(tolerance, (1, 1))  # a bad spelling fails here, not after the first batch
         self.boundary_tolerances = tuple(boundary_tolerances)
         ids = {name: i for i, name in self.id2label.items()}
         unknown = [name for name in thing_classes if name not in ids]
@@ -167,7 +167,8 @@ class StreamingMeanIoU:
     def reset(self) -> None:
         self.confusion: torch.Tensor | None = None  # (C, C) long, cm[target, pred], on the logits' device
         self.image_confusions: list[torch.Tensor] = []  # (B, C, C) per batch, per_image only, on the CPU
-        # Per image, in the order added: boundary F (NaN for an image with no counted pixel), object counts.
+        # Per image, in the order added: whether it has a counted pixel, boundary F (NaN without), object counts.
+        self.counted: list[torch.Tensor] = []  # (B,) bool per batch
         self.boundary_scores: dict[str, list[torch.Tensor]] = {t: [] for t in self.boundary_tolerances}
         self.object_counts: list[torch.Tensor] = []  # (B, 3) long per batch: target objects, predicted, matches
 
@@ -206,16 +207,17 @@ class StreamingMeanIoU:
         self.confusion = cm if self.confusion is None else self.confusion + cm
         if self.per_image:
             self.image_confusions.append(per_image.cpu())
-        counted = (labels != self.ignore_index).flatten(1).any(1).tolist()  # an image with none scores nothing
+        self.counted.append((labels != self.ignore_index).flatten(1).any(1).cpu())
+        counted = self.counted[-1].tolist()  # an image with no counted pixel scores nothing
         for tolerance in self.boundary_tolerances:
             score = torch.full((len(labels),), torch.nan, dtype=torch.float64)
             for i in (i for i, c in enumerate(counted) if c):  # one image at a time: its boundary maps are (C, H, W)
-                score[i] = masks.boundary_f(
+                score[i] = mask_scores.boundary_f(
                     pred[i, None], labels[i, None], self.num_classes, tolerance, self.ignore_index
                 )
             self.boundary_scores[tolerance].append(score)
         if self.thing_ids:
-            self.object_counts.append(masks.object_counts(pred, labels, self.thing_ids, self.ignore_index))
+            self.object_counts.append(mask_scores.object_counts(pred, labels, self.thing_ids, self.ignore_index))
 
     def scores(self) -> dict[str, np.ndarray | float]:
         """:func:`scores_from_confusion` of the matrix so far (per-class arrays and the means)."""
@@ -239,8 +241,8 @@ class StreamingMeanIoU:
             out["reward"] = score(self.reward)
         out.update({class_key(name): float(scores["iou"][i]) for i, name in self.id2label.items()})
         records = self.image_records()
-        if records:
-            everything = torch.ones(1, len(next(iter(records.values()))), dtype=torch.float64)
+        if len(records) > 1:
+            everything = torch.ones(1, len(records["counted"]), dtype=torch.float64)
             out.update({k: float(v[0]) for k, v in resampled_scores(records, everything).items() if k != "mean_iou"})
         if self.per_image and self.reward is not None:
             tp, gt, pd = records["counts"][records["counts"][:, 1].sum(1) > 0].unbind(1)
@@ -250,13 +252,14 @@ class StreamingMeanIoU:
     def image_records(self) -> dict[str, torch.Tensor]:
         """What the per-image metrics are computed from, a row per image in the order added, on the CPU:
 
+        - ``counted`` ``(N,)`` bool: the image has a counted (non-void) pixel;
         - ``counts`` ``(N, 3, C)`` float64: each image's tp, gt and pd per class (``per_image`` only);
         - ``boundary_f_<tolerance>`` ``(N,)`` float64: NaN for an image with no counted pixel;
         - ``objects`` ``(N, 3)`` long: target objects, predicted objects, matches (``thing_classes`` only).
 
         :func:`resampled_scores` scores any multiset of the images from them (the split itself, or a bootstrap).
         """
-        records = {}
+        records = {"counted": torch.cat(self.counted) if self.counted else torch.zeros(0, dtype=torch.bool)}
         if self.per_image:
             cm = torch.cat(self.image_confusions or [torch.zeros(0, self.num_classes, self.num_classes)])
             records["counts"] = torch.stack(class_counts(cm), 1)
@@ -291,8 +294,8 @@ def resampled_scores(records: Mapping[str, torch.Tensor], weights: torch.Tensor)
       (the worst 10%: the lowest ``max(1, int(0.1 n))`` of the multiset's n such images);
     - ``boundary_f_<tolerance>``: the mean over images with a counted pixel;
     - ``object_recall``, ``object_precision``: of the summed object counts, NaN with no object to
-      divide by; ``object_f1``: :func:`hf_reward.masks.object_f1` of the summed counts (1 with no
-      object in either: the reward's definition, applied to the pooled counts).
+      divide by; ``object_f1``: :func:`hf_reward.mask_scores.object_f1` of the summed counts (1 with no
+      object in either: the reward's definition, applied to the pooled counts; NaN with no counted pixel).
 
     >>> counts = torch.tensor([[[1.0, 0.0], [2.0, 0.0], [1.0, 0.0]], [[0.0, 2.0], [0.0, 2.0], [0.0, 2.0]]])
     >>> s = resampled_scores({"counts": counts}, torch.tensor([[1.0, 1.0], [2.0, 0.0]]))
@@ -323,7 +326,8 @@ def resampled_scores(records: Mapping[str, torch.Tensor], weights: torch.Tensor)
         targets, predicted, matched = pooled.unbind(1)
         out["object_recall"] = matched / targets
         out["object_precision"] = matched / predicted
-        out["object_f1"] = masks.object_f1(pooled)
+        scored = weights @ records["counted"].double() > 0  # no counted pixel: NaN, as every metric
+        out["object_f1"] = torch.where(scored, mask_scores.object_f1(pooled), torch.nan)
     return out
 
 

@@ -47,7 +47,7 @@ from . import policy
 from .config import RewardSegConfig
 from .loss import RewardLossOutput, RewardState, pixel_cross_entropy, reward_loss
 from .lovasz import lovasz_softmax
-from .masks import MaskReward
+from .mask_scores import MaskReward
 from .modeling import captured_outputs, load_checkpoint_weights, share_file, share_files
 from .rewards import Reward, check_reward, unknown_labels, unknown_labels_error
 
@@ -64,7 +64,7 @@ class RewardSegTrainer(Trainer):
         reward_fn: optional reward ``(tp, gt, pd) -> (...)`` of the per-class counts (see
             :mod:`hf_reward.rewards`) replacing the named ``args.reward``; works with both estimators.
         mask_reward_fn: optional reward of whole masks ``(pred (N, h, w), target (N, h, w)) -> (N,)``
-            (see :mod:`hf_reward.masks`) replacing ``args.reward``; for ``estimator="score"``.
+            (see :mod:`hf_reward.mask_scores`) replacing ``args.reward``; for ``estimator="score"``.
         **kwargs: passed to ``transformers.Trainer`` (datasets, data_collator, compute_metrics, ...).
 
     Example::

@@ -1,9 +1,10 @@
-"""Adapt a model from day to dusk on CamVid (hf_reward.adaptation): every workflow over seeds, cached, one command.
+"""Adapt a model from day to dusk on CamVid: every workflow over seeds, cached, one command.
 
     python scripts/adapt.py --config configs/adapt_camvid_dusk.yaml
     python scripts/adapt.py --config configs/adapt_camvid_dusk.yaml --only_workflows source,calibration --only_seeds 0
 
-Writes ``<output_dir>/results.md`` and prints the table; see :mod:`hf_reward.adaptation` for the protocol.
+Writes ``<output_dir>/results.md`` and prints the table; see :mod:`hf_reward.experiments.adaptation_benchmark`
+for the protocol.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hf_reward.adaptation import AdaptConfig, report, run_all
 from hf_reward.cli import UsageError, parse_config, run_script
-from hf_reward.pipeline import no_such_directory
+from hf_reward.cli.arguments import no_such_directory
+from hf_reward.experiments.adaptation_benchmark import AdaptConfig, report, run_all
 
 
 @dataclass

@@ -23,18 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hf_reward.cli import DataArguments, ModelArguments, UsageError, parse_config, run_script
+from hf_reward.cli.data import load_data, metric_options
+from hf_reward.cli.evaluation import calibrate_model, evaluate
+from hf_reward.cli.models import image_processor, load_model, model_classes, pick_device
 from hf_reward.hub import calibration_card, per_class_table
 from hf_reward.modeling import share_files
-from hf_reward.pipeline import (
-    calibrate_model,
-    evaluate,
-    image_processor,
-    load_data,
-    load_model,
-    metric_options,
-    model_classes,
-    pick_device,
-)
 from hf_reward.rewards import REWARDS, get_reward
 
 

@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hf_reward.cli import DataArguments, ModelArguments, UsageError, parse_config, run_script
+from hf_reward.cli.data import load_data, metric_options
+from hf_reward.cli.evaluation import evaluate
+from hf_reward.cli.models import load_model, model_config, pick_device
 from hf_reward.metrics import EXTRA_METRICS
-from hf_reward.pipeline import evaluate, load_data, load_model, metric_options, model_config, pick_device
 
 # The metrics beyond the dataset level, by key prefix: per image, boundaries, objects.
 SHAPE_METRICS = ("image_miou", "class_miou", "boundary_f", "object_")

@@ -16,15 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hf_reward.cli import DataArguments, ModelArguments, parse_config, run_script
-from hf_reward.pipeline import (
-    PretrainConfig,
-    image_processor,
-    load_data,
-    load_model,
-    model_classes,
-    prepare_output_dir,
-    segmentation_trainer,
-)
+from hf_reward.cli.data import load_data
+from hf_reward.cli.models import image_processor, load_model, model_classes
+from hf_reward.cli.runs import PretrainConfig, prepare_output_dir, segmentation_trainer
 
 
 @dataclass

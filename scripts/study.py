@@ -1,4 +1,4 @@
-"""Run a study (hf_reward.study): does tuning add to the best post-hoc decoder? Cached, resumable, one command.
+"""Run a study: does tuning add to the best post-hoc decoder? Cached, resumable, one command.
 
     python scripts/study.py                                   # configs/study_camvid.yaml, CPU
     python scripts/study.py --config configs/study_camvid_more.yaml
@@ -9,7 +9,7 @@
 
 Writes ``<output_dir>/results.md`` and ``curves.png`` and prints the tables (with folds: each fold's in
 ``<output_dir>/fold_<sequence>/``, and the pooled report with bootstrap intervals in ``<output_dir>/results.md``);
-see :mod:`hf_reward.study` for the protocol and the caching.
+see :mod:`hf_reward.experiments.study` for the protocol and the caching.
 """
 
 from __future__ import annotations
@@ -24,9 +24,16 @@ from pathlib import Path
 import torch
 
 from hf_reward.cli import UsageError, parse_config, run_script, set_resume_hint
-from hf_reward.pipeline import no_such_directory
-from hf_reward.study import StudyConfig, load_data, pretrained_checkpoint, run_all, score_model, scores_path
-from hf_reward.study_report import fold_report, report
+from hf_reward.cli.arguments import no_such_directory
+from hf_reward.experiments.study import (
+    StudyConfig,
+    load_data,
+    pretrained_checkpoint,
+    run_all,
+    score_model,
+    scores_path,
+)
+from hf_reward.experiments.study_report import fold_report, report
 
 DEFAULT_CONFIG = "configs/study_camvid.yaml"
 

@@ -29,26 +29,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hf_reward.cli import DataArguments, ModelArguments, UsageError, parse_config, run_script, set_resume_hint
-from hf_reward.data.cityscapes import HUB_REPO as CITYSCAPES_REPO
-from hf_reward.hub import model_card, per_class_table, push_to_hub, score_columns, summary_table
-from hf_reward.pipeline import (
-    DATASETS,
-    ModelScores,
+from hf_reward.cli.data import DATASETS, check_data_source, load_data, metric_options
+from hf_reward.cli.evaluation import calibrate_model
+from hf_reward.cli.models import image_processor, load_model, model_classes, model_config
+from hf_reward.cli.runs import (
     PretrainConfig,
     TuneConfig,
-    calibrate_model,
-    check_data_source,
-    image_processor,
-    load_data,
-    load_model,
-    metric_options,
-    model_classes,
-    model_config,
     prepare_output_dir,
     pretrain,
     segmentation_trainer,
     unprefixed,
 )
+from hf_reward.data.cityscapes import HUB_REPO as CITYSCAPES_REPO
+from hf_reward.hub import ModelScores, model_card, per_class_table, push_to_hub, score_columns, summary_table
 
 TUNED, CONTROL, START = "reward tuning", "cross-entropy", "start"
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from hf_reward.adapt import (
+from hf_reward.adaptation import (
     class_balanced_thresholds,
     em_priors,
     expected_miou_shortfall,

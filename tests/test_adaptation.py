@@ -3,8 +3,8 @@
 import pytest
 from conftest import CAMVID
 
-from hf_reward import adaptation
-from hf_reward.adaptation import AdaptConfig, report, run_all
+from hf_reward.experiments import adaptation_benchmark as adaptation
+from hf_reward.experiments.adaptation_benchmark import AdaptConfig, report, run_all
 
 
 def tiny_config(tmp_path) -> AdaptConfig:

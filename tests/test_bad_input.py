@@ -14,9 +14,10 @@ import yaml
 from conftest import ROOT, TINY, load_script, quick, tiny_segformer
 
 from hf_reward.cli import UsageError, parse_config, run_script, set_resume_hint
+from hf_reward.cli.models import check_model_source
+from hf_reward.cli.runs import TuneConfig
 from hf_reward.data import TOY_STREETS_ID2LABEL, DataError
 from hf_reward.metrics import StreamingMeanIoU
-from hf_reward.pipeline import TuneConfig, check_model_source
 
 TUNE, EVALUATE, CALIBRATE = load_script("tune"), load_script("evaluate_model"), load_script("calibrate")
 

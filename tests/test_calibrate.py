@@ -271,7 +271,7 @@ def test_the_threshold_index_is_the_first_grid_value_that_wins_even_at_ties_and_
 
 def test_calibrating_a_model_fits_on_the_models_device(monkeypatch):
     """The fit runs where the model is (a GPU's passes take seconds), unless told otherwise."""
-    from hf_reward import pipeline
+    from hf_reward.cli import evaluation
 
     seen = {}
 
@@ -279,12 +279,12 @@ def test_calibrating_a_model_fits_on_the_models_device(monkeypatch):
         seen.update(kwargs)
         return fit_offsets(cache, reward, **kwargs)
 
-    monkeypatch.setattr(pipeline, "fit_offsets", spy)
+    monkeypatch.setattr(evaluation, "fit_offsets", spy)
     model = tiny_segformer(C)
     data = BlobsDataset(4, 32, C)
-    pipeline.calibrate_model(model, data, "miou", split="train", progress=False)
+    evaluation.calibrate_model(model, data, "miou", split="train", progress=False)
     assert seen["device"] == next(model.parameters()).device
-    pipeline.calibrate_model(model, data, "miou", split="train", progress=False, device="cpu")
+    evaluation.calibrate_model(model, data, "miou", split="train", progress=False, device="cpu")
     assert seen["device"] == "cpu"
 
 

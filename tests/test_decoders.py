@@ -7,9 +7,9 @@ import torch
 from conftest import BlobsDataset, tiny_segformer
 
 from hf_reward.calibrate import collect_logits, fit_offsets, fold_offsets
+from hf_reward.cli.evaluation import evaluate
 from hf_reward.data import collate_segmentation
 from hf_reward.decoders import DECODERS, decode, score_decoders
-from hf_reward.pipeline import evaluate
 from hf_reward.rewards import miou
 
 C = 4

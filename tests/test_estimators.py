@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hf_reward import LossSettings, RewardState, reward_loss
-from hf_reward.masks import get_mask_reward
+from hf_reward.mask_scores import get_mask_reward
 from hf_reward.rewards import (
     REWARDS,
     class_counts,

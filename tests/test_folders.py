@@ -8,8 +8,8 @@ import pytest
 from cityscapesscripts.helpers.labels import id2label as cityscapes_labels
 
 from hf_reward.cli import DataArguments, UsageError
+from hf_reward.cli.data import load_data, metric_options
 from hf_reward.data import DataError, load_easyportrait, load_gta5, load_mapillary, mapillary_classes
-from hf_reward.pipeline import load_data, metric_options
 
 
 def write_pair(image_path, mask_path, mask: np.ndarray, palette: bool = False):
@@ -112,5 +112,7 @@ def test_an_image_without_its_mask_is_named(tmp_path):
 
 
 def test_a_folder_dataset_without_its_directory_is_one_line(tmp_path):
-    with pytest.raises(UsageError, match="--dataset gta5 needs --data_path"):
+    with pytest.raises(UsageError, match="--dataset gta5 needs --data_path: the directory it was unpacked to, got None"):
+        load_data(DataArguments(dataset="gta5"), augment=False)
+    with pytest.raises(UsageError, match=r"--data_path '.*/nowhere': no such directory$"):
         load_data(DataArguments(dataset="gta5", data_path=str(tmp_path / "nowhere")), augment=False)

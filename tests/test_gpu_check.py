@@ -8,7 +8,7 @@ import torch
 from conftest import load_script
 
 from hf_reward.cli import UsageError, parse_config
-from hf_reward.study import StudyConfig
+from hf_reward.experiments.study import StudyConfig
 
 bench_step = load_script("bench_step")
 gpu_check = load_script("gpu_check")

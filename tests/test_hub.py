@@ -19,9 +19,9 @@ from conftest import TINY, drop, load_script
 
 from hf_reward import RewardSegConfig
 from hf_reward.cli import ModelArguments, UsageError
+from hf_reward.cli.models import load_model
 from hf_reward.data import TOY_STREETS_ID2LABEL
-from hf_reward.hub import model_card, per_class_table, summary_table
-from hf_reward.pipeline import ModelScores, load_model
+from hf_reward.hub import ModelScores, model_card, per_class_table, summary_table
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -114,6 +114,7 @@ def test_model_card_records_settings_results_and_calibration():
         "reward tuning": ModelScores(
             {"mean_iou": 0.55, "iou_road": 0.9, "iou_traffic_light": 0.2, "iou_rider": float("nan")},
             calibrated={"mean_iou": 0.6},
+            steps=300,
         ),
     }
     calibration = {

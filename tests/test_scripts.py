@@ -15,9 +15,9 @@ from conftest import CAMVID, ROOT, TINY, BlobsDataset, drop, load_script, quick,
 
 from hf_reward import RewardSegConfig, RewardSegTrainer
 from hf_reward.cli import UsageError, parse_config
+from hf_reward.cli.runs import TuneConfig
 from hf_reward.data import TOY_STREETS_ID2LABEL
 from hf_reward.modeling import load_segmentation_model
-from hf_reward.pipeline import TuneConfig
 
 TUNE, PRETRAIN, EVALUATE = load_script("tune"), load_script("pretrain"), load_script("evaluate_model")
 SCRIPTS = {"scripts/tune.py": TUNE, "scripts/pretrain.py": PRETRAIN}

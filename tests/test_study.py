@@ -8,9 +8,9 @@ import torch
 import yaml
 from conftest import CAMVID, ROOT, load_script
 
-from hf_reward import study_report as REPORT
 from hf_reward.cli import parse_config
-from hf_reward.study import StudyConfig, dev_rows, image_records, run_dir, run_key
+from hf_reward.experiments import study_report as REPORT
+from hf_reward.experiments.study import StudyConfig, dev_rows, image_records, run_dir, run_key
 
 STUDY = load_script("study")
 ID2LABEL = {0: "road", 1: "car"}

@@ -9,8 +9,8 @@ from transformers import BeitConfig
 from hf_reward import RewardSegTrainer
 from hf_reward.calibrate import Calibration, fold_offsets
 from hf_reward.cli import ModelArguments, UsageError
+from hf_reward.cli.models import load_model
 from hf_reward.modeling import build_model, build_upernet, captured_outputs, load_segmentation_model
-from hf_reward.pipeline import load_model
 
 ID2LABEL = {i: f"class{i}" for i in range(4)}
 

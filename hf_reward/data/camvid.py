@@ -29,7 +29,7 @@ from .labels import DataError
 from .loading import SegmentationDataset, prepare_segmentation_dataset
 
 DEFAULT_ROOT = "../shared/datasets/camvid"  # where the project machines hold CamVid, from the repository root
-# The classes whose connected components are objects (hf_reward.masks): Cityscapes' things among CamVid's classes.
+# The classes whose connected components are objects (hf_reward.mask_scores): Cityscapes' things in CamVid.
 THING_CLASSES = ("car", "pedestrian", "bicyclist")
 DAY_SEQUENCES = ("0006R0", "0016E5")
 DUSK_SEQUENCE = "0001TP"

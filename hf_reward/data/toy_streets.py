@@ -41,7 +41,7 @@ ID2LABEL = {
     8: "sign",
 }
 ROAD, SIDEWALK, BUILDING, SKY, VEGETATION, CAR, POLE, PERSON, SIGN = range(9)
-THING_CLASSES = ("car", "person")  # the classes whose connected components are objects (hf_reward.masks)
+THING_CLASSES = ("car", "person")  # the classes whose connected components are objects (hf_reward.mask_scores)
 # Different splits draw from different streams of the same seed, so they never share images.
 _SPLITS = {"train": 0, "validation": 1, "test": 2}
 _SIGN_COLOURS = np.array([[0.8, 0.1, 0.1], [0.1, 0.25, 0.75], [0.9, 0.8, 0.1], [0.9, 0.9, 0.9]])

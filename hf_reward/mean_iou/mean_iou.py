@@ -18,7 +18,7 @@ IoU, Cohen's kappa) over a whole dataset: one confusion matrix accumulated over 
 IoU_c = TP / (TP + FP + FN); pixels whose reference is `ignore_index` do not count; a class absent
 from both predictions and references is NaN and left out of the mean (the Cityscapes and
 `evaluate` mean_iou convention). Also per-image mIoU (mIoU^I, mIoU^C, the worst 10% of images),
-and on request boundary F-scores and object scores (hf_reward.metrics, hf_reward.masks).
+and on request boundary F-scores and object scores (hf_reward.metrics, hf_reward.mask_scores).
 """
 
 _KWARGS_DESCRIPTION = """

@@ -41,10 +41,10 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.utils import logging as transformers_logging
 
-from .data import DataError
-from .data.camvid import DEFAULT_ROOT as CAMVID_PATH
-from .data.cityscapes import HUB_REPO as CITYSCAPES_REPO
-from .modeling import ARCHITECTURES
+from ..data import DataError
+from ..data.camvid import DEFAULT_ROOT as CAMVID_PATH
+from ..data.cityscapes import HUB_REPO as CITYSCAPES_REPO
+from ..modeling import ARCHITECTURES
 
 # transformers draws a bar for every weight load and save, dozens in a run, each of a fraction of a second.
 _QUIET_BARS = ("Loading weights", "Writing model shards")
@@ -332,3 +332,14 @@ class DataArguments:
             for f in dataclasses.fields(self)
             if f.metadata["used_by"] in (used_by, "both")
         }
+
+
+def no_such_directory(name: str) -> str:
+    """``"no such directory"``, and for a relative path the directory it was looked for in."""
+    return "no such directory" + ("" if Path(name).expanduser().is_absolute() else f" here ({Path.cwd()})")
+
+
+def looks_local(name: str) -> bool:
+    """A path rather than a Hub repo id: relative to here or absolute, nested, or under a directory that exists."""
+    parts = Path(name).parts
+    return name.startswith((".", "/", "~")) or len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir())

@@ -73,7 +73,7 @@ def test_streaming_train_with_max_steps_and_batch_eval_metrics(tmp_path):
 
 
 def test_pretrain_is_reused_with_the_same_settings_and_retrained_after_any_change(tmp_path):
-    from hf_reward.pipeline import PretrainConfig, pretrain
+    from hf_reward.cli.runs import PretrainConfig, pretrain
 
     made = []
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import multiprocessing
 import re
@@ -52,20 +51,27 @@ from typing import NamedTuple
 import safetensors.torch
 import torch
 from tqdm.auto import tqdm
-from transformers import PrinterCallback
 
-from .config import RewardSegConfig
-from .data import load_camvid
-from .data.camvid import DEFAULT_ROOT as CAMVID_PATH
-from .data.camvid import camvid_frames
-from .data.in_memory import InMemorySegmentation, materialise_split
-from .data.labels import DataError
-from .decoders import DECODERS, score_decoders
-from .modeling import build_model, load_segmentation_model
-from .pipeline import PretrainConfig, calibrate_model, pretrain, segmentation_trainer, settings_hash, training_settings
+from ..cli.evaluation import calibrate_model
+from ..cli.runs import pretrain, segmentation_trainer, settings_hash, training_settings
+from ..config import RewardSegConfig
+from ..data import load_camvid
+from ..data.camvid import DEFAULT_ROOT as CAMVID_PATH
+from ..data.camvid import camvid_frames
+from ..data.in_memory import InMemorySegmentation, materialise_split
+from ..data.labels import DataError
+from ..decoders import DECODERS, score_decoders
+from ..modeling import build_model, load_segmentation_model
+from .harness import (
+    STUDY_MODEL,
+    checked_args,
+    doc,
+    file_hash,
+    pretrain_config,
+    quiet,
+    study_args,
+)
 
-# The SegFormer the CamVid studies build (2.06M parameters), and the adaptation benchmark's source model.
-STUDY_MODEL = {"hidden_sizes": [32, 64, 128, 256], "depths": [1, 1, 2, 1], "decoder_hidden_size": 128}
 ARM_KEYS = ("learning_rates", "horizons", "calibrate_first")  # an arm's keys that are not RewardSegConfig fields
 
 
@@ -87,67 +93,65 @@ class Arm:
         return cls(fields, rates, bool(spec.get("calibrate_first", False)))
 
 
-def _h(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass
 class StudyConfig:
     """a study: data, model, pretraining, arms, horizons, seeds, metrics and decoders (see hf_reward.study)"""
 
-    output_dir: str = field(default="runs/study_camvid", metadata=_h("Where every stage is cached."))
-    data_root: str = field(default=CAMVID_PATH, metadata=_h("CamVid's directory."))
-    size: list[int] = field(default_factory=lambda: [128, 176], metadata=_h("Image size (height, width)."))
+    output_dir: str = field(default="runs/study_camvid", metadata=doc("Where every stage is cached."))
+    data_root: str = field(default=CAMVID_PATH, metadata=doc("CamVid's directory."))
+    size: list[int] = field(default_factory=lambda: [128, 176], metadata=doc("Image size (height, width)."))
     full_resolution_size: list[int] = field(
-        default_factory=lambda: [360, 480], metadata=_h("The size of --full_resolution runs.")
+        default_factory=lambda: [360, 480], metadata=doc("The size of --full_resolution runs.")
     )
-    dev_fraction: float = field(default=0.2, metadata=_h("The first fraction of each training sequence: dev."))
+    dev_fraction: float = field(default=0.2, metadata=doc("The first fraction of each training sequence: dev."))
     folds: list[str] = field(
         default_factory=list,
-        metadata=_h(
+        metadata=doc(
             "Cross-sequence protocol: hold out each of these sequences in turn (train, dev and decoder fitting on the "
             "others). Empty: in-sequence (dev from train, CamVid validation reported)."
         ),
     )
     held_out: str | None = field(
         default=None,
-        metadata=_h("Run one fold: the sequence it holds out (one of folds; the study sets it per fold)."),
+        metadata=doc("Run one fold: the sequence it holds out (one of folds; the study sets it per fold)."),
     )
-    bootstrap_samples: int = field(default=2000, metadata=_h("Resamples of the paired bootstrap intervals."))
+    bootstrap_samples: int = field(default=2000, metadata=doc("Resamples of the paired bootstrap intervals."))
     model: dict = field(
         default_factory=lambda: copy.deepcopy(STUDY_MODEL),
-        metadata=_h("The model built from random init: build_model's architecture (default segformer) and sizes."),
+        metadata=doc("The model built from random init: build_model's architecture (default segformer) and sizes."),
     )
     pretrain: dict = field(
-        default_factory=dict, metadata=_h("RewardSegConfig fields of the cross-entropy pretraining.")
+        default_factory=dict, metadata=doc("RewardSegConfig fields of the cross-entropy pretraining.")
     )
     pretrained: str | None = field(
-        default=None, metadata=_h("Start from this checkpoint (another study's pretrain/) instead of pretraining.")
+        default=None,
+        metadata=doc("Start from this checkpoint (another study's pretrain/) instead of pretraining."),
     )
-    tune: dict = field(default_factory=dict, metadata=_h("RewardSegConfig fields every run shares."))
+    tune: dict = field(default_factory=dict, metadata=doc("RewardSegConfig fields every run shares."))
     horizons: dict = field(
         default_factory=dict,
-        metadata=_h("Horizon name -> RewardSegConfig fields (steps, schedule), and optionally its own seeds."),
+        metadata=doc("Horizon name -> RewardSegConfig fields (steps, schedule), and optionally its own seeds."),
     )
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata=_h("Seeds of every setting."))
-    control: str = field(default="ce", metadata=_h("The arm every other is paired with, seed by seed."))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata=doc("Seeds of every setting."))
+    control: str = field(default="ce", metadata=doc("The arm every other is paired with, seed by seed."))
     metrics: list[str] = field(
         default_factory=lambda: ["reward"],
-        metadata=_h("Metric keys reported (hf_reward.metrics); 'reward' is the tune fields' reward."),
+        metadata=doc("Metric keys reported (hf_reward.metrics); 'reward' is the tune fields' reward."),
     )
     decoders: list[str] = field(
         default_factory=lambda: ["argmax", "offsets"],
-        metadata=_h(f"Decoders every model is scored with, of {tuple(DECODERS)}; argmax is the raw model."),
+        metadata=doc(f"Decoders every model is scored with, of {tuple(DECODERS)}; argmax is the raw model."),
     )
     boundary_tolerances: list[str] = field(
-        default_factory=lambda: ["2px", "0.75%"], metadata=_h("Tolerances of the boundary F-scores reported.")
+        default_factory=lambda: ["2px", "0.75%"], metadata=doc("Tolerances of the boundary F-scores reported.")
     )
     thing_classes: list[str] = field(
-        default_factory=list, metadata=_h("Classes scored as objects (connected components): object_recall, ...")
+        default_factory=list,
+        metadata=doc("Classes scored as objects (connected components): object_recall, ..."),
     )
-    bar: float = field(default=1.0, metadata=_h("Points a recipe must gain over both references to clear the bar."))
+    bar: float = field(default=1.0, metadata=doc("Points a recipe must gain over both references to clear the bar."))
     arms: dict = field(
-        default_factory=dict, metadata=_h("Arm name -> RewardSegConfig fields + learning_rates, horizons.")
+        default_factory=dict, metadata=doc("Arm name -> RewardSegConfig fields + learning_rates, horizons.")
     )
 
     def __post_init__(self):
@@ -232,37 +236,6 @@ class Run(NamedTuple):
         return f"{self.arm}_h{self.horizon}_lr{self.learning_rate:g}_seed{self.seed}"
 
 
-# Every study run's TrainingArguments: quiet, no checkpoints, dev and validation scored during training.
-_STUDY_DEFAULTS = dict(
-    save_strategy="no",
-    report_to="none",
-    use_cpu=not torch.cuda.is_available(),
-    per_device_eval_batch_size=16,
-    batch_eval_metrics=True,
-    eval_strategy="steps",
-    logging_steps=10,
-    dataloader_num_workers=0,
-    disable_tqdm=True,
-)
-
-
-def checked_args(where: str, fields: dict, make):
-    """``make()``, a RewardSegConfig (or a subclass) built from a config's ``fields``, or a ``ValueError`` that names
-    ``where`` and the unknown or refused field, instead of an error deep in a run."""
-    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(RewardSegConfig)})
-    if unknown:
-        raise ValueError(f"{where}: {unknown} are not RewardSegConfig fields")
-    try:
-        return make()
-    except ValueError as err:
-        raise ValueError(f"{where}: {err}") from err
-
-
-def study_args(output_dir: str | Path, fields: dict, **run) -> RewardSegConfig:
-    """A study run's RewardSegConfig: :data:`_STUDY_DEFAULTS`, then ``fields``, then ``run``."""
-    return RewardSegConfig(**{**_STUDY_DEFAULTS, "output_dir": str(output_dir), **fields, **run})
-
-
 def dev_rows(files: list[str], fraction: float) -> list[int]:
     """Rows of the first ``fraction`` of each sequence's frames (CamVid files are ``<sequence>_<frame>.png``)."""
     sequences = defaultdict(list)
@@ -321,24 +294,6 @@ def _data_settings(cfg: StudyConfig) -> dict:
     return settings if cfg.held_out is None else {**settings, "held_out": cfg.held_out}  # in-sequence keys as before
 
 
-def file_hash(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
-def pretrain_config(output_dir: str | Path, fields: dict) -> PretrainConfig:
-    """The cross-entropy pretraining of a study-like benchmark: :data:`_STUDY_DEFAULTS` with its progress bar,
-    then ``fields``, scored once at the end."""
-    return PretrainConfig(
-        **{
-            **_STUDY_DEFAULTS,
-            "output_dir": str(output_dir),
-            "disable_tqdm": False,
-            **fields,
-            "eval_steps": fields.get("max_steps", 600),
-        }
-    )
-
-
 def pretrained_checkpoint(cfg: StudyConfig, data, id2label) -> Path:
     """The checkpoint every run starts from: ``pretrained``, or pretrained here (cached on its settings)."""
     if cfg.pretrained:
@@ -350,11 +305,6 @@ def pretrained_checkpoint(cfg: StudyConfig, data, id2label) -> Path:
         return model, data["train"], {"dev": data["dev"], cfg.report_split: data[cfg.report_split]}, id2label
 
     return pretrain(args, {"model": cfg.model, "data": _data_settings(cfg)}, make)
-
-
-def quiet(trainer):
-    trainer.remove_callback(PrinterCallback)  # parallel runs: one line per finished run instead of every log
-    return trainer
 
 
 def run_key(cfg: StudyConfig, run: Run, start: Path) -> str:

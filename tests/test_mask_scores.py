@@ -1,4 +1,4 @@
-"""Scores of whole masks (hf_reward.masks) and the per-image metrics, against independent references."""
+"""Scores of whole masks (hf_reward.mask_scores) and the per-image metrics, against independent references."""
 
 import itertools
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from hf_reward.masks import boundary_f, object_counts, object_f1, tolerance_pixels, within
+from hf_reward.mask_scores import boundary_f, object_counts, object_f1, tolerance_pixels, within
 from hf_reward.metrics import StreamingMeanIoU
 
 IGNORE = 255
@@ -154,7 +154,7 @@ def test_every_worst_fraction_takes_at_least_one_image():
 def test_object_f1_has_one_definition_for_the_metric_and_the_reward():
     """No object in either mask: 1 for both. With objects: the metric is object_f1 of the counts summed over the
     split, the reward is object_f1 of each image's counts."""
-    from hf_reward.masks import get_mask_reward
+    from hf_reward.mask_scores import get_mask_reward
     from hf_reward.metrics import StreamingMeanIoU
 
     empty = torch.zeros(1, 6, 6, dtype=torch.long)

@@ -25,17 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .metrics import class_key, resampled_scores
+from ..metrics import class_key, resampled_scores
+from .harness import mean_sd
 
 
 def value(scores: dict, split: str, decoder: str, metric: str) -> float:
     return scores[split][decoder][metric]
-
-
-def _mean_sd(values: list[float]) -> str:
-    if len(values) == 1:  # one seed: no spread to report
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def _gain(deltas: list[float], bar: float) -> tuple[str, bool]:
@@ -87,7 +82,7 @@ def _verdict(cfg, groups: dict, picks: dict, alone: float, metric: str, key: tup
     over_control, ok_control = _gain(paired, cfg.bar / 100) if arm != cfg.control else ("—", False)
     return {
         "decoder": decoder,
-        "val": _mean_sd(list(val.values())),
+        "val": mean_sd(list(val.values())),
         "over_start": over_start,
         "over_control": over_control,
         "clears": ok_start and ok_control,
@@ -115,7 +110,7 @@ def metric_table(cfg, start: dict, results: list[dict], metric: str) -> list[str
         row = _verdict(cfg, groups, picks, alone, metric, (arm, horizon, lr))
         verdict = ("yes" if row["clears"] else "no") if is_chosen and arm != cfg.control else ""
         cells = [
-            _mean_sd([value(r["scores"], split, d, metric) for r in runs.values()])
+            mean_sd([value(r["scores"], split, d, metric) for r in runs.values()])
             for split in ("dev", cfg.report_split)
             for d in ("argmax", row["decoder"])
         ]
@@ -210,7 +205,7 @@ def report(cfg, start: dict, results: list[dict], id2label: dict[int, str], out:
 def plot_curves(cfg, groups: dict, picks: dict, start: dict, start_decoder: str, path: Path) -> None:
     """One row per horizon: the first metric on validation during training (raw, when the trainer logs it) and,
     dashed, each arm's decoded end point (mean over seeds, chosen settings); the start's decoder alone dotted."""
-    from .plots import pyplot
+    from ..plots import pyplot
 
     metric = cfg.metrics[0]
     plt = pyplot()
