@@ -43,7 +43,7 @@ the classes that compete for it sit near 0, where fp16 is finest: the rounding i
 margins between classes, not to the logits. The metrics reported are those of the cached logits;
 they differ from the model's float32 scores only at pixels whose margin fp16 cannot resolve.
 Working memory is a few copies of one item's upsampled logits (B, C, H, W) float32; nothing grows
-with the number of images. ``scripts/bench_calibrate.py`` measures time and memory (README,
+with the number of images. ``scripts/bench_calibrate.py`` measures time and memory (docs/benchmarks.md,
 "Calibration: time and memory").
 
 Which split: fit on train (or a held-out dev split) and report on validation. Offsets fitted on

@@ -19,7 +19,7 @@ class RewardSegConfig(TrainingArguments):
     """Configuration of :class:`hf_reward.RewardSegTrainer`.
 
     The defaults are the reward recipe that measured best on the CamVid study's development
-    split (README, "Results"): the local estimator on the dataset-scope mIoU at temperature 0.5,
+    split (docs/results.md): the local estimator on the dataset-scope mIoU at temperature 0.5,
     one sample per image, plus pixel cross-entropy at weight 1, AdamW at a constant 3e-5. On that
     study no reward recipe beat calibrating the starting model (:mod:`hf_reward.calibrate`).
     Other defaults that differ from ``TrainingArguments``:

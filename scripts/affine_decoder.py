@@ -9,7 +9,7 @@ with a held: the scores s_c = a_c p_c (at the labels' size) take the place of th
 :func:`hf_reward.calibrate.fit_offsets`, whose offsets -b are then exact on their grid. Each
 stage can only raise the training metric; the question is dev (where settings are chosen) and,
 for the record, validation. The rule ships as a decoder only if it beats the offsets on dev
-(README, "Metrics that offsets cannot reach").
+(docs/results.md).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ computes on ``--device`` (the logits stay cached on the CPU and each item is mov
    the peak RSS must not grow with the number of images, and the time per image and pass gives the
    cost of a full fit (500 images, C passes per sweep).
 
-Results: README, "Calibration: time and memory".
+Results: docs/benchmarks.md, "Calibration: time and memory".
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Per image: the masks (argmax of the upsampled logits) scored by :class:`Streamin
 nothing but the dataset matrix, then with each extra metric alone (per-image mIoU; boundary F at
 2 px; at 0.75% of the diagonal; objects of the thing classes); the decoders' masks (offsets,
 RankSEG) from the logits; and the fits of the dataset and per-image offsets (one sweep on the
-synthetic split, to convergence on CamVid). Results: README, "Metrics that offsets cannot reach".
+synthetic split, to convergence on CamVid). Results: docs/results.md.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ above what was resident before it (CUDA: ``max_memory_allocated``; CPU: the proc
 resident set, reset before each step through ``/proc/self/clear_refs``, Linux only), next to the
 size of the logits (B, C, 128, 128) in float32, the tensor the loss works on.
 
-Results: README, "Cost of a step".
+Results: docs/benchmarks.md, "Cost of a step".
 """
 
 from __future__ import annotations

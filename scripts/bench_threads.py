@@ -12,7 +12,7 @@ Each case runs in a fresh subprocess, as a user runs it:
 "busy" runs one other process spinning on one core (``python -c "while True: pass"``) for the
 whole case, as on a shared machine or a laptop doing something else. The scripts' default
 (:func:`hf_reward.cli.default_threads`, one thread fewer than the cores) is what the table
-supports; README, "Threads".
+supports; docs/benchmarks.md, "Threads".
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ is the greedy one of 72 other training images (what decay 0.9 holds after ~9 bat
 rows have no common reference with the others; their signal is their own mean, with the noise
 of the mean subtracted (||mean||^2 - trace Cov / draws).
 
-Results: README, "Gradient noise of the estimators".
+Results: docs/estimators.md, "Gradient noise of the estimators".
 """
 
 from __future__ import annotations

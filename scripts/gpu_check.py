@@ -1,4 +1,4 @@
-"""One prepared check of the GPU path: run it whenever a GPU is lent, and put its table in the README.
+"""One prepared check of the GPU path: run it whenever a GPU is lent, and put its table in docs/gpu_check.md.
 
     python scripts/gpu_check.py                 # one GPU; writes runs/gpu_check/gpu_check.md
 

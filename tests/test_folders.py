@@ -112,7 +112,7 @@ def test_an_image_without_its_mask_is_named(tmp_path):
 
 
 def test_a_folder_dataset_without_its_directory_is_one_line(tmp_path):
-    with pytest.raises(UsageError, match="--dataset gta5 needs --data_path: the directory it was unpacked to, got None"):
+    with pytest.raises(UsageError, match="--dataset gta5 needs --data_path: the directory it was unpacked to"):
         load_data(DataArguments(dataset="gta5"), augment=False)
     with pytest.raises(UsageError, match=r"--data_path '.*/nowhere': no such directory$"):
         load_data(DataArguments(dataset="gta5", data_path=str(tmp_path / "nowhere")), augment=False)
