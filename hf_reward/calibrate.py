@@ -33,7 +33,7 @@ confirming sweep. Thresholds beyond the grid fall in its end bins; an offset tha
 grid's edge is warned about (the optimum may lie beyond it).
 
 Cost and memory: one pass over the split per class visited, each upsampling every image again
-(each channel on its own, :func:`~hf_reward.metrics.upsample_logits`, 3 times faster on a CPU than
+(each channel on its own, :func:`~hf_reward.decisions.upsample_logits`, 3 times faster on a CPU than
 all channels at once), on ``device``: the model's GPU makes a pass take seconds.
 The logits are computed once and cached at the model's resolution in fp16 (:class:`LogitCache`,
 in RAM or in two files on disk), with the labels in uint8: upsampled logits would be 16 times
@@ -73,7 +73,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from .metrics import scores_from_confusion, upsample_logits
+from .decisions import upsample_logits
+from .metrics import scores_from_confusion
 from .modeling import eval_mode
 from .rewards import Reward, check_labels, check_reward, class_counts, counted_labels, get_reward
 
@@ -428,27 +429,35 @@ def fit_offsets(
 
 
 @torch.no_grad()
-def fold_offsets(model: PreTrainedModel, calibration: Calibration, split: str) -> None:
-    """Add ``calibration.offsets`` to ``model.decode_head.classifier.bias`` and record it in the config.
+def fold_offsets(
+    model: PreTrainedModel, calibration: Calibration | torch.Tensor, split: str, method: str = ""
+) -> None:
+    """Add the offsets to ``model.decode_head.classifier.bias`` and record them in the config.
 
-    The record, ``model.config.calibration``, lands in ``config.json`` and comes back with
-    ``from_pretrained``: offsets by class name, the ``split`` they were fitted on, the reward, the
-    metric before and after on that split, the sweeps and the grid. Offsets are relative to the
-    bias the model had; folding again adds to it and replaces the record.
+    ``calibration``: a :class:`Calibration` (its offsets, reward, metric before and after, sweeps
+    and grid are recorded), or offsets ``(C,)`` found some other way, which ``method`` names (e.g.
+    the class priors re-estimated by EM). The record, ``model.config.calibration``, lands in
+    ``config.json`` and comes back with ``from_pretrained``: offsets by class name and the ``split``
+    they were fitted on, with the rest. Offsets are relative to the bias the model had; folding
+    again adds to it and replaces the record.
     """
+    offsets = calibration.offsets if isinstance(calibration, Calibration) else calibration
     bias = model.decode_head.classifier.bias
-    if bias.shape != calibration.offsets.shape:
-        raise ValueError(f"the model has {bias.numel()} classes, the offsets {calibration.offsets.numel()}")
-    bias.add_(calibration.offsets.to(bias))
+    if bias.shape != offsets.shape:
+        raise ValueError(f"the model has {bias.numel()} classes, the offsets {offsets.numel()}")
+    bias.add_(offsets.to(bias))
     id2label = model.config.id2label
-    model.config.calibration = {
-        "offsets": {str(id2label[i]): float(b) for i, b in enumerate(calibration.offsets.tolist())},
-        "split": split,
-        "reward": calibration.reward,
-        "scope": "image" if calibration.per_image else "dataset",
-        "metric_before": calibration.metric_before,
-        "metric_after": calibration.metric_after,
-        "sweeps": len(calibration.history),
-        "converged": calibration.converged,
-        "grid": {"step": calibration.step, "max_offset": calibration.max_offset},
-    }
+    record = {"offsets": {str(id2label[i]): float(b) for i, b in enumerate(offsets.tolist())}, "split": split}
+    if isinstance(calibration, Calibration):
+        record |= {
+            "reward": calibration.reward,
+            "scope": "image" if calibration.per_image else "dataset",
+            "metric_before": calibration.metric_before,
+            "metric_after": calibration.metric_after,
+            "sweeps": len(calibration.history),
+            "converged": calibration.converged,
+            "grid": {"step": calibration.step, "max_offset": calibration.max_offset},
+        }
+    else:
+        record["method"] = method
+    model.config.calibration = record

@@ -32,7 +32,8 @@ import torch
 
 from .calibrate import LogitCache, collect_logits, fit_offsets
 from .data.transforms import collate_segmentation
-from .metrics import StreamingMeanIoU, upsample_logits
+from .decisions import decide, upsample_logits
+from .metrics import StreamingMeanIoU
 from .rewards import Reward
 
 DECODERS = ("argmax", "offsets", "image_offsets", "rankseg")
@@ -40,12 +41,12 @@ DECODERS = ("argmax", "offsets", "image_offsets", "rankseg")
 
 def decode(name: str, logits: torch.Tensor, size: tuple[int, int], fitted: dict) -> torch.Tensor:
     """Masks ``(B, H, W)`` of decoder ``name`` from logits ``(B, C, h, w)``, with its ``fitted`` parameters."""
-    scores = upsample_logits(logits.float(), size)
     if name == "argmax":
-        return scores.argmax(1)
+        return decide(logits, size)
     if name in ("offsets", "image_offsets"):
-        return (scores + fitted[name].to(scores).view(1, -1, 1, 1)).argmax(1)
+        return decide(logits, size, fitted[name])
     if name == "rankseg":
+        scores = upsample_logits(logits.float(), size)
         return _rankseg()(scores.softmax(1), metric="IoU", output_mode="multiclass", solver="RMA")
     raise ValueError(f"decoder must be one of {DECODERS}, got {name!r}")
 

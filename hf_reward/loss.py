@@ -197,7 +197,10 @@ class RewardLossOutput:
     of them enter the gradient (see :func:`score_function_weights`).
     sample_confusion: ``(C, C)`` float64, the sampled counts summed over the batch (and processes),
     averaged over K, which :meth:`RewardState.update` adds to its counts. scope_rewards: ``(K,)`` reward
-    of each sample's scope matrix for the batch and dataset scopes, else ``None``.
+    of each sample's scope matrix for the batch and dataset scopes, else ``None``. weight_abs,
+    frac_zero_weight: ``(B,)`` for the local estimator, else ``None``: per image, the mean over valid
+    pixels of sum_c |weight_ic| (the size of the credit each pixel gets), and the share of valid
+    pixels whose weights are all 0 (no switch of theirs changes the reward).
     """
 
     loss: torch.Tensor
@@ -210,6 +213,8 @@ class RewardLossOutput:
     advantages: torch.Tensor | None = None
     carried: torch.Tensor | None = None
     scope_rewards: torch.Tensor | None = None
+    weight_abs: torch.Tensor | None = None
+    frac_zero_weight: torch.Tensor | None = None
 
     @property
     def valid_images(self) -> torch.Tensor:
@@ -358,6 +363,7 @@ def reward_loss(
             greedy = reward_of_masks(s.reward, greedy_masks, samples.labels, num_classes, s.ignore_index)
         entropy = policy.entropy(samples.log_probs.exp(), samples.log_probs, samples.valid)
         advantages = carried = scope_rewards = None
+        diagnostics = {}
         if s.reward_scope == "image":
             objective = (rewards * valid_images).sum(1).mean() / valid_images.sum().clamp(min=1)
             scope, own = None, samples.confusion.sum(1).double()
@@ -371,6 +377,7 @@ def reward_loss(
             )
         else:
             weight = local_weights(samples, s.reward, scope, s.ignore_index)
+            diagnostics = local_diagnostics(weight, samples.valid)
     # REINFORCE weights log p; the local estimator weights p itself.
     surrogate = (weight * (samples.log_probs if s.estimator == "score" else samples.log_probs.exp())).sum()
     return RewardLossOutput(
@@ -384,7 +391,18 @@ def reward_loss(
         advantages=advantages,
         carried=carried,
         scope_rewards=scope_rewards,
+        **diagnostics,
     )
+
+
+def local_diagnostics(weight: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``weight_abs`` and ``frac_zero_weight`` ``(B,)`` of local weights ``(B, C, h, w)`` over ``valid (B, h, w)``."""
+    per_pixel = weight.detach().abs().sum(1)  # (B, h, w)
+    pixels = valid.sum((-2, -1)).clamp(min=1)
+    return {
+        "weight_abs": (per_pixel * valid).sum((-2, -1)) / pixels,
+        "frac_zero_weight": ((per_pixel == 0) & valid).sum((-2, -1)) / pixels,
+    }
 
 
 def reinforce_loss(*args, **kwargs) -> RewardLossOutput:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, collate_segmentation
-from .metrics import upsample_logits
+from .decisions import decide
 from .modeling import eval_mode
 from .rewards import miou_gt, reward_of_masks
 
@@ -106,7 +106,7 @@ def predict_masks(model, examples: Sequence[dict]) -> torch.Tensor:
     device = next(model.parameters()).device
     with eval_mode(model):
         logits = model(pixel_values=batch["pixel_values"].to(device)).logits.float()
-    return upsample_logits(logits, tuple(batch["labels"].shape[-2:])).argmax(1).cpu()
+    return decide(logits, tuple(batch["labels"].shape[-2:])).cpu()
 
 
 def _objective(log_history: Sequence[Mapping]) -> tuple[str, list[tuple[int, float]]]:

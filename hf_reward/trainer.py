@@ -256,6 +256,9 @@ class RewardSegTrainer(Trainer):
             adv = out.advantages[out.carried]
             self._add_metric("frac_zero_advantage", (adv == 0).sum(), out.carried.sum())
             self._add_metric("advantage_std", adv.std(correction=0).nan_to_num(), (out.carried.sum() > 0))
+        if out.weight_abs is not None:
+            self._add_metric("weight_abs", (out.weight_abs * valid).sum(), valid.sum())
+            self._add_metric("frac_zero_weight", (out.frac_zero_weight * valid).sum(), valid.sum())
 
     def _init_training_state(
         self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial

@@ -22,8 +22,9 @@ import torch
 from hf_reward.calibrate import collect_logits, fit_offsets
 from hf_reward.cli import parse_config, run_script
 from hf_reward.data import collate_segmentation
+from hf_reward.decisions import upsample_logits
 from hf_reward.experiments.study import StudyConfig, load_data
-from hf_reward.metrics import StreamingMeanIoU, upsample_logits
+from hf_reward.metrics import StreamingMeanIoU
 from hf_reward.modeling import load_segmentation_model
 
 

@@ -34,8 +34,9 @@ from hf_reward.data.camvid import DEFAULT_ROOT
 from hf_reward.data.camvid import THING_CLASSES as CAMVID_THINGS
 from hf_reward.data.cityscapes import cityscapes_id2label, cityscapes_thing_classes
 from hf_reward.data.synthetic import cityscapes_sized_image
+from hf_reward.decisions import decide
 from hf_reward.decoders import decode
-from hf_reward.metrics import StreamingMeanIoU, upsample_logits
+from hf_reward.metrics import StreamingMeanIoU
 from hf_reward.modeling import load_segmentation_model
 
 METRICS = {
@@ -87,7 +88,7 @@ def run_case(args) -> dict:
     masks, labels_of = [], []
 
     def argmax(logits, labels):
-        masks.append(upsample_logits(logits.float(), tuple(labels.shape[-2:])).argmax(1))
+        masks.append(decide(logits, tuple(labels.shape[-2:])))
         labels_of.append(labels)
 
     out["argmax masks"] = per_image_ms(cache, argmax)

@@ -17,7 +17,8 @@ from hf_reward.calibrate import (
     fit_offsets,
     fold_offsets,
 )
-from hf_reward.metrics import StreamingMeanIoU, upsample_logits
+from hf_reward.decisions import upsample_logits
+from hf_reward.metrics import StreamingMeanIoU
 from hf_reward.rewards import class_counts, cohen_kappa, confusion_matrix, get_reward, mean_accuracy, miou
 
 C = 4

@@ -1,6 +1,7 @@
 """Decoders (hf_reward.decoders): each one's masks, and every decoder's metrics on a split."""
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -40,6 +41,30 @@ def test_offsets_decode_as_the_model_with_the_offsets_folded_in(per_image):
         size = tuple(labels.shape[-2:])
         masks = decode(name, logits, size, {name: fitted.offsets})
         assert (masks == decode("argmax", folded_logits, size, {})).float().mean() > 0.99  # fp16 cache, float sums
+
+
+def test_rankseg_maximises_its_own_objective_found_by_brute_force():
+    """RankSEG decodes probabilities for the expected IoU. On binary images of 8 pixels, independent with
+    probabilities p, a mask's expected IoU is exact by enumerating the 2^8 labelings, and the best of the 2^8
+    masks is the reference. Over 20 images RankSEG's (RMA, no pruning) mask is within 0.5% of it on every one;
+    thresholding at 0.5 loses 13% on average (down to an empty mask when no pixel passes 0.5)."""
+    from rankseg.functional import rankseg
+
+    labelings = torch.tensor(list(itertools.product([0, 1], repeat=8)), dtype=torch.float64)  # (256, 8)
+    ratios, thresholded = [], []
+    for seed in range(20):
+        p = torch.rand(8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 0.8
+        chance = (labelings * p + (1 - labelings) * (1 - p)).prod(1)
+
+        def expected_iou(mask, chance=chance):
+            union = ((labelings + mask) > 0).sum(1)
+            return float((chance * torch.where(union > 0, (labelings * mask).sum(1) / union.clamp(min=1), 1.0)).sum())
+
+        best = max(expected_iou(mask) for mask in labelings)
+        decoded = rankseg(p.float().view(1, 1, 2, 4), metric="IoU", output_mode="multilabel", pruning_prob=0.0)
+        ratios.append(expected_iou(decoded.view(-1).double()) / best)
+        thresholded.append(expected_iou((p > 0.5).double()) / best)
+    assert min(ratios) > 0.995 and sum(thresholded) / 20 < 0.9
 
 
 def test_rankseg_decodes_every_image_to_classes():

@@ -13,7 +13,8 @@ from cityscapesscripts.helpers.labels import id2label as cs_id2label
 from cityscapesscripts.helpers.labels import trainId2label
 
 from hf_reward.data import cityscapes_id2label, cityscapes_label_map, label_lookup
-from hf_reward.metrics import StreamingMeanIoU, scores_from_confusion, upsample_logits
+from hf_reward.decisions import upsample_logits
+from hf_reward.metrics import StreamingMeanIoU, scores_from_confusion
 
 
 def one_hot_logits(pred: np.ndarray, num_classes: int) -> torch.Tensor:

@@ -170,7 +170,8 @@ def test_tune_runs_the_whole_job_against_its_control_and_reuses_the_pretrained_m
     assert not list(out.rglob("*.bin")) or all(p.name == "training_args.bin" for p in out.rglob("*.bin"))
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"start", "reward tuning", "cross-entropy"}
-    assert all(set(r) == {"raw", "calibrated", "calibration"} and r["calibrated"] for r in results.values())
+    assert all(set(r) == {"raw", "calibrated", "calibration", "steps"} and r["calibrated"] for r in results.values())
+    assert {name: r["steps"] for name, r in results.items()} == {"start": None, "reward tuning": 2, "cross-entropy": 2}
     # the saved model is the tuned one, calibrated, and records how it was calibrated and scored
     saved = load_segmentation_model(str(out), TOY_STREETS_ID2LABEL)
     assert (

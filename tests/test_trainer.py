@@ -150,9 +150,41 @@ def test_reward_weight_zero_is_a_plain_surrogate_fine_tune(tmp_path, blobs, surr
     assert [e["loss"] for e in logs] == pytest.approx([e[name] for e in logs], rel=1e-5)
 
 
-def test_loss_is_minus_the_optimised_reward(tmp_path, blobs):
-    logs = train_logs(train(tmp_path, blobs, reward_scope="batch"))
-    assert [e["loss"] for e in logs] == pytest.approx([-e["scope_reward"] for e in logs], rel=1e-5)
+@pytest.mark.parametrize("scope", ["image", "batch"])
+def test_the_trainers_gradient_is_the_reward_losss_on_the_models_logits(tmp_path, blobs, scope):
+    """The trainer's step gradient equals the gradient of hf_reward.reward_loss called directly on the model's
+    logits with the config's settings and the same random draws: the wiring (sampling resolution, temperature,
+    scope, weights) adds nothing and drops nothing."""
+    from hf_reward import reward_loss
+    from hf_reward.data import collate_segmentation
+
+    args = make_config(tmp_path, reward_scope=scope, ce_weight=0.5)
+    model = tiny_segformer()
+    trainer = RewardSegTrainer(model=model, args=args, train_dataset=blobs)
+    batch = collate_segmentation([blobs[i] for i in range(4)])
+    torch.manual_seed(7)
+    trainer.compute_loss(model, batch).backward()
+    through_trainer = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    torch.manual_seed(7)
+    logits = model(pixel_values=batch["pixel_values"]).logits
+    direct = reward_loss(logits, batch["labels"], trainer.loss_settings).loss
+    ce = torch.nn.functional.cross_entropy(
+        torch.nn.functional.interpolate(logits, size=batch["labels"].shape[-2:], mode="bilinear"),
+        batch["labels"],
+        ignore_index=255,
+    )
+    (direct + 0.5 * ce).backward()
+    for got, expected in zip(through_trainer, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_the_local_estimators_diagnostics_are_logged(tmp_path, blobs):
+    """weight_abs is 0 and every pixel's weight is 0 when the reward ignores the prediction; with mIoU neither."""
+    logs = train_logs(train(tmp_path, blobs, reward_scope="image", reward_fn=lambda tp, gt, pd: gt.sum(-1) * 0 + 1))
+    assert all(e["weight_abs"] == 0 and e["frac_zero_weight"] == 1 for e in logs)
+    logs = train_logs(train(tmp_path / "miou", blobs, reward_scope="image"))
+    assert all(e["weight_abs"] > 0 and 0 <= e["frac_zero_weight"] < 1 for e in logs)
 
 
 def test_evaluation_returns_cross_entropy(tmp_path, blobs):

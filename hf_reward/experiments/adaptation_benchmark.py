@@ -46,7 +46,7 @@ from ..adaptation import (
     mean_posteriors,
     pseudo_labels,
 )
-from ..calibrate import collect_logits
+from ..calibrate import collect_logits, fold_offsets
 from ..cli.evaluation import calibrate_model, evaluate
 from ..cli.runs import pretrain, segmentation_trainer, settings_hash
 from ..data import load_camvid
@@ -54,7 +54,7 @@ from ..data.camvid import DEFAULT_ROOT as CAMVID_PATH
 from ..data.camvid import camvid_day_dusk, camvid_frames
 from ..data.in_memory import InMemorySegmentation, materialise_split
 from ..data.transforms import collate_segmentation
-from ..metrics import upsample_logits
+from ..decisions import upsample_logits
 from ..modeling import build_model, eval_mode, load_segmentation_model
 from .harness import STUDY_MODEL, checked_args, doc, file_hash, mean_sd, pretrain_config, quiet, study_args
 
@@ -203,8 +203,7 @@ def run_workflow(cfg: AdaptConfig, workflow: str, seed: int, domains: Domains, s
         source_logits = collect_logits(model, domains.loader(domains.source), progress=False)
         pool = collect_logits(model, domains.loader(domains.pool), progress=False)
         _, offsets = em_priors(pool, mean_posteriors(source_logits))
-        with torch.no_grad():
-            model.decode_head.classifier.bias.add_(offsets)
+        fold_offsets(model, offsets, split="target pool", method="EM re-estimation of the class priors")
         rounds.append(_score(model, domains))
     elif workflow == "calibration":
         picks = torch.randperm(len(domains.pool), generator=generator)[: cfg.budget * cfg.rounds]
