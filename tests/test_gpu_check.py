@@ -23,6 +23,26 @@ def test_a_mixed_precision_step_trains_every_variant_with_a_finite_loss(precisio
     assert all(math.isfinite(float(c.split(" s ")[0].split(" ")[-1])) for c in cells)
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_a_mixed_precision_step_computes_the_fp32_loss_and_gradient(precision):
+    """The check's step under autocast: the same loss as fp32 on the same batch and draws, to bf16/fp16 rounding,
+    and a gradient pointing the same way (cosine > 0.99), for cross-entropy and the default recipe."""
+    from conftest import tiny_segformer
+
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(0, 4, (2, 32, 32), generator=torch.Generator().manual_seed(1))
+    for knobs in (None, bench_step.VARIANTS["local + ce (the recipe)"]):
+        results = []
+        for p in ("fp32", precision):
+            model = tiny_segformer(4)
+            torch.manual_seed(2)
+            loss = bench_step.step(model, pixels, labels, knobs, None, p)
+            results.append((float(loss), torch.cat([q.grad.flatten() for q in model.parameters()])))
+        (loss32, grad32), (loss_mixed, grad_mixed) = results
+        assert loss_mixed == pytest.approx(loss32, rel=0.05)
+        assert torch.nn.functional.cosine_similarity(grad32, grad_mixed, dim=0) > 0.99
+
+
 def test_an_unknown_precision_is_refused():
     with pytest.raises(UsageError, match="--precision must be one of"):
         bench_step.main(["--precision", "fp8"])
