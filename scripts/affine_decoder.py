@@ -23,7 +23,7 @@ from hf_reward.calibrate import collect_logits, fit_offsets
 from hf_reward.cli import parse_config, run_script
 from hf_reward.data import collate_segmentation
 from hf_reward.decisions import upsample_logits
-from hf_reward.experiments.study import StudyConfig, load_data
+from hf_reward.experiments.study import StudyConfig, load_study_data
 from hf_reward.metrics import StreamingMeanIoU
 from hf_reward.modeling import load_segmentation_model
 
@@ -52,7 +52,7 @@ def miou_of(data, shift: torch.Tensor, num_classes: int) -> float:
 def main(argv: list[str] | None = None):
     argv = sys.argv[1:] if argv is None else argv
     args, study = parse_config([AffineArguments, StudyConfig], ["--config", "configs/study_camvid.yaml", *argv])
-    data, id2label = load_data(study)
+    data, id2label = load_study_data(study)
     model = load_segmentation_model(args.checkpoint, id2label)
     c = len(id2label)
 

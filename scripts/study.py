@@ -27,7 +27,7 @@ from hf_reward.cli import UsageError, parse_config, run_script, set_resume_hint
 from hf_reward.cli.arguments import no_such_directory
 from hf_reward.experiments.study import (
     StudyConfig,
-    load_data,
+    load_study_data,
     pretrained_checkpoint,
     run_all,
     score_model,
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None):
 
 def run_stage(cfg: StudyConfig, runs, jobs: int):
     """Pretrain (or read) the start, score it, run every run: ``(start, start's result, results, id2label)``."""
-    data, id2label = load_data(cfg)
+    data, id2label = load_study_data(cfg)
     start = pretrained_checkpoint(cfg, data, id2label)
     start_result = {"scores": score_model(cfg, start, data, id2label), "path": str(scores_path(cfg, start))}
     (cfg.stage_dir / "start.json").write_text(json.dumps(start_result["scores"], indent=1))

@@ -261,7 +261,7 @@ def fold_rows(names: list[str], held_out: str, dev_fraction: float) -> dict[str,
     return {"train": sorted(set(others) - set(dev)), "dev": dev, "heldout": heldout}
 
 
-def load_data(cfg: StudyConfig) -> tuple[dict[str, InMemorySegmentation], dict[int, str]]:
+def load_study_data(cfg: StudyConfig) -> tuple[dict[str, InMemorySegmentation], dict[int, str]]:
     """The splits in memory: ``train`` (flipped), ``train_unflipped`` (decoders fit on it), ``dev``, and the report
     split: ``validation`` (in-sequence) or ``heldout`` (the fold's sequence, from train and validation)."""
     root, size, out = Path(cfg.data_root), tuple(cfg.size), Path(cfg.output_dir)
@@ -314,7 +314,7 @@ def run_key(cfg: StudyConfig, run: Run, start: Path) -> str:
         {
             "training": training_settings(args),
             "calibrate_first": cfg.arms[run.arm].calibrate_first,
-            "calibration_reward": _reward_name(args),
+            "calibration_reward": _reward_settings(args),
             "data": _data_settings(cfg),
             "start": file_hash(start / "model.safetensors"),
         }
@@ -323,7 +323,7 @@ def run_key(cfg: StudyConfig, run: Run, start: Path) -> str:
 
 def score_key(cfg: StudyConfig) -> str:
     """The hash of the scoring settings: splits, decoders, metric settings, the reward offsets are fitted for."""
-    reward = _reward_name(study_args("unused", cfg.tune))
+    reward = _reward_settings(study_args("unused", cfg.tune))
     return settings_hash(
         {
             "data": _data_settings(cfg),
@@ -335,7 +335,7 @@ def score_key(cfg: StudyConfig) -> str:
     )
 
 
-def _reward_name(args: RewardSegConfig) -> dict:
+def _reward_settings(args: RewardSegConfig) -> dict:
     return {"reward": args.reward, "beta": args.reward_beta, "class_weights": args.reward_class_weights}
 
 
@@ -432,7 +432,7 @@ _worker = {}
 
 def _init_worker(cfg: StudyConfig, start: Path, threads: int) -> None:
     torch.set_num_threads(threads)
-    _worker.update(cfg=cfg, start=start, data=load_data(cfg))
+    _worker.update(cfg=cfg, start=start, data=load_study_data(cfg))
 
 
 def _run_in_worker(run: Run) -> dict:

@@ -128,7 +128,7 @@ def _dev_score(groups: dict, picks: dict, metric: str, arm: str, horizon: str) -
     return statistics.mean(value(r["scores"], "dev", decoder, metric) for r in groups[(arm, horizon, lr)].values())
 
 
-def summary_table(cfg, start: dict, results: list[dict]) -> list[str]:
+def verdict_table(cfg, start: dict, results: list[dict]) -> list[str]:
     """One row per metric and horizon: the best decoder alone, the control then its best decoder, and the arm
     (not the control) whose chosen setting has the best decoded dev score, with its verdict."""
     groups = group(results)
@@ -171,7 +171,7 @@ def report(cfg, start: dict, results: list[dict], id2label: dict[int, str], out:
         "",
     ]
     lines += ["Summary: each metric's best decoder alone, the control and the best other arm chosen on dev.", ""]
-    lines += summary_table(cfg, start, results) + [""]
+    lines += verdict_table(cfg, start, results) + [""]
     for metric in cfg.metrics:
         lines += metric_table(cfg, start, results, metric) + [""]
     first = cfg.metrics[0]
