@@ -75,7 +75,7 @@ from transformers import PreTrainedModel
 
 from .decisions import upsample_logits
 from .metrics import scores_from_confusion
-from .modeling import eval_mode
+from .modeling import predict_batches
 from .rewards import Reward, check_labels, check_reward, class_counts, counted_labels, get_reward
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # logits (B, C, h, w), labels (B, H, W)
@@ -161,17 +161,10 @@ def collect_logits(
     logit at model resolution plus 1 per label pixel: 20 MB for CamVid train at 128 x 176, 3.5 GB
     for Cityscapes val at full size); otherwise it goes to files under ``cache_dir``.
     """
-    num_classes = model.config.num_labels
-    cache = LogitCache(num_classes, cache_dir)
-    device = next(model.parameters()).device
-    with eval_mode(model):
-        for batch in tqdm(batches, desc="logits", unit="batch", total=total, disable=not progress):
-            pixels, labels = torch.as_tensor(batch["pixel_values"]), torch.as_tensor(batch["labels"])
-            if pixels.dim() == 3:
-                pixels, labels = pixels[None], labels[None]
-            logits = model(pixel_values=pixels.to(device)).logits
-            for z, y in zip(logits, labels):
-                cache.append(z, y, ignore_index)
+    cache = LogitCache(model.config.num_labels, cache_dir)
+    for logits, labels in predict_batches(model, batches, progress=progress, total=total):
+        for z, y in zip(logits, labels):
+            cache.append(z, y, ignore_index)
     return cache
 
 

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 from transformers import (
     AutoConfig,
     ConvNextConfig,
@@ -244,6 +245,26 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+@torch.no_grad()
+def predict_batches(
+    model: torch.nn.Module, batches, *, desc: str = "logits", progress: bool = True, total: int | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The model over a loader, the one loop every pass shares: ``(logits (B, C, h, w), labels (B, H, W))`` of
+    ``model`` in eval mode on its own device, batch by batch, with a progress bar.
+
+    ``batches`` yields ``{"pixel_values": (B, 3, H', W'), "labels": (B, H, W)}`` (a DataLoader with
+    :func:`hf_reward.data.collate_segmentation`) or single examples without the B axis; the labels come back
+    as they came. ``total``: the batches, for the bar of a stream that does not know its length.
+    """
+    device = next(model.parameters()).device
+    with eval_mode(model):
+        for batch in tqdm(batches, desc=desc, unit="batch", total=total, disable=not progress):
+            pixels, labels = torch.as_tensor(batch["pixel_values"]), torch.as_tensor(batch["labels"])
+            if pixels.dim() == 3:
+                pixels, labels = pixels[None], labels[None]
+            yield model(pixel_values=pixels.to(device)).logits, labels
 
 
 def share_files(directory: str | Path) -> None:

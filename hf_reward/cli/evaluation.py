@@ -13,13 +13,12 @@ from __future__ import annotations
 import math
 
 import torch
-from tqdm.auto import tqdm
 
 from ..calibrate import Calibration, collect_logits, fit_offsets, fold_offsets
 from ..data.transforms import collate_segmentation
 from ..decoders import decode
 from ..metrics import StreamingMeanIoU
-from ..modeling import eval_mode
+from ..modeling import predict_batches
 from ..rewards import Reward, get_reward
 from .arguments import UsageError
 
@@ -46,17 +45,15 @@ def evaluate(
     if decoder not in ("argmax", "rankseg"):
         raise UsageError(f"decoder {decoder!r}: evaluate with 'argmax' or 'rankseg' (offsets: scripts/calibrate.py)")
     metric = StreamingMeanIoU(len(id2label), id2label, ignore_index, reward=reward, **(metric_options or {}))
-    device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_segmentation)
-    with eval_mode(model):
-        for i, batch in enumerate(tqdm(loader, unit="batch", desc=desc, disable=not progress)):
-            logits, labels = model(pixel_values=batch["pixel_values"].to(device)).logits, batch["labels"].to(device)
-            if not logits.isfinite().all():
-                raise UsageError(
-                    f"{desc}: the model's logits are not finite (NaN or inf) on batch {i}: its weights are broken; "
-                    "an argmax of them would score a meaningless number"
-                )
-            metric.update_masks(decode(decoder, logits, tuple(labels.shape[-2:]), {}), labels)
+    for i, (logits, labels) in enumerate(predict_batches(model, loader, desc=desc, progress=progress)):
+        if not logits.isfinite().all():
+            raise UsageError(
+                f"{desc}: the model's logits are not finite (NaN or inf) on batch {i}: its weights are broken; "
+                "an argmax of them would score a meaningless number"
+            )
+        labels = labels.to(logits.device)
+        metric.update_masks(decode(decoder, logits, tuple(labels.shape[-2:]), {}), labels)
     if metric.confusion is None:
         raise UsageError(f"{desc}: the evaluation split yields no image (check --eval_split and the data's source)")
     return metric

@@ -55,7 +55,7 @@ from ..data.camvid import camvid_day_dusk, camvid_frames
 from ..data.in_memory import InMemorySegmentation, materialise_split
 from ..data.transforms import collate_segmentation
 from ..decisions import upsample_logits
-from ..modeling import build_model, eval_mode, load_segmentation_model
+from ..modeling import build_model, load_segmentation_model, predict_batches
 from .harness import STUDY_MODEL, checked_args, doc, file_hash, mean_sd, pretrain_config, quiet, study_args
 
 ACQUISITIONS = ("random", "entropy", "shortfall")
@@ -162,15 +162,9 @@ def source_model(cfg: AdaptConfig, domains: Domains) -> Path:
 @torch.no_grad()
 def pool_logits(model, domains: Domains, rows) -> torch.Tensor:
     """The model's logits ``(N, C, H, W)`` on ``rows``, upsampled to the labels' size."""
-    with eval_mode(model):
-        device = next(model.parameters()).device
-        size = tuple(domains.labels.shape[-2:])
-        return torch.cat(
-            [
-                upsample_logits(model(pixel_values=b["pixel_values"].to(device)).logits, size).cpu()
-                for b in domains.loader(rows)
-            ]
-        )
+    size = tuple(domains.labels.shape[-2:])
+    batches = predict_batches(model, domains.loader(rows), progress=False)
+    return torch.cat([upsample_logits(logits, size).cpu() for logits, _ in batches])
 
 
 def _score(model, domains: Domains) -> float:
