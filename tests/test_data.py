@@ -14,7 +14,6 @@ from conftest import CAMVID, tiny_segformer
 
 from hf_reward.data import (
     TOY_STREETS_ID2LABEL,
-    check_num_labels,
     collate_segmentation,
     eval_transform,
     label_lookup,
@@ -30,6 +29,7 @@ from hf_reward.data import (
 )
 from hf_reward.data.camvid import camvid_day_dusk, camvid_frames
 from hf_reward.data.labels import DataError
+from hf_reward.modeling import check_id2label
 
 
 def png(array: np.ndarray) -> bytes:
@@ -106,7 +106,7 @@ def test_camvid_streams_real_examples_into_a_segformer():
     assert set(batch["labels"].unique().tolist()) <= set(range(11)) | {255}
 
     model = tiny_segformer(id2label=id2label)
-    check_num_labels(model.config, id2label)
+    check_id2label(model.config.id2label, id2label)
     out = model(**batch)
     assert out.logits.shape == (2, 11, 16, 16) and torch.isfinite(out.loss)
 
@@ -282,11 +282,10 @@ def test_missing_column_lists_the_columns_that_exist(tmp_path):
         next(iter(ds))
 
 
-def test_model_num_labels_disagreeing_with_dataset_classes():
-    from transformers import SegformerConfig
-
-    with pytest.raises(ValueError, match=r"num_labels=5 but the dataset has 9 classes \(road, .*sign\)"):
-        check_num_labels(SegformerConfig(num_labels=5), TOY_STREETS_ID2LABEL)
+def test_model_classes_disagreeing_with_dataset_classes():
+    five = {i: TOY_STREETS_ID2LABEL[i] for i in range(5)}
+    with pytest.raises(ValueError, match=r"the model has 5 classes but the dataset has 9: save it with"):
+        check_id2label(five, TOY_STREETS_ID2LABEL)
 
 
 def test_colour_coded_mask_is_refused(tmp_path):

@@ -8,8 +8,9 @@ import torch
 from conftest import BlobsDataset, tiny_segformer
 from transformers import Trainer, TrainingArguments
 
-from hf_reward.data import check_num_labels, collate_segmentation, eval_transform, load_toy_streets, train_transform
+from hf_reward.data import collate_segmentation, eval_transform, load_toy_streets, train_transform
 from hf_reward.metrics import StreamingMeanIoU
+from hf_reward.modeling import check_id2label
 
 
 class CountingMetric(StreamingMeanIoU):
@@ -28,7 +29,7 @@ def test_streaming_train_with_max_steps_and_batch_eval_metrics(tmp_path):
     )
     evaluation, _ = load_toy_streets("validation", num_images=5, size=32, transform=eval_transform())
     model = tiny_segformer(id2label=id2label)
-    check_num_labels(model.config, id2label)
+    check_id2label(model.config.id2label, id2label)
     metric = CountingMetric(len(id2label), id2label)
     args = TrainingArguments(
         output_dir=str(tmp_path),

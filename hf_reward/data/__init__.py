@@ -13,7 +13,7 @@ from .camvid import load_camvid
 from .cityscapes import cityscapes_id2label, cityscapes_label_map, load_cityscapes
 from .folders import load_easyportrait, load_gta5, load_mapillary, mapillary_classes
 from .in_memory import InMemorySegmentation, materialise_split
-from .labels import DataError, check_num_labels, identity_label_map, label_lookup, map_mask
+from .labels import DataError, identity_label_map, label_lookup, map_mask
 from .loading import (
     SegmentationDataset,
     decode_image,
@@ -37,7 +37,6 @@ __all__ = [
     "InMemorySegmentation",
     "materialise_split",
     "DataError",
-    "check_num_labels",
     "identity_label_map",
     "label_lookup",
     "map_mask",

@@ -87,20 +87,3 @@ def _unknown_message(sample: str, values: np.ndarray, table: np.ndarray) -> str:
         f"{sample}: mask values {np.unique(values).tolist()} are neither a class nor ignore "
         f"(the label map covers {known}); fix the data or the label_map"
     )
-
-
-def check_num_labels(model_config, id2label: Mapping[int, str]) -> None:
-    """Raise ``ValueError`` if a model's ``num_labels`` disagrees with the dataset's classes.
-
-    ``model_config`` is a transformers config (``SegformerConfig``, ...) or anything with
-    ``num_labels``.
-
-    >>> from transformers import SegformerConfig
-    >>> check_num_labels(SegformerConfig(num_labels=2), {0: "road", 1: "car"})  # passes silently
-    """
-    if model_config.num_labels != len(id2label):
-        names = ", ".join(str(id2label[i]) for i in sorted(id2label))
-        raise ValueError(
-            f"the model has num_labels={model_config.num_labels} but the dataset has {len(id2label)} classes "
-            f"({names}); build or load the model with num_labels={len(id2label)} and this id2label"
-        )
