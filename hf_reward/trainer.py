@@ -34,6 +34,8 @@ import contextlib
 import copy
 import math
 import os
+import signal
+import threading
 from collections import defaultdict
 from pathlib import Path
 
@@ -288,6 +290,10 @@ class RewardSegTrainer(Trainer):
             set_epoch(epoch)
         return super()._run_epoch(epoch=epoch, train_dataloader=train_dataloader, **kwargs)
 
+    def _save_checkpoint(self, model, trial) -> None:
+        with _interrupts_deferred():  # Ctrl-C while a checkpoint is written stops the run once it is whole
+            super()._save_checkpoint(model, trial)
+
     def _save(self, output_dir: str | None = None, state_dict=None):
         super()._save(output_dir, state_dict)
         if self.args.should_save:  # the process that wrote the files (the model file is written 0600)
@@ -329,6 +335,23 @@ class RewardSegTrainer(Trainer):
                     logs[name] = total / count
             self._metrics.clear()
         super().log(logs, start_time)
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Hold SIGINT (Ctrl-C) inside the block and raise ``KeyboardInterrupt`` after it, so that what the block
+    writes is whole; elsewhere than the main thread (where no handler can be set) the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 def _require_examples(dataset, split: str) -> None:

@@ -279,3 +279,16 @@ def test_a_misspelt_field_or_a_missing_data_root_stops_a_study_before_any_work(s
         assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
         assert re.search(message, run.stderr.strip().splitlines()[-1]), run.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_rerun_resumes_from_the_latest_whole_checkpoint(tmp_path, toy_start, capsys):
+    """A process killed while saving leaves a checkpoint without its trainer state: resuming skips it."""
+    out = tmp_path / "run"
+    tune(out, toy_start, "--max_steps", "2")
+    broken = out / "checkpoint-3"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(b"half written")
+    capsys.readouterr()
+    resumed = tune(out, toy_start, "--max_steps", "3")
+    assert f"Resuming from {out / 'checkpoint-2'}" in capsys.readouterr().out
+    assert resumed.state.global_step == 3 and (out / "checkpoint-3" / "trainer_state.json").is_file()

@@ -216,7 +216,7 @@ def test_a_tiny_fold_study_holds_each_sequence_out_and_pools_the_folds(tmp_path)
         assert len(records["heldout"]["offsets"]["counts"]) == held_out
         assert set(json.loads(scores.read_text())) == {"dev", "heldout", "fitted"}
     text = (out / "results.md").read_text()
-    assert "folds 0006R0 (101 images), 0001TP (62 images)" in text
+    assert text.startswith("Cross-sequence protocol: 0006R0 (101 images), 0001TP (62 images) held out in turn")
     row = next(line for line in text.splitlines() if line.startswith("| local_image |"))
     assert row.count("[") == 6 and row.endswith("| no |")  # Δ over the start and over ce: each fold, pooled
     assert next(line for line in text.splitlines() if line.startswith("| start |")).count("[") == 0

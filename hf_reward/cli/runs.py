@@ -194,8 +194,8 @@ def prepare_output_dir(args: RewardSegConfig, settings: dict) -> str | None:
     ``resume_from_checkpoint``: a path, or ``"true"`` for the latest here.
     """
     out = Path(args.output_dir)
-    checkpoints = sorted(
-        out.glob("checkpoint-*"),
+    checkpoints = sorted(  # whole ones only: a process killed while saving leaves one without its trainer state
+        (p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").is_file()),
         key=lambda p: int(p.name.rsplit("-", 1)[-1]) if p.name.rsplit("-", 1)[-1].isdigit() else -1,
     )
     training = {k: v for k, v in training_settings(args).items() if k != "max_steps"}
