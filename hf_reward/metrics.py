@@ -312,7 +312,7 @@ def resampled_scores(records: Mapping[str, torch.Tensor], weights: torch.Tensor)
         targets, predicted, matched = pooled.unbind(1)
         out["object_recall"] = matched / targets
         out["object_precision"] = matched / predicted
-        scored = weights @ records["counted"].double() > 0  # no counted pixel: NaN, as every metric
+        scored = weights @ _counted(records).double() > 0  # no counted pixel: NaN, as every metric
         out["object_f1"] = torch.where(scored, mask_scores.object_f1(pooled), torch.nan)
     return out
 
@@ -325,3 +325,10 @@ def _lowest_mean(values: torch.Tensor, weights: torch.Tensor, fraction: float) -
     before = w.cumsum(1) - w  # how many lower values each multiset holds before this one
     taken = torch.minimum(w, (k[:, None] - before).clamp(min=0))
     return torch.where(w.sum(1) > 0, (taken * v.nan_to_num(0.0)).sum(1) / k, torch.nan)
+
+
+def _counted(records: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Which images have a counted pixel ``(N,)``: recorded, or (records saved before it was) read off the counts."""
+    if "counted" in records:
+        return records["counted"]
+    return records["counts"][:, 1].sum(1) > 0

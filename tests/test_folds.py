@@ -106,3 +106,15 @@ def test_the_interval_resamples_seeds_too():
     rng = np.random.default_rng(1)
     mean, low, high = paired_interval([same, better], [ref, ref], "image_miou", bootstrap_weights([1], 2000, rng), rng)
     assert mean == pytest.approx(0.375) and (low, high) == (0.0, 0.75)
+
+
+def test_records_saved_before_the_counted_flag_score_the_same():
+    """Studies cached per-image records before ``counted`` was one of them: it is read off the counts then."""
+    labels = torch.tensor([[[0, 1]], [[255, 255]]])
+    _, records = records_of(torch.tensor([[[0, 1]], [[0, 0]]]), labels, 2)
+    older = {k: v for k, v in records.items() if k != "counted"}
+    everything = torch.ones(1, 2)
+    assert (
+        resampled_scores(older, everything)["object_f1"].item()
+        == resampled_scores(records, everything)["object_f1"].item()
+    )
