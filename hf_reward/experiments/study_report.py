@@ -164,7 +164,8 @@ def verdict_table(cfg, start: dict, results: list[dict]) -> list[str]:
 
 
 def report(cfg, start: dict, results: list[dict], id2label: dict[int, str], out: Path, minutes: float) -> str:
-    """``results.md`` (a table per metric, per-class IoU) and ``curves.png`` in ``out``; the text."""
+    """``results.md`` (a table per metric, per-class IoU) and, when the runs were evaluated during training,
+    ``curves.png`` in ``out``; the text."""
     lines = [
         f"Mean ± sd over seeds {cfg.seeds}; Δ in points. This invocation took {minutes:.0f} min (stages cached by "
         "earlier ones not counted).",
@@ -198,7 +199,8 @@ def report(cfg, start: dict, results: list[dict], id2label: dict[int, str], out:
         lines.append(f"| {arm}, {horizon}, {decoder} | " + " | ".join(f"{v:.3f}" for v in ious) + " |")
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
-    plot_curves(cfg, groups, picks, start, start_decoder, out / "curves.png")
+    if any(r["eval_curve"] for r in results):  # runs evaluated only at the end have no curve worth a picture
+        plot_curves(cfg, groups, picks, start, start_decoder, out / "curves.png")
     return text
 
 
