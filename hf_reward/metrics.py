@@ -231,7 +231,7 @@ class StreamingMeanIoU:
             everything = torch.ones(1, len(records["counted"]), dtype=torch.float64)
             out.update({k: float(v[0]) for k, v in resampled_scores(records, everything).items() if k != "mean_iou"})
         if self.per_image and self.reward is not None:
-            tp, gt, pd = records["counts"][records["counts"][:, 1].sum(1) > 0].unbind(1)
+            tp, gt, pd = records["counts"][records["counted"]].unbind(1)
             out["image_reward"] = float(self.reward(tp, gt, pd).mean()) if len(tp) else float("nan")
         return out
 
@@ -292,7 +292,7 @@ def resampled_scores(records: Mapping[str, torch.Tensor], weights: torch.Tensor)
     out = {}
     if "counts" in records:
         tp, gt, pd = records["counts"].double().unbind(1)  # (N, C) each
-        w = weights * (gt.sum(1) > 0)  # images with no counted pixel do not count
+        w = weights * _counted(records)  # images with no counted pixel do not count
         total = w.sum(1)
         out["mean_iou"] = torch.where(total > 0, miou(w @ tp, w @ gt, w @ pd), torch.nan)
         per_image = miou_gt(tp, gt, pd)  # (N,)
