@@ -11,7 +11,7 @@ Protocol (:class:`AdaptConfig` holds every setting):
 3. Workflows, each from the source model, for every seed:
 
    - ``oracle``: fine-tuned by cross-entropy on every pool image's labels, then calibrated on them;
-   - ``em_priors``: the pool's class priors re-estimated by EM (:func:`hf_reward.adapt.em_priors`),
+   - ``em_priors``: the pool's class priors re-estimated by EM (:func:`hf_reward.adaptation.em_priors`),
      folded into the bias; no label;
    - ``calibration``: exact offsets (:func:`hf_reward.calibrate.fit_offsets`) fitted on
      ``budget * rounds`` pool images picked at random and labelled; no training;

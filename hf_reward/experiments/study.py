@@ -15,17 +15,18 @@ Protocol (:class:`StudyConfig` holds every setting; ``scripts/study.py`` parses 
    - Cross-sequence (``folds``: sequences): one fold per sequence, which it holds out (its frames
      of train and validation both, the ``heldout`` split); pretraining, tuning, dev and decoder
      fitting use the other sequences only (:func:`fold_rows`). Each fold lives in
-     ``<output_dir>/fold_<sequence>``; :func:`hf_reward.study_report.fold_report` pools them with
+     ``<output_dir>/fold_<sequence>``; :func:`hf_reward.experiments.study_report.fold_report` pools them with
      paired bootstrap intervals over images and seeds.
 2. Pretraining: a SegFormer from random init, cross-entropy on the other training images
-   (:func:`hf_reward.pipeline.pretrain`), unless ``pretrained`` names another study's checkpoint.
+   (:func:`hf_reward.cli.runs.pretrain`), unless ``pretrained`` names another study's checkpoint.
 3. Runs: every arm x horizon x learning rate x seed starts from that checkpoint. An arm is a set
    of :class:`hf_reward.RewardSegConfig` fields (the cross-entropy and Lovász controls included);
    ``calibrate_first`` tunes from the calibrated start; a horizon sets the steps and schedule.
 4. Scores: each run, and the start, is scored on dev and validation for every metric in
    ``metrics``, by every decoder in ``decoders`` (:mod:`hf_reward.decoders`), each fitted on the
    training images.
-5. Report (:mod:`hf_reward.study_report`): ``results.md`` and ``curves.png``.
+5. Report (:mod:`hf_reward.experiments.study_report`): ``results.md``, and ``curves.png`` for runs
+   evaluated during training.
 
 Caching: every stage is stored under ``output_dir`` with a hash of everything that decides it.
 A run's model is kept under the hash of its training settings (the arm's fields, the horizon,
@@ -95,7 +96,7 @@ class Arm:
 
 @dataclass
 class StudyConfig:
-    """a study: data, model, pretraining, arms, horizons, seeds, metrics and decoders (see hf_reward.study)"""
+    """a study: data, model, pretraining, arms, horizons, seeds, metrics and decoders (see hf_reward.experiments)"""
 
     output_dir: str = field(default="runs/study_camvid", metadata=doc("Where every stage is cached."))
     data_root: str = field(default=CAMVID_PATH, metadata=doc("CamVid's directory."))

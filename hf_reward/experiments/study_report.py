@@ -1,6 +1,6 @@
 """A study's report: selection on dev, paired differences on validation, per-class IoU, curves.
 
-For every metric of the study (:class:`hf_reward.study.StudyConfig` ``metrics``), each run is
+For every metric of the study (:class:`hf_reward.experiments.study.StudyConfig` ``metrics``), each run is
 scored raw (``argmax``) and by every decoder; a setting's decoded score is that of the decoder
 with the best mean dev score over its seeds. For every arm and horizon, the learning rate is the
 one with the best mean decoded dev score ("chosen"); validation is reported for every setting,
@@ -250,8 +250,8 @@ def plot_curves(cfg, groups: dict, picks: dict, start: dict, start_decoder: str,
     plt.close(fig)
 
 
-# The cross-sequence protocol (hf_reward.study, ``folds``): each fold's runs and start judged on its held-out
-# sequence, pooled over folds, with paired bootstrap intervals over images and seeds.
+# The cross-sequence protocol (the study's ``folds``): each fold's runs and start judged on its held-out sequence,
+# pooled over folds, with paired bootstrap intervals over images and seeds.
 
 
 def bootstrap_weights(sizes: list[int], samples: int, rng: np.random.Generator) -> torch.Tensor:
@@ -294,7 +294,7 @@ def fold_report(cfg, per_fold: dict[str, tuple[dict, list[dict]]], out: Path, mi
     """The cross-sequence report, ``results.md`` in ``out``; the text.
 
     ``per_fold``: held-out sequence -> (the start's result, the runs' results), as
-    :func:`hf_reward.study.run_all` returns them (``scores`` and the scores file's ``path``). On each
+    :func:`hf_reward.experiments.study.run_all` returns them (``scores`` and the scores file's ``path``). On each
     fold the start is decoded by its dev-best decoder, and every arm by its dev-best learning rate
     and decoder. Every Δ is on the held-out frames, per fold and pooled over the folds' frames, with
     a 95% paired bootstrap interval (:func:`paired_interval`). An arm clears the bar when its
@@ -367,7 +367,7 @@ def fold_report(cfg, per_fold: dict[str, tuple[dict, list[dict]]], out: Path, mi
     return text
 
 
-HELDOUT = "heldout"  # a fold's report split (hf_reward.study.StudyConfig.report_split)
+HELDOUT = "heldout"  # a fold's report split (hf_reward.experiments.study.StudyConfig.report_split)
 
 
 def _candidates(cfg, per_fold: dict, records, metric: str, horizon: str) -> dict[str, dict[str, dict]]:
