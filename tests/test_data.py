@@ -350,3 +350,34 @@ def test_camvid_day_dusk_parts_split_the_training_frames_by_sequence_and_block()
     assert len(pool) == 32
     with pytest.raises(DataError, match=r"no frames \['0001TP_999999.png'\]"):
         load_camvid("train", root=CAMVID, frames=["0001TP_999999.png"])
+
+
+def test_a_dev_split_held_out_of_training_is_the_same_rows_streamed_or_not_and_training_never_sees_them():
+    from hf_reward.cli import DataArguments
+    from hf_reward.cli.data import load_data
+    from hf_reward.data import Holdout, load_toy_streets
+
+    def digests(ds):
+        return [hash(x["pixel_values"].numpy().tobytes()) for x in ds]
+
+    held = Holdout(0.25, seed=3, block=4)
+    streamed, _ = load_toy_streets("train", num_images=48, size=16, holdout=held)
+    indexed, _ = load_toy_streets("train", num_images=48, size=16, holdout=held, streaming=False)
+    everything, _ = load_toy_streets("train", num_images=48, size=16, streaming=False)
+    rows = [row for row in range(48) if held.keeps(row)]
+    assert len(rows) == 12 and digests(streamed) == digests(indexed) == [digests(everything)[r] for r in rows]
+
+    # load_data: training (shuffled, augmented, every epoch) and dev are disjoint and together the whole split
+    data = DataArguments(
+        toy_train_images=64, toy_size=16, crop_size=[16, 16], scale_range=[1.0, 1.0], shuffle_buffer=8
+    )
+    splits = load_data(data, roles=("train", "dev", "eval"), dev_fraction=0.25, seed=1)
+    plain = load_data(data, roles=("train", "dev"), dev_fraction=0.25, seed=1, augment=False)
+    dev, train = set(digests(splits.dev)), set(digests(plain.train))
+    assert len(dev) == 16 and len(train) == 48 and not dev & train  # one block of 16 in every 64 rows
+    assert dev | train == set(digests(load_toy_streets("train", num_images=64, size=16, seed=0)[0]))
+    for epoch in (0, 1):
+        splits.train.set_epoch(epoch)
+        assert sum(1 for _ in splits.train) == 48
+    named = load_data(data, roles=("dev",), dev_split="validation")
+    assert sum(1 for _ in named.dev) == data.toy_eval_images

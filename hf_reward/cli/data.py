@@ -20,7 +20,7 @@ from pathlib import Path
 import datasets
 import torch
 
-from ..data import eval_transform, load_camvid, load_cityscapes, load_segmentation_dataset, load_toy_streets
+from ..data import Holdout, eval_transform, load_camvid, load_cityscapes, load_segmentation_dataset, load_toy_streets
 from ..data import train_transform as make_train_transform
 from ..data.camvid import DEFAULT_ROOT as CAMVID_PATH
 from ..data.camvid import THING_CLASSES as CAMVID_THINGS
@@ -38,10 +38,11 @@ class Splits:
     train: torch.utils.data.Dataset | torch.utils.data.IterableDataset | None
     eval: torch.utils.data.Dataset | torch.utils.data.IterableDataset | None
     id2label: dict[int, str]
+    dev: torch.utils.data.Dataset | torch.utils.data.IterableDataset | None = None
 
 
 def _toy_streets(d: DataArguments, split: str, role: str, pipeline: dict):
-    images = d.toy_train_images if role == "train" else d.toy_eval_images
+    images = d.toy_eval_images if role == "eval" else d.toy_train_images  # dev: held out of train
     return load_toy_streets(split, num_images=images, size=d.toy_size, seed=d.toy_seed, **pipeline)
 
 
@@ -167,6 +168,8 @@ def load_data(
     id2label: dict[int, str] | None = None,
     augment: bool = True,
     roles: tuple[str, ...] = ("train", "eval"),
+    dev_fraction: float | None = None,
+    dev_split: str | None = None,
 ) -> Splits:
     """A shuffled, augmented training stream and a deterministic evaluation stream, and the classes.
 
@@ -174,8 +177,11 @@ def load_data(
     class indices) when ``--class_names`` does not give them; those bring their own.
     ``augment=False`` streams the training split like the evaluation one (full size, no shuffle),
     for calibration. ``roles``: the splits to load (``("eval",)``: the evaluation split alone,
-    ``train`` is then ``None``). Trainer gives each process its part of the training stream
-    (accelerate's batch dispatch), so every process loads the whole stream.
+    ``train`` is then ``None``; ``"dev"``: a development split, streamed like the evaluation one).
+    The dev split is ``dev_split`` when given, else ``dev_fraction`` of the training split in seeded
+    blocks of consecutive images (:class:`hf_reward.data.Holdout`), which the training split then
+    leaves out. Trainer gives each process its part of the training stream (accelerate's batch
+    dispatch), so every process loads the whole stream.
     """
     d = data_args
     check_data_source(d)
@@ -190,8 +196,15 @@ def load_data(
     splits = {
         "train": (d.train_split, train_pipeline if augment else eval_pipeline),
         "eval": (d.eval_split, eval_pipeline),
+        "dev": (dev_split or d.train_split, eval_pipeline),
     }
-    loaded = {"train": (None, None), "eval": (None, None)}
+    if dev_fraction is not None and not dev_split:
+        held = dict(fraction=dev_fraction, seed=seed)
+        splits["train"] = (d.train_split, {**splits["train"][1], "holdout": Holdout(**held, part="rest")})
+        splits["dev"] = (d.train_split, {**eval_pipeline, "holdout": Holdout(**held)})
+    elif "dev" in roles and not dev_split:
+        raise ValueError("a dev role needs dev_fraction or dev_split")
+    loaded = {"train": (None, None), "eval": (None, None), "dev": (None, None)}
     for role in roles:
         split, pipeline = splits[role]
         pipeline = {**pipeline, "ignore_index": ignore_index}
@@ -204,10 +217,10 @@ def load_data(
                 raise UsageError(f"--dataset {d.dataset}, split {split!r}: {str(err).splitlines()[0]}") from err
         else:
             loaded[role] = _any_dataset(d, split, id2label, {**pipeline, "seed": seed})
-    (train, train_classes), (val, eval_classes) = loaded["train"], loaded["eval"]
+    (train, train_classes), (val, eval_classes), (dev, dev_classes) = loaded["train"], loaded["eval"], loaded["dev"]
     if val is not None and d.max_eval_samples is not None:
         val = val.take(d.max_eval_samples)
-    return Splits(train, val, train_classes or eval_classes)
+    return Splits(train, val, train_classes or eval_classes or dev_classes, dev)
 
 
 def check_data_source(d: DataArguments) -> None:

@@ -15,6 +15,7 @@ from .folders import load_easyportrait, load_gta5, load_mapillary, mapillary_cla
 from .in_memory import InMemorySegmentation, materialise_split
 from .labels import DataError, identity_label_map, label_lookup, map_mask
 from .loading import (
+    Holdout,
     SegmentationDataset,
     decode_image,
     decode_mask,
@@ -27,6 +28,7 @@ from .transforms import EvalTransform, TrainTransform, collate_segmentation, eva
 
 __all__ = [
     "load_camvid",
+    "Holdout",
     "cityscapes_id2label",
     "cityscapes_label_map",
     "load_cityscapes",

@@ -39,7 +39,9 @@ Example::
 from __future__ import annotations
 
 import io
+import random
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import datasets
 import numpy as np
@@ -72,6 +74,7 @@ def load_segmentation_dataset(
     transform: Transform | None = None,
     shuffle_buffer: int | None = None,
     seed: int = 0,
+    holdout: Holdout | None = None,
 ) -> datasets.IterableDataset | SegmentationDataset:
     """Load one split of an image + mask dataset, ready for a SegFormer.
 
@@ -91,6 +94,7 @@ def load_segmentation_dataset(
             e.g. :func:`train_transform`; default :func:`eval_transform` (full resolution).
         shuffle_buffer: if set, shuffle with ``seed``: a buffer of this many rows when
             streaming (Trainer's ``set_epoch`` reshuffles it every pass), the rows once otherwise.
+        holdout: only the rows it keeps (:class:`Holdout`: a development split, or the rest).
 
     Returns:
         A dataset of ``{"pixel_values": (3, H, W) float32, "labels": (H, W) int64}``, transformed
@@ -116,6 +120,7 @@ def load_segmentation_dataset(
         shuffle_buffer=shuffle_buffer,
         seed=seed,
         split=split,
+        holdout=holdout,
     )
 
 
@@ -131,8 +136,12 @@ def prepare_segmentation_dataset(
     shuffle_buffer: int | None = None,
     seed: int = 0,
     split: str | None = None,
+    holdout: Holdout | None = None,
 ) -> datasets.IterableDataset | SegmentationDataset:
     """The pipeline of :func:`load_segmentation_dataset`, applied to a dataset already loaded.
+
+    ``holdout``: only the rows it keeps (a development split held out of a training split, or the rest),
+    chosen by their stored position, before any shuffle.
 
     Columns may hold ``datasets.Image`` values, PIL images, arrays or ``{"bytes", "path"}``.
 
@@ -169,6 +178,15 @@ def prepare_segmentation_dataset(
             )
         return transform(image, map_mask(mask, table, name), key)
 
+    if holdout is not None:
+        if isinstance(raw, datasets.IterableDataset):
+            # One stream in stored order: a shuffle reorders a stream's shards and numbers each shard's rows
+            # from 0, so a filter by index would pick other rows every epoch.
+            raw = datasets.IterableDataset.from_generator(
+                _held_rows, gen_kwargs={"raw": raw, "holdout": holdout}, features=raw.features
+            )
+        else:
+            raw = raw.select([row for row in range(len(raw)) if holdout.keeps(row)])
     if isinstance(raw, datasets.IterableDataset):
         if shuffle_buffer:
             raw = raw.shuffle(seed=seed, buffer_size=shuffle_buffer)
@@ -183,6 +201,46 @@ def prepare_segmentation_dataset(
     if shuffle_buffer:
         raw = raw.shuffle(seed=seed)
     return SegmentationDataset(raw, process)
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """A share of a split's rows, in blocks of ``block`` consecutive stored rows: a development split held out of a
+    training split (``part="held_out"``) or what training keeps (``part="rest"``).
+
+    Blocks, not single rows: in a video dataset neighbouring frames are near-duplicates, and a dev
+    frame beside a training frame would measure memory, not generalisation. One block in every
+    ``round(block / fraction)`` rows is held out, at an offset ``seed`` draws, so the share is
+    ``fraction`` on a stream of unknown length, the two parts are complementary, and both are the
+    same on every process and every run.
+
+    >>> dev, rest = Holdout(0.25, seed=1, block=4), Holdout(0.25, seed=1, block=4, part="rest")
+    >>> held = [row for row in range(400) if dev.keeps(row)]
+    >>> len(held), any(rest.keeps(row) for row in held), len(held) + sum(map(rest.keeps, range(400)))
+    (100, False, 400)
+    """
+
+    fraction: float
+    seed: int = 0
+    block: int = 16
+    part: str = "held_out"
+
+    def __post_init__(self):
+        if not 0 < self.fraction < 1:
+            raise ValueError(f"holdout fraction must lie in (0, 1), got {self.fraction}")
+        if self.block < 1:
+            raise ValueError(f"holdout block must be at least 1 row, got {self.block}")
+        if self.part not in ("held_out", "rest"):
+            raise ValueError(f"holdout part must be 'held_out' or 'rest', got {self.part!r}")
+
+    def keeps(self, row: int) -> bool:
+        period = max(self.block + 1, round(self.block / self.fraction))
+        offset = random.Random(self.seed).randrange(period)
+        return ((row + offset) % period < self.block) == (self.part == "held_out")
+
+
+def _held_rows(raw: datasets.IterableDataset, holdout: Holdout):
+    yield from (example for row, example in enumerate(raw) if holdout.keeps(row))
 
 
 class EpochDataset(torch.utils.data.Dataset):
