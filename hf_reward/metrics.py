@@ -292,7 +292,7 @@ def resampled_scores(records: Mapping[str, torch.Tensor], weights: torch.Tensor)
     out = {}
     if "counts" in records:
         tp, gt, pd = records["counts"].double().unbind(1)  # (N, C) each
-        w = weights * _counted(records)  # images with no counted pixel do not count
+        w = weights * counted_images(records)  # images with no counted pixel do not count
         total = w.sum(1)
         out["mean_iou"] = torch.where(total > 0, miou(w @ tp, w @ gt, w @ pd), torch.nan)
         per_image = miou_gt(tp, gt, pd)  # (N,)
@@ -312,7 +312,7 @@ def resampled_scores(records: Mapping[str, torch.Tensor], weights: torch.Tensor)
         targets, predicted, matched = pooled.unbind(1)
         out["object_recall"] = matched / targets
         out["object_precision"] = matched / predicted
-        scored = weights @ _counted(records).double() > 0  # no counted pixel: NaN, as every metric
+        scored = weights @ counted_images(records).double() > 0  # no counted pixel: NaN, as every metric
         out["object_f1"] = torch.where(scored, mask_scores.object_f1(pooled), torch.nan)
     return out
 
@@ -327,7 +327,7 @@ def _lowest_mean(values: torch.Tensor, weights: torch.Tensor, fraction: float) -
     return torch.where(w.sum(1) > 0, (taken * v.nan_to_num(0.0)).sum(1) / k, torch.nan)
 
 
-def _counted(records: Mapping[str, torch.Tensor]) -> torch.Tensor:
+def counted_images(records: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Which images have a counted pixel ``(N,)``: recorded, or (records saved before it was) read off the counts."""
     if "counted" in records:
         return records["counted"]

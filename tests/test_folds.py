@@ -8,8 +8,8 @@ from conftest import CAMVID
 from hf_reward.data.camvid import camvid_frames
 from hf_reward.data.labels import DataError
 from hf_reward.experiments.study import StudyConfig, fold_rows, sequence_of
-from hf_reward.experiments.study_report import bootstrap_weights, paired_interval
 from hf_reward.metrics import StreamingMeanIoU, resampled_scores
+from hf_reward.selection import bootstrap_weights, paired_interval
 
 
 @pytest.mark.parametrize("held_out", ["0016E5", "0006R0", "0001TP"])

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..metrics import class_key, resampled_scores
+from ..selection import bootstrap_weights, paired_interval
 from .harness import mean_sd
 
 
@@ -252,38 +253,6 @@ def plot_curves(cfg, groups: dict, picks: dict, start: dict, start_decoder: str,
 
 # The cross-sequence protocol (the study's ``folds``): each fold's runs and start judged on its held-out sequence,
 # pooled over folds, with paired bootstrap intervals over images and seeds.
-
-
-def bootstrap_weights(sizes: list[int], samples: int, rng: np.random.Generator) -> torch.Tensor:
-    """``(samples, sum(sizes))`` counts of a bootstrap over images stratified by fold: each fold's ``n`` images
-    resampled ``n`` times with replacement, the folds side by side."""
-    return torch.from_numpy(
-        np.concatenate([rng.multinomial(n, np.full(n, 1.0 / n), size=samples) for n in sizes], axis=1)
-    ).double()
-
-
-def paired_interval(
-    model: list[dict], reference: list[dict], metric: str, weights: torch.Tensor, rng: np.random.Generator
-) -> tuple[float, float, float]:
-    """Mean and 95% percentile interval of ``metric(model) - metric(reference)``, paired by image and by seed.
-
-    ``model`` and ``reference``: per seed, per-image records (:meth:`StreamingMeanIoU.image_records`) of the
-    same images (a reference with one model repeats it for every seed). ``weights (R, N)``: the image
-    resamples (:func:`bootstrap_weights`); each resample also draws the seeds with replacement.
-    """
-    everything = torch.ones(1, weights.shape[1], dtype=torch.float64)
-
-    def gaps(w):  # (S, R): each seed's difference on each resample
-        return torch.stack(
-            [resampled_scores(m, w)[metric] - resampled_scores(r, w)[metric] for m, r in zip(model, reference)]
-        )
-
-    point = float(gaps(everything).mean())
-    per_seed = gaps(weights)
-    seeds = torch.from_numpy(rng.integers(0, len(model), size=(weights.shape[0], len(model))))
-    boot = per_seed[seeds, torch.arange(weights.shape[0])[:, None]].mean(1)
-    low, high = np.nanquantile(boot.numpy(), [0.025, 0.975])
-    return point, float(low), float(high)
 
 
 def _concat(records: list[dict]) -> dict:
