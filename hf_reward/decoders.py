@@ -11,8 +11,7 @@ have parameters fit them on a training split's logits first:
 - ``image_offsets``: the same form, with the offsets that maximise the mean over images of
   each image's mIoU^I (``miou_gt``, ``fit_offsets(..., per_image=True)``);
 - ``rankseg``: RankSEG (Dai & Li 2023, JMLR; Wang & Dai 2025, the RMA solver), which decodes
-  each image's probabilities for its own expected IoU, no fitting (the ``rankseg`` extra:
-  ``pip install 'hf-reward[rankseg]'``).
+  each image's probabilities for its own expected IoU, no fitting (the ``rankseg`` package).
 
 :func:`score_decoders` runs the model once per split (logits cached in fp16,
 :class:`~hf_reward.calibrate.LogitCache`) and scores every decoder's masks with
@@ -29,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from .calibrate import LogitCache, collect_logits, fit_offsets
 from .data.transforms import collate_segmentation
@@ -37,6 +37,8 @@ from .metrics import StreamingMeanIoU
 from .rewards import Reward
 
 DECODERS = ("argmax", "offsets", "image_offsets", "rankseg")
+# The config.json key of the decoder a model was shipped with (record_decoder): offsets are folded into its bias.
+DECODER_KEY = "hf_reward_decoder"
 
 
 def decode(name: str, logits: torch.Tensor, size: tuple[int, int], fitted: dict) -> torch.Tensor:
@@ -47,20 +49,58 @@ def decode(name: str, logits: torch.Tensor, size: tuple[int, int], fitted: dict)
         return decide(logits, size, fitted[name])
     if name == "rankseg":
         scores = upsample_logits(logits.float(), size)
-        return _rankseg()(scores.softmax(1), metric="IoU", output_mode="multiclass", solver="RMA")
+        from rankseg.functional import rankseg  # imported when used: most runs never decode with it
+
+        return rankseg(scores.softmax(1), metric="IoU", output_mode="multiclass", solver="RMA")
     raise ValueError(f"decoder must be one of {DECODERS}, got {name!r}")
 
 
-def _rankseg():
+def record_decoder(model, name: str) -> None:
+    """Record in ``model.config`` (so in ``config.json``) the decoder its masks need: ``"argmax"``, ``"offsets"`` or
+    ``"image_offsets"`` (already folded into the classifier bias: :func:`hf_reward.calibrate.fold_offsets`), or
+    ``"rankseg"``. :func:`segment` reads it."""
+    if name not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {name!r}")
+    setattr(model.config, DECODER_KEY, name)
+
+
+def recorded_decoder(config) -> str:
+    """How a model's logits become masks, as :func:`record_decoder` left it: ``"argmax"`` (offsets, when there are
+    any, are in the bias) or ``"rankseg"``. A model without a record decodes by the argmax."""
+    return "rankseg" if getattr(config, DECODER_KEY, "argmax") == "rankseg" else "argmax"
+
+
+@torch.no_grad()
+def segment(model, pixel_values: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Masks ``(B, H, W)`` of ``model`` for ``pixel_values (B, 3, H, W)``, decoded as its config records.
+
+    ``size``: the masks' size (default the images'; SegFormer predicts at a quarter of it and the
+    logits are resized bilinearly). A model hf-reward shipped decodes as it was chosen to on its
+    dev split (:func:`record_decoder`); any other by the argmax.
+
+    Example::
+
+        >>> from transformers import SegformerConfig, SegformerForSemanticSegmentation
+        >>> model = SegformerForSemanticSegmentation(SegformerConfig(num_labels=3, hidden_sizes=[8, 8, 8, 8],
+        ...     decoder_hidden_size=8, depths=[1, 1, 1, 1])).eval()
+        >>> segment(model, torch.rand(2, 3, 32, 48)).shape
+        torch.Size([2, 32, 48])
+    """
+    was_training = model.training
+    model.eval()
     try:
-        from rankseg.functional import rankseg
-    except ImportError as err:
-        raise ImportError("decoder 'rankseg' needs the rankseg package: pip install 'hf-reward[rankseg]'") from err
-    return rankseg
+        logits = model(pixel_values=pixel_values.to(next(model.parameters()).device)).logits
+    finally:
+        model.train(was_training)
+    return decode(recorded_decoder(model.config), logits, tuple(size or pixel_values.shape[-2:]), {})
 
 
 def fit_decoders(
-    cache: LogitCache, decoders: Sequence[str], reward: Reward, device: str | torch.device = "cpu"
+    cache: LogitCache,
+    decoders: Sequence[str],
+    reward: Reward,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
 ) -> dict:
     """The parameters of each decoder in ``decoders`` that has some, fitted on ``cache`` (computed on ``device``)."""
     unknown = [d for d in decoders if d not in DECODERS]
@@ -68,17 +108,16 @@ def fit_decoders(
         raise ValueError(f"decoders must come from {DECODERS}, got {unknown}")
     fitted = {}
     if "offsets" in decoders:
-        fitted["offsets"] = fit_offsets(cache, reward, device=device, progress=False).offsets
+        fitted["offsets"] = fit_offsets(cache, reward, device=device, progress=progress).offsets
     if "image_offsets" in decoders:
-        fitted["image_offsets"] = fit_offsets(cache, "miou_gt", per_image=True, device=device, progress=False).offsets
-    if "rankseg" in decoders:
-        _rankseg()  # missing: fail before any scoring
+        fit = fit_offsets(cache, "miou_gt", per_image=True, device=device, progress=progress)
+        fitted["image_offsets"] = fit.offsets
     return fitted
 
 
-def _cache(model, dataset, batch_size: int) -> LogitCache:
+def _cache(model, dataset, batch_size: int, progress: bool) -> LogitCache:
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_segmentation)
-    return collect_logits(model, loader, progress=False)
+    return collect_logits(model, loader, progress=progress)
 
 
 @torch.no_grad()
@@ -93,6 +132,7 @@ def score_decoders(
     batch_size: int = 16,
     ignore_index: int = 255,
     image_records: bool = False,
+    progress: bool = False,
     **metric_options,
 ) -> dict:
     """``{split: {decoder: metrics}, "fitted": {decoder: parameters}}`` for ``model`` on each of ``splits``.
@@ -101,11 +141,11 @@ def score_decoders(
     :class:`~hf_reward.metrics.StreamingMeanIoU` with ``metric_options`` (``per_image``,
     ``boundary_tolerances``, ``thing_classes``). ``image_records``: also ``"images": {split:
     {decoder: records}}``, each metric's per-image records (:meth:`StreamingMeanIoU.image_records`),
-    for a bootstrap over images.
+    for a bootstrap over images. ``progress``: bars over the model's passes, the fits and the decoding.
     """
     device = next(model.parameters()).device
     fitted = (
-        fit_decoders(_cache(model, fit_split, batch_size), decoders, reward, device)
+        fit_decoders(_cache(model, fit_split, batch_size, progress), decoders, reward, device, progress)
         if set(decoders) - {"argmax"}
         else {}
     )
@@ -115,7 +155,8 @@ def score_decoders(
             d: StreamingMeanIoU(len(id2label), id2label, ignore_index, reward=reward, **metric_options)
             for d in decoders
         }
-        for logits, labels in _cache(model, dataset, batch_size):
+        cache = _cache(model, dataset, batch_size, progress)
+        for logits, labels in tqdm(cache, desc=f"decode {split}", unit="batch", disable=not progress):
             labels = torch.where(labels == len(id2label), ignore_index, labels.long())  # the cache's void is C
             for name, metric in metrics.items():
                 metric.update_masks(decode(name, logits, tuple(labels.shape[-2:]), fitted), labels)

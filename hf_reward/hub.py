@@ -1,74 +1,61 @@
-"""Results tables, the model card, and pushing a tuned model to the Hub through Trainer.
+"""Results tables, the model card of a shipped model, and pushing it to the Hub through Trainer.
 
-Scores are :class:`ModelScores` by model name (or plain metric dicts, keys as
-:meth:`hf_reward.metrics.StreamingMeanIoU.compute` names them).
+Scores are metric dicts, keys as :meth:`hf_reward.metrics.StreamingMeanIoU.compute` names them.
 
 Example::
 
-    >>> tuned = ModelScores({"mean_iou": 0.6}, {"mean_iou": 0.7}, steps=200)
-    >>> scores = {"start": ModelScores({"mean_iou": 0.5}), "tuned": tuned}
-    >>> print(summary_table(scores))
-    | model | mIoU (%) | calibrated |
-    |---|---:|---:|
-    | start | 50.0 | — |
-    | tuned, 200 steps | 60.0 | 70.0 |
+    >>> print(per_class_table({"start": {"mean_iou": 0.5, "iou_car": 0.5}}, {0: "car"}))
+    | class | start |
+    |---|---:|
+    | **mIoU** | 50.0 |
+    | car | 50.0 |
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from .calibrate import Calibration
 from .config import RewardSegConfig
+from .decoders import DECODER_KEY
 from .metrics import class_key
+from .recipes import MetricPlan
+from .selection import Decision
 
 Metrics = Mapping[str, float]
-
-
-@dataclass
-class ModelScores:
-    """One model's metrics (:meth:`StreamingMeanIoU.compute` keys), raw and, once it is calibrated, after."""
-
-    raw: dict[str, float]
-    calibrated: dict[str, float] | None = None
-    calibration: Calibration | None = None
-    steps: int | None = None  # the optimiser steps the model was trained for, as its trainer counted them
-
-    def to_dict(self) -> dict:
-        calibration = None if self.calibration is None else dataclasses.asdict(self.calibration)
-        return {"raw": self.raw, "calibrated": self.calibrated, "calibration": calibration, "steps": self.steps}
 
 
 def _fmt(value: float | None) -> str:
     return "—" if value is None else "n/a" if math.isnan(value) else f"{100 * value:.1f}"
 
 
-def summary_table(scores: Mapping, metric: str = "mean_iou", label: str = "mIoU") -> str:
-    """One row per model (the start, then each tuned model with the steps it trained): ``metric`` raw and
-    calibrated, in %."""
-    lines = [f"| model | {label} (%) | calibrated |", "|---|---:|---:|"]
-    for name, s in scores.items():
-        calibrated = None if s.calibrated is None else s.calibrated.get(metric, math.nan)
-        row = name if s.steps is None else f"{name}, {s.steps} steps"
-        lines.append(f"| {row} | {_fmt(s.raw.get(metric, math.nan))} | {_fmt(calibrated)} |")
+def decision_table(decision: Decision, validation: Mapping[str, Mapping[str, Metrics]], label: str) -> str:
+    """Every candidate (model + decoder) on dev and validation for the decision's metric, in points; each model's
+    dev-best decoder marked, the winner in bold, each model's dev gain over the decoded start with its interval.
+
+    ``validation``: model -> decoder -> metrics (:meth:`StreamingMeanIoU.compute` keys).
+    """
+    lines = [f"| candidate | dev {label} | validation {label} | dev gain over {decision.baseline} (95% interval) |"]
+    lines.append("|---|---:|---:|---|")
+    for model, decoded in decision.dev.items():
+        for decoder, dev in decoded.items():
+            chosen = decoder == decision.decoders[model]
+            name = f"{model} + {decoder}"
+            gain = ""
+            if chosen and model in decision.gains:
+                mean, low, high = decision.gains[model]
+                gain = f"{100 * mean:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
+            if (model, decoder) == decision.winner:
+                name = f"**{name}** (ships)"
+            elif chosen:
+                name += " (dev-best decoder)"
+            score = validation[model][decoder].get(decision.metric, math.nan)
+            lines.append(f"| {name} | {_fmt(dev)} | {_fmt(score)} | {gain} |")
     return "\n".join(lines)
-
-
-def score_columns(scores: Mapping) -> dict[str, Metrics]:
-    """Every model's metrics as table columns: ``name`` raw, then ``name, calibrated`` where it was calibrated."""
-    columns = {}
-    for name, s in scores.items():
-        columns[name] = s.raw
-        if s.calibrated is not None:
-            columns[f"{name}, calibrated"] = s.calibrated
-    return columns
 
 
 def per_class_table(columns: Mapping[str, Metrics], id2label: Mapping[int, str]) -> str:
@@ -113,51 +100,50 @@ def describe_recipe(args: RewardSegConfig) -> str:
     return " plus ".join(parts)
 
 
-def model_card(
+def decision_card(
     *,
     base_model: str,
     dataset: str,
-    args: RewardSegConfig,
-    scores: Mapping,
+    plan: MetricPlan,
+    table: str,
+    decision: Decision,
+    validation: Metrics,
     id2label: Mapping[int, str],
-    calibration: Mapping | None = None,
-    headline: tuple[str, str] = ("mean_iou", "mIoU"),
+    location: str,
+    candidates: str = "",
 ) -> str:
-    """The README.md of a tuned model: base model, dataset, tuning settings, results, calibration.
+    """The README.md of a model ``scripts/tune.py`` shipped: what it is, how to decode it, how it was chosen.
 
-    ``base_model`` is a Hub repo id or a description of where the starting model came from;
-    ``calibration`` the record :func:`hf_reward.calibrate.fold_offsets` left in the model's config.
+    ``validation``: the shipped model's metrics, decoded; ``location``: the repo id or directory it loads from;
+    ``candidates``: what the table's tuned models are.
     """
-    settings = [
-        ("reward", args.reward),
-        ("estimator", args.estimator),
-        ("reward scope", args.reward_scope),
-        ("baseline", args.baseline if args.estimator == "score" else "none (local estimator)"),
-        ("samples per image (K)", args.num_samples),
-        ("sampling resolution", args.sample_resolution),
-        ("temperature", args.temperature),
-        (
-            "learning rate",
-            f"{args.learning_rate:g} ({getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)} schedule)",
-        ),
-        ("steps", args.max_steps),
-        ("batch size per device", args.per_device_train_batch_size),
-        (
-            "loss weights: reward / ce / lovasz / kl",
-            f"{args.reward_weight:g} / {args.ce_weight:g} / {args.lovasz_weight:g} / {args.kl_coef:g}",
-        ),
-        ("seed", args.seed),
-    ]
-    settings_table = "\n".join(["| setting | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in settings])
-    calibrated = f"{_calibration_section(calibration)}\n\n" if calibration else ""
+    model, decoder = decision.winner
+    how = {
+        "argmax": "the argmax of its logits",
+        "offsets": "the argmax of its logits, per-class offsets fitted for the dataset metric folded into its bias",
+        "image_offsets": "the argmax of its logits, per-class offsets fitted for per-image mIoU folded into its bias",
+        "rankseg": "RankSEG (each image decoded for its own expected IoU; the `rankseg` package)",
+    }[decoder]
+    trained = f"**{base_model}**" if model == "start" else f"**{model}** from **{base_model}**"
     return (
-        _metadata(base_model, dataset, ["reward-tuning"]) + f"# SegFormer tuned on {args.reward} with hf-reward\n\n"
-        f"Tuned from **{base_model}** on **{dataset}** with hf-reward: {describe_recipe(args)}.\n\n"
-        f"## Tuning settings\n\n{settings_table}\n\n"
-        f"## Results\n\nValidation {headline[1]} (%), from the same start and on the same data.\n\n"
-        f"{summary_table(scores, *headline)}\n\n"
-        f"Per-class IoU (%):\n\n{per_class_table(score_columns(scores), id2label)}\n\n"
-        f"{calibrated}" + _USE
+        _metadata(base_model, dataset, ["reward-tuning"])
+        + f"# {plan.label}: {model} + {decoder}, chosen with hf-reward\n\n"
+        f"{trained}, on **{dataset}**, decoded by {how}. Chosen for {plan.label} on a dev split held out of "
+        f"training: {decision.reason()}\n\n"
+        "## Decode\n\n"
+        f"`config.json` records the decoder (`{DECODER_KEY}: {decoder}`); `hf_reward.segment` follows it:\n\n"
+        "```python\n"
+        "import torch\n"
+        "from transformers import AutoModelForSemanticSegmentation\n\n"
+        "from hf_reward import segment\n\n"
+        f'model = AutoModelForSemanticSegmentation.from_pretrained("{location}")\n'
+        "pixel_values = torch.rand(1, 3, 256, 256)  # normalised images, as the image processor makes them\n"
+        "masks = segment(model, pixel_values)  # (1, 256, 256) class indices\n"
+        "```\n\n"
+        f"## Candidates\n\n{plan.label} (%):\n\n{table}\n\n"
+        + (f"{candidates}\n\n" if candidates else "")
+        + f"Evidence behind the candidates (hf_reward.recipes): {plan.evidence}\n\n"
+        f"## Shipped model, validation\n\nPer-class IoU (%):\n\n{per_class_table({'shipped': validation}, id2label)}\n"
     )
 
 

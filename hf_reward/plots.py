@@ -9,9 +9,9 @@ streets' own (Cityscapes' colours for the same classes). Other datasets get matp
 
 Example::
 
-    plot_training({"reward tuning": trainer.state.log_history, "cross-entropy": control.state.log_history},
-                  "out/training.png", start=0.52, raw={"start": 0.52, "reward tuning": 0.53, "cross-entropy": 0.53})
-    plot_overlays(examples, {"start": start_masks, "tuned": tuned_masks}, id2label, "out/overlays.png")
+    plot_candidates({"recipe": trainer.state.log_history}, {"start": 0.52, "recipe": 0.53}, decision,
+                    "out/candidates.png", metric="image_miou", label="mIoU^I")
+    plot_overlays(examples, {"start": start_masks, "shipped": shipped_masks}, id2label, "out/overlays.png")
 """
 
 from __future__ import annotations
@@ -110,58 +110,107 @@ def predict_masks(model, examples: Sequence[dict]) -> torch.Tensor:
 
 
 def _objective(log_history: Sequence[Mapping]) -> tuple[str, list[tuple[int, float]]]:
-    """The reward a run optimises, as logged: the batch/dataset-scope reward if there is one."""
-    for key, label in (("scope_reward", "scope reward"), ("reward", "sampled-mask reward")):
+    """What a run optimises, as logged: the batch/dataset-scope reward if there is one, else the sampled masks'
+    reward, else (a surrogate such as cross-entropy or Lovász) its training loss."""
+    for key, label in (("scope_reward", "scope reward"), ("reward", "sampled-mask reward"), ("loss", "training loss")):
         points = [(e["step"], e[key]) for e in log_history if key in e]
         if points:
             return label, points
     return "", []
 
 
-def plot_training(
+# The narrowest span, in points, of an axis of scores: a difference of a fraction of a point must look like one.
+MIN_SPAN = 10.0
+
+
+def readable_limits(values: Iterable[float], span: float = MIN_SPAN) -> tuple[float, float]:
+    """Axis limits around ``values`` at least ``span`` wide, centred on them: ``(low, high)``.
+
+    >>> readable_limits([50.0, 50.25])
+    (45.125, 55.125)
+    """
+    values = [v for v in values if not math.isnan(v)]
+    low, high = min(values), max(values)
+    half = max(span, 1.1 * (high - low)) / 2  # a margin of 5% each side of a wider spread
+    return (low + high) / 2 - half, (low + high) / 2 + half
+
+
+def plot_candidates(
     runs: Mapping[str, Sequence[Mapping]],
+    validation: Mapping[str, Mapping[str, float]],
+    decision,
     path: str | Path,
-    start: float,
-    raw: Mapping[str, float],
-    calibrated: Mapping[str, float] | None = None,
     metric: str = "mean_iou",
+    label: str = "mIoU",
 ) -> Path:
-    """Three panels, each on its own axis so that small differences show.
+    """What a decision rests on: every candidate on validation, and the training runs when models were trained.
 
-    Left: the reward each run optimises against the step (runs that optimise none, such as
-    cross-entropy, are not drawn). Middle: validation ``metric`` (%) of the argmax masks against
-    the step, from the start's. Right: every model at the end, raw (hollow) and calibrated
-    (filled), measured once.
+    Right (alone without training): each model (a column) by each decoder (a marker), on validation;
+    each model's dev-best decoder filled, the shipped candidate ringed, each tuned model's dev gain
+    over the decoded start and its 95% interval written above it. Left and middle (when models were
+    trained): the reward each run optimises against the step, and validation ``metric`` of the argmax
+    masks during training. Score axes span at least :data:`MIN_SPAN` points, so noise does not look
+    like a win.
 
-    ``runs``: name -> ``trainer.state.log_history``. ``start``: the starting model's ``metric``.
-    ``raw`` / ``calibrated``: model name (the start included) -> its final ``metric``.
+    ``runs``: name -> ``trainer.state.log_history``; ``validation``: model -> decoder -> ``metric``;
+    ``decision``: :class:`hf_reward.selection.Decision`.
     """
     plt = pyplot()
-    fig, (ax_reward, ax_curve, ax_end) = plt.subplots(1, 3, figsize=(15, 4), width_ratios=(1, 1, 0.8))
-    colours = {name: plt.get_cmap("tab10")(i) for i, name in enumerate(raw)}
-    for name, history in runs.items():
-        label, points = _objective(history)
-        if points:
-            ax_reward.plot(*zip(*points), color=colours.get(name), label=f"{name}: {label}")
-        evals = [(e["step"], 100 * e[f"eval_{metric}"]) for e in history if f"eval_{metric}" in e and e["step"] > 0]
-        ax_curve.plot(*zip((0, 100 * start), *evals), "o-", color=colours.get(name), markersize=4, label=name)
-    names = list(raw)
-    x = range(len(names))
-    ax_end.scatter(x, [100 * raw[n] for n in names], facecolors="none", edgecolors=[colours[n] for n in names], s=60)
-    if calibrated:
-        ax_end.scatter(x, [100 * calibrated.get(n, math.nan) for n in names], color=[colours[n] for n in names], s=60)
-        for i, n in enumerate(names):
-            if n in calibrated:
-                ax_end.annotate(
-                    "", (i, 100 * calibrated[n]), (i, 100 * raw[n]), arrowprops={"arrowstyle": "->", "color": "grey"}
-                )
-    ax_end.set_xticks(list(x), names, fontsize=8)
+    trained = any(runs.values())
+    fig, axes = plt.subplots(1, 3 if trained else 1, figsize=(15 if trained else 6, 4), squeeze=False)
+    axes = axes[0]
+    colours = {name: plt.get_cmap("tab10")(i) for i, name in enumerate(validation)}
+    if trained:
+        ax_reward, ax_curve = axes[0], axes[1]
+        curve = []
+        for name, history in runs.items():
+            objective, points = _objective(history)
+            if points:
+                ax_reward.plot(*zip(*points), color=colours.get(name), label=f"{name}: {objective}")
+            evals = [(e["step"], 100 * e[f"eval_{metric}"]) for e in history if f"eval_{metric}" in e]
+            if evals and "argmax" in validation.get("start", {}):  # from the start, at step 0
+                evals = [(0, 100 * validation["start"]["argmax"]), *evals]
+            if evals:
+                ax_curve.plot(*zip(*evals), "o-", color=colours.get(name), markersize=4, label=name)
+                curve += [v for _, v in evals]
+        ax_reward.set(xlabel="step", ylabel="reward or loss", title="What each run optimises, as logged")
+        ax_curve.set(xlabel="step", ylabel=f"{label} (%)", title=f"Validation {label} during training (argmax)")
+        if curve:
+            ax_curve.set_ylim(*readable_limits(curve))
+    ax_end = axes[-1]
+    markers = dict(zip(sorted({d for decoded in validation.values() for d in decoded}), "osD^v"))
+    names, everything = list(validation), []
+    for i, name in enumerate(names):
+        for decoder, value in validation[name].items():
+            chosen = decoder == decision.decoders[name]
+            ax_end.scatter(
+                [i],
+                [100 * value],
+                marker=markers[decoder],
+                s=70 if chosen else 40,
+                color=colours[name],
+                facecolors=None if chosen else "none",
+                label=decoder if i == 0 else None,
+            )
+            everything.append(100 * value)
+            if (name, decoder) == decision.winner:
+                ax_end.scatter([i], [100 * value], s=300, facecolors="none", edgecolors="black", linewidths=1.5)
+        if name in decision.gains:
+            mean, low, high = (100 * v for v in decision.gains[name])
+            top = 100 * max(validation[name].values())
+            ax_end.annotate(
+                f"dev {mean:+.2f} [{low:+.2f}, {high:+.2f}]",
+                (i, top),
+                textcoords="offset points",
+                xytext=(0, 12),
+                ha="center",
+                fontsize=7,
+            )
+    ax_end.set_xticks(range(len(names)), names, fontsize=8)
     ax_end.set_xlim(-0.5, len(names) - 0.5)
-    label = {"mean_iou": "mIoU"}.get(metric, metric.replace("_", " "))
-    ax_reward.set(xlabel="step", ylabel="reward", title="Reward being optimised (reward tuning only)")
-    ax_curve.set(xlabel="step", ylabel=f"{label} (%)", title=f"Validation {label} during training (raw)")
-    ax_end.set(ylabel=f"{label} (%)", title="At the end: raw (hollow) -> calibrated (filled)")
-    for ax in (ax_reward, ax_curve, ax_end):
+    ax_end.set_ylim(*readable_limits(everything))
+    ax_end.set(ylabel=f"{label} (%)", title="Validation by decoder (filled: dev-best; ringed: ships)")
+    for ax in axes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
@@ -169,14 +218,6 @@ def plot_training(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
-
-
-CALIBRATION_CAPTION = (
-    "Calibration adds one offset per class to the logits. Rare classes (pole, sign, person) get positive offsets and "
-    "win the uncertain pixels along object edges, so thin bands of them appear where the argmax drew none: each "
-    "band holds true positives of those classes as well as false ones, and the dataset mIoU rises although the "
-    "masks look noisier. The number on each mask is that image's mIoU (over the classes in its ground truth)."
-)
 
 
 def plot_overlays(

@@ -31,7 +31,7 @@ TINY = (
     "--hidden_sizes 8 16 32 64 --decoder_hidden_size 16 --toy_size 32 --crop_size 32 32 --toy_train_images 64 "
     "--toy_eval_images 4 --shuffle_buffer 8 --pretrain_steps 2 --max_steps 2 --per_device_train_batch_size 4 "
     "--per_device_eval_batch_size 4 --eval_steps 1 --logging_steps 1 --save_steps 2 --num_overlays 2 --use_cpu "
-    "--calibration_images 8 --disable_tqdm true --seed 0"
+    "--fit_images 8 --disable_tqdm true --seed 0 --tune true"
 ).split()
 
 
@@ -80,8 +80,22 @@ class BlobsDataset(torch.utils.data.Dataset):
         return {"pixel_values": self.images[i], "labels": self.labels[i]}
 
 
+# The commands of ``hf-reward`` (scripts/<name>.py runs the same main): their modules.
+COMMANDS = {
+    "tune": "hf_reward.cli.tune",
+    "pretrain": "hf_reward.cli.pretrain",
+    "calibrate": "hf_reward.cli.calibrate",
+    "evaluate_model": "hf_reward.cli.evaluate",
+    "study": "hf_reward.experiments.study_command",
+    "adapt": "hf_reward.experiments.adapt_command",
+}
+
+
 def load_script(name: str):
-    """``scripts/<name>.py`` as a module (its dataclasses resolve their annotations through ``sys.modules``)."""
+    """The module behind ``scripts/<name>.py``: a command's (:data:`COMMANDS`), or the script itself as a module (its
+    dataclasses resolve their annotations through ``sys.modules``)."""
+    if name in COMMANDS:
+        return importlib.import_module(COMMANDS[name])
     spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -104,8 +118,8 @@ def drop(argv, *flags):
 
 
 def quick(start, *flags):
-    """TINY from a saved model, without evaluation during training, controls, calibration or plots; ``flags``
-    dropped from TINY (to give them other values)."""
+    """TINY from a saved model, without evaluation during training or plots; ``flags`` dropped from TINY (to give
+    them other values)."""
     return [
         "--model_name_or_path",
         str(start),
@@ -114,10 +128,6 @@ def quick(start, *flags):
         "no",
         "--num_overlays",
         "0",
-        "--control",
-        "false",
-        "--calibrate",
-        "false",
     ]
 
 

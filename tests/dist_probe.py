@@ -1,4 +1,4 @@
-"""Runs scripts/tune.py in one process of a multi-process launch, recording what that process saw.
+"""Runs scripts/tune.py in one process of a multi-process launch, recording what its recipe's training saw.
 
     torchrun --nproc_per_node 2 tests/dist_probe.py OUT_JSON_PREFIX [tune.py arguments...]
 
@@ -26,7 +26,7 @@ compute_loss, add_metric, sum_over = (
 
 
 def recording_compute_loss(self, model, inputs, *args, **kwargs):
-    if model.training and self.args.reward_weight > 0:  # the tuning run, not the cross-entropy pretraining
+    if model.training and self.args.reward_weight > 0:  # the recipe, not the cross-entropy pretraining or control
         seen.extend(hashlib.sha1(image.numpy().tobytes()).hexdigest() for image in inputs["pixel_values"].float())
     return compute_loss(self, model, inputs, *args, **kwargs)
 
@@ -49,7 +49,8 @@ if __name__ == "__main__":  # pytest --doctest-modules imports this file; patch 
     RewardSegTrainer._sum_over_processes = recording_sum_over
 
     prefix, argv = sys.argv[1], sys.argv[2:]
-    trainer = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "tune.py"), run_name="tune")["main"](argv)
+    outcome = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "tune.py"), run_name="tune")["main"](argv)
+    trainer = outcome.trainers["recipe"]
     params = b"".join(p.detach().cpu().numpy().tobytes() for p in trainer.model.parameters())
     Path(f"{prefix}{os.environ['RANK']}.json").write_text(
         json.dumps(

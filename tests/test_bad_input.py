@@ -154,7 +154,9 @@ def test_a_bad_sample_under_a_script_is_one_line_and_exit_2(tmp_path):
 
 
 def tune(out, start, *flags):
-    return TUNE.main(["--output_dir", str(out), *quick(start, "--save_steps"), "--save_steps", "1", *flags])
+    """The recipe's trainer of a quick tune.py run into ``out``."""
+    argv = ["--output_dir", str(out), *quick(start, "--save_steps"), "--save_steps", "1", *flags]
+    return TUNE.main(argv).trainers["recipe"]
 
 
 def test_a_rerun_resumes_its_own_run_and_refuses_another(tmp_path, toy_start, capsys):
@@ -164,7 +166,7 @@ def test_a_rerun_resumes_its_own_run_and_refuses_another(tmp_path, toy_start, ca
     capsys.readouterr()
     again = tune(out, toy_start, "--max_steps", "3")  # same settings, further: resumes from its checkpoint
     assert "Resuming from" in capsys.readouterr().out and again.state.global_step == 3
-    with pytest.raises(UsageError, match="holds another run .*learning_rate default there, 0.001 here.*--overwrite_"):
+    with pytest.raises(UsageError, match="holds another run .*learning_rate 0.0001 there, 0.001 here.*--overwrite_"):
         tune(out, toy_start, "--max_steps", "3", "--learning_rate", "1e-3")
     with pytest.raises(UsageError, match="holds this run at 3 steps, more than --max_steps 2: give another"):
         tune(out, toy_start, "--max_steps", "2")  # fewer steps: its tables would say 2 steps of a 3-step model

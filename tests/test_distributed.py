@@ -21,10 +21,8 @@ def test_two_processes_split_the_data_share_one_dataset_scope_and_stay_in_sync(t
         "3",
         "--num_overlays",
         "0",
-        "--control",
-        "false",
-        "--calibrate",
-        "false",
+        "--metric",
+        "miou",  # its recipe: the dataset-scope mIoU, one running matrix over both processes
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     command = [

@@ -17,11 +17,12 @@ import transformers.trainer
 import yaml
 from conftest import TINY, drop, load_script
 
-from hf_reward import RewardSegConfig
 from hf_reward.cli import ModelArguments, UsageError
 from hf_reward.cli.models import load_model
 from hf_reward.data import TOY_STREETS_ID2LABEL
-from hf_reward.hub import ModelScores, model_card, per_class_table, summary_table
+from hf_reward.hub import decision_card, decision_table, per_class_table
+from hf_reward.recipes import metric_plan
+from hf_reward.selection import Decision
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -61,15 +62,15 @@ def hub(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_tune_pushes_a_calibrated_model_that_loads_by_repo_id_offline(tmp_path, hub):
+def test_tune_pushes_the_shipped_model_that_loads_by_repo_id_offline_and_decodes_as_recorded(tmp_path, hub):
     argv = [
         "--output_dir",
         str(tmp_path / "run"),
-        *drop(TINY, "--num_overlays"),
+        *drop(TINY, "--num_overlays", "--tune"),
         "--num_overlays",
         "0",
-        "--control",
-        "false",
+        "--metric",
+        "miou",
         "--push_to_hub",
         "true",
         "--hub_model_id",
@@ -77,96 +78,74 @@ def test_tune_pushes_a_calibrated_model_that_loads_by_repo_id_offline(tmp_path, 
         "--hub_strategy",
         "end",
     ]
-    trainer = load_script("tune").main(argv)
+    outcome = load_script("tune").main(argv)
+    decoder = outcome.decision.winner[1]
     assert hub.uploads[-1] == ("alice/tiny-miou", "Reward tuning with hf-reward")
     snapshot = hub.cache / "models--alice--tiny-miou" / "snapshots" / COMMIT
     assert (snapshot / "model.safetensors").is_file() and not list(snapshot.glob("checkpoint-*"))
     card = (snapshot / "README.md").read_text()
-    assert "| reward | miou |" in card and "| estimator | local |" in card and "| steps | 2 |" in card
-    assert re.search(r"\| reward tuning, 2 steps \| [\d.]+ \| [\d.]+ \|", card) and "| pole |" in card
-    assert "## Calibration" in card and "folded into the classifier bias" in card
+    assert f"# mIoU: start + {decoder}, chosen with hf-reward" in card and "| pole |" in card
+    assert 'from_pretrained("alice/tiny-miou")' in card and f"hf_reward_decoder: {decoder}" in card
+    assert re.search(rf"\| \*\*start \+ {decoder}\*\* \(ships\) \| [\d.]+ \| [\d.]+ \|", card)
 
-    # the scripts' loading path, by repo id, from the cache only
+    # the scripts' loading path, by repo id, from the cache only; the card's snippet runs as written
     model = load_model(ModelArguments(model_name_or_path="alice/tiny-miou"), TOY_STREETS_ID2LABEL)
-    for (name, pushed), tuned in zip(model.state_dict().items(), trainer.model.state_dict().values()):
-        assert pushed.equal(tuned), name
-    assert model.config.calibration["reward"] == "miou"
+    for (name, pushed), shipped in zip(model.state_dict().items(), outcome.model.state_dict().values()):
+        assert pushed.equal(shipped), name
+    assert model.config.hf_reward_decoder == decoder
+    snippet = card.split("```python\n")[1].split("```")[0]
+    namespace = {}
+    exec(snippet, namespace)
+    assert namespace["masks"].shape == (1, 256, 256)
     with pytest.raises(UsageError, match="alice/not-pushed"):
         load_model(ModelArguments(model_name_or_path="alice/not-pushed"), TOY_STREETS_ID2LABEL)
 
 
-def test_model_card_records_settings_results_and_calibration():
-    args = RewardSegConfig(
-        output_dir="unused",
-        estimator="score",
-        reward_scope="image",
-        baseline="loo",
-        num_samples=4,
-        sample_resolution="labels",
-        learning_rate=1e-5,
-        max_steps=300,
+def decision():
+    return Decision(
+        metric="image_miou",
+        baseline="start",
+        winner=("start", "image_offsets"),
+        decoders={"start": "image_offsets", "recipe, 300 steps": "argmax"},
+        dev={"start": {"argmax": 0.5, "image_offsets": 0.55}, "recipe, 300 steps": {"argmax": 0.56}},
+        gains={"recipe, 300 steps": (0.01, -0.002, 0.02)},
     )
-    id2label = {0: "road", 1: "traffic light", 2: "rider"}
-    scores = {
-        "start": ModelScores(
-            {"mean_iou": 0.5, "iou_road": 0.9, "iou_traffic_light": 0.1, "iou_rider": float("nan")},
-        ),
-        "reward tuning": ModelScores(
-            {"mean_iou": 0.55, "iou_road": 0.9, "iou_traffic_light": 0.2, "iou_rider": float("nan")},
-            calibrated={"mean_iou": 0.6},
-            steps=300,
-        ),
-    }
-    calibration = {
-        "offsets": {"road": -0.5, "traffic light": 1.25, "rider": 0.0},
-        "split": "train",
-        "reward": "miou",
-        "metric_before": 0.4,
-        "metric_after": 0.45,
-    }
-    card = model_card(
-        base_model="nvidia/segformer-b0-finetuned-cityscapes-1024-1024",
-        dataset="Chris1/cityscapes",
-        args=args,
-        scores=scores,
-        id2label=id2label,
-        calibration=calibration,
-    )
-    front = card.split("---")[1]
-    assert "base_model: nvidia/segformer-b0-finetuned-cityscapes-1024-1024" in front and "- Chris1/cityscapes" in front
-    assert "REINFORCE with the 'loo' baseline of the per-image miou" in card
-    for row in (
-        "| reward | miou |",
-        "| estimator | score |",
-        "| baseline | loo |",
-        "| samples per image (K) | 4 |",
-        "| sampling resolution | labels |",
-        "| learning rate | 1e-05 (constant schedule) |",
-        "| steps | 300 |",
-        "| start | 50.0 | — |",
-        "| reward tuning, 300 steps | 55.0 | 60.0 |",
-        "| traffic light | 10.0 | 20.0 | n/a |",
-        "| rider | n/a | n/a | n/a |",
-        "road -0.50, traffic light +1.25, rider +0.00",
-        "(40.0 -> 45.0 there)",
-    ):
-        assert row in card, row
 
 
-def test_card_metadata_names_only_hub_ids():
+def test_the_decision_table_marks_each_dev_best_decoder_and_the_winner():
+    validation = {
+        "start": {"argmax": {"image_miou": 0.49}, "image_offsets": {"image_miou": 0.54}},
+        "recipe, 300 steps": {"argmax": {"image_miou": 0.57}},
+    }
+    assert decision_table(decision(), validation, "mIoU^I").splitlines() == [
+        "| candidate | dev mIoU^I | validation mIoU^I | dev gain over start (95% interval) |",
+        "|---|---:|---:|---|",
+        "| start + argmax | 50.0 | 49.0 |  |",
+        "| **start + image_offsets** (ships) | 55.0 | 54.0 |  |",
+        "| recipe, 300 steps + argmax (dev-best decoder) | 56.0 | 57.0 | +1.00 [-0.20, +2.00] |",
+    ]
+
+
+def test_the_card_says_how_to_decode_and_names_only_hub_ids():
     """A local path or a description is no Hub id: the Hub would show a broken link for it."""
-    args = RewardSegConfig(output_dir="x")
-    scores = {"start": ModelScores({"mean_iou": 0.5})}
-    card = model_card(
-        base_model="a SegFormer built from config, pretrained by cross-entropy here (outputs/default/pretrained)",
-        dataset="toy_streets",
-        args=args,
-        scores=scores,
-        id2label={0: "road"},
+    id2label = {0: "road", 1: "traffic light"}
+    common = dict(
+        plan=metric_plan("image_miou"),
+        table="| table |",
+        decision=decision(),
+        validation={"mean_iou": 0.5, "iou_road": 0.9, "iou_traffic_light": float("nan")},
+        id2label=id2label,
+        location="alice/b0",
     )
-    front = yaml.safe_load(card.split("---")[1])
+    card = decision_card(base_model="nvidia/mit-b0", dataset="Chris1/cityscapes", **common)
+    front = card.split("---")[1]
+    assert "base_model: nvidia/mit-b0" in front and "- Chris1/cityscapes" in front
+    assert "per-class offsets fitted for per-image mIoU folded into its bias" in card
+    assert "no tuned model's dev gain over it is certain" in card and "| traffic light | n/a |" in card
+    local = decision_card(base_model="a SegFormer built from config (out/pretrained)", dataset="toy_streets", **common)
+    front = yaml.safe_load(local.split("---")[1])
     assert "base_model" not in front and "datasets" not in front and front["pipeline_tag"] == "image-segmentation"
-    assert "toy_streets" in card  # the text still names them
+    assert "toy_streets" in local  # the text still names them
 
 
 def test_per_class_rows_follow_the_label_order():
@@ -178,16 +157,3 @@ def test_per_class_rows_follow_the_label_order():
         {0: "b", 1: "a"},
     )
     assert table.splitlines()[2:] == ["| **mIoU** | 25.0 | 50.0 |", "| b | 50.0 | 50.0 |", "| a | 0.0 | 50.0 |"]
-
-
-def test_summary_table_of_another_metric():
-    table = summary_table(
-        {"start": ModelScores({"mean_accuracy": 0.5}, calibrated={"mean_accuracy": 0.7})},
-        metric="mean_accuracy",
-        label="mean accuracy",
-    )
-    assert table.splitlines() == [
-        "| model | mean accuracy (%) | calibrated |",
-        "|---|---:|---:|",
-        "| start | 50.0 | 70.0 |",
-    ]

@@ -1,6 +1,7 @@
 """The scripts: argument parsing, every shipped config, errors that say what to do, and whole runs on tiny settings."""
 
 import dataclasses
+import importlib
 import json
 import os
 import re
@@ -28,10 +29,11 @@ def as_dicts(parsed):
     return [a.to_dict() if hasattr(a, "to_dict") else dataclasses.asdict(a) for a in parsed]
 
 
-def test_default_yaml_is_the_scripts_defaults():
-    no_args = as_dicts(parse_config(TUNE.ARGUMENTS, []))
-    with_file = as_dicts(parse_config(TUNE.ARGUMENTS, ["--config", str(ROOT / "configs/default.yaml")]))
-    assert no_args == with_file
+def test_default_yaml_is_the_embedded_run():
+    *no_args, plan = TUNE.parse([])
+    *with_file, same_plan = TUNE.parse(["--config", str(ROOT / "configs/default.yaml")])
+    assert as_dicts(no_args) == as_dicts(with_file) and plan == same_plan
+    assert no_args[2].tune and no_args[3].reward == plan.recipe["reward"] == "miou_gt"
 
 
 def test_the_tuning_recipe_has_one_home():
@@ -91,9 +93,18 @@ def test_a_refused_value_is_a_usage_error():
         parse_config(TUNE.ARGUMENTS, ["--temperature", "nan"])
 
 
-def test_help_lists_the_projects_own_options_before_training_arguments(capsys):
+def test_help_lists_what_a_newcomer_needs_first_and_help_all_the_rest(capsys):
+    with pytest.raises(SystemExit) as done:
+        TUNE.parse(["--help", "--metric", "boundary_f"])
+    text = capsys.readouterr().out
+    assert done.value.code == 0 and len(text.splitlines()) < 60 and "--help_all" in text
+    for option in ("--metric", "--tune", "--dev_fraction", "--model_name_or_path", "--dataset", "--push_to_hub"):
+        assert option in text, option
+    assert "--estimator" not in text and "AdamW learning rate [0.0003]" in text  # the metric's recipe, as defaults
+    assert "Random seed that will be set" in text  # a TrainingArguments field's own help
+
     with pytest.raises(SystemExit):
-        parse_config(TUNE.ARGUMENTS, ["--help"])
+        parse_config(TUNE.ARGUMENTS, ["--help_all"], brief=TUNE.BRIEF)
     text = capsys.readouterr().out
     assert text.index("--estimator") < text.index("--learning_rate")  # the TrainingArguments the project sets
     assert "--adam_beta1" not in text and "every other transformers.TrainingArguments field is an option too" in text
@@ -130,7 +141,7 @@ def test_user_errors_print_one_line_and_exit_2(tmp_path, argv, message):
 
 
 @pytest.mark.slow
-def test_tune_runs_the_whole_job_against_its_control_and_reuses_the_pretrained_model(tmp_path, capsys):
+def test_tune_decides_on_dev_ships_the_winner_with_its_decoder_and_reuses_the_pretrained_model(tmp_path, capsys):
     out = tmp_path / "run"
     # the threads of this process: the rerun in this process below must compute the same numbers
     command = [sys.executable, str(ROOT / "scripts/tune.py"), "--output_dir", str(out), *TINY]
@@ -138,45 +149,36 @@ def test_tune_runs_the_whole_job_against_its_control_and_reuses_the_pretrained_m
     first = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "Cross-entropy pretraining for 2 steps" in first.stdout
-    for row in ("start", "cross-entropy, 2 steps", "reward tuning, 2 steps"):
-        assert re.search(rf"\| {row} \| [\d.]+ \| [\d.]+ \|", first.stdout), row
+    # every candidate, each model by each of the metric's decoders, on dev and validation
+    for model in ("start", "recipe, 2 steps", "cross-entropy, 2 steps"):
+        for decoder in ("argmax", "image_offsets", "rankseg"):
+            assert re.search(
+                rf"\| (\*\*)?{re.escape(model)} \+ {decoder}(\*\*)?[^|]* \| [\d.]+ \| [\d.]+ \|", first.stdout
+            ), (
+                model,
+                decoder,
+            )
+    assert "(ships)" in first.stdout and "Ships " in first.stdout
     written = first.stdout.split("Wrote:")[1]
-    for name in (
-        "model.safetensors",
-        "results.md",
-        "results.json",
-        "README.md",
-        "training.png",
-        "overlays.png",
-        "checkpoint-2",
-    ):
+    for name in ("model.safetensors", "results.md", "results.json", "README.md", "candidates.png", "overlays.png"):
         assert name in written, name
-    for name in (
-        "model.safetensors",
-        "results.md",
-        "README.md",
-        "training.png",
-        "overlays.png",
-        "pretrained/model.safetensors",
-        "checkpoint-2/model.safetensors",
-    ):
+    for name in ("pretrained/model.safetensors", "checkpoint-2/model.safetensors"):
         assert (out / name).is_file(), name
-    assert "| pole |" in (out / "results.md").read_text()
     # shareable files (the umask's permissions, not transformers' 0600), no empty directory left behind
     assert all(f.stat().st_mode & 0o044 == 0o044 for f in [out / "model.safetensors", *out.glob("checkpoint-*/*")])
     assert not (out / "control").exists()
-    card = (out / "README.md").read_text().split("---")[1]
-    assert "base_model" not in card and "datasets" not in card  # a built model and toy streets: no Hub ids
+    card = (out / "README.md").read_text()
+    front = card.split("---")[1]
+    assert "base_model" not in front and "datasets" not in front  # a built model and toy streets: no Hub ids
+    assert "## Decode" in card and f'from_pretrained("{out}")' in card and "| pole |" in card
     assert not list(out.rglob("*.bin")) or all(p.name == "training_args.bin" for p in out.rglob("*.bin"))
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"start", "reward tuning", "cross-entropy"}
-    assert all(set(r) == {"raw", "calibrated", "calibration", "steps"} and r["calibrated"] for r in results.values())
-    assert {name: r["steps"] for name, r in results.items()} == {"start": None, "reward tuning": 2, "cross-entropy": 2}
-    # the saved model is the tuned one, calibrated, and records how it was calibrated and scored
+    model, decoder = results["winner"]
+    assert set(results["candidates"]) == {"start", "recipe, 2 steps", "cross-entropy, 2 steps"}
+    # the saved model is the winner, its decoder recorded (offsets folded) and how it is scored
     saved = load_segmentation_model(str(out), TOY_STREETS_ID2LABEL)
-    assert (
-        saved.config.calibration["split"].startswith("train") and saved.config.hf_reward_evaluation["toy_size"] == 32
-    )
+    assert saved.config.hf_reward_decoder == decoder and saved.config.hf_reward_evaluation["toy_size"] == 32
+    assert (getattr(saved.config, "calibration", None) is not None) == (decoder in ("offsets", "image_offsets"))
 
     capsys.readouterr()
     TUNE.main(command[2:])  # again, in this process
@@ -184,33 +186,47 @@ def test_tune_runs_the_whole_job_against_its_control_and_reuses_the_pretrained_m
     assert "Reusing the pretrained model" in printed and "Cross-entropy pretraining" not in printed
     # the cached model and the same seed: the same run
     again = json.loads((out / "results.json").read_text())
-    for name in results:
-        assert again[name]["raw"]["mean_iou"] == results[name]["raw"]["mean_iou"], name
+    assert again == results
 
     # evaluating the saved model with the evaluation script's defaults reproduces the number tune reported
     scores = EVALUATE.main(["--model_name_or_path", str(out)])
-    assert scores["mean_iou"] == pytest.approx(results["reward tuning"]["calibrated"]["mean_iou"], abs=1e-6)
+    assert scores == pytest.approx(results["shipped"], abs=1e-9, nan_ok=True)
+    # the candidates' table decodes fp16 logits: within a fraction of a point of the shipped model in fp32
+    assert scores["image_miou"] == pytest.approx(
+        results["candidates"][model]["validation"][decoder]["image_miou"], abs=2e-3
+    )
+
+
+def test_decode_only_trains_nothing_and_ships_the_start_decoded(tmp_path, toy_start, capsys):
+    out = tmp_path / "decoded"
+    outcome = TUNE.main(["--output_dir", str(out), *drop(quick(toy_start), "--tune"), "--metric", "miou"])
+    printed = capsys.readouterr().out
+    assert outcome.trainers == {} and outcome.decision.winner[0] == "start"
+    assert "| start + offsets" in printed and "recipe" not in printed.split("Evidence")[0]
+    assert "no tuned model to compare" in printed
+    assert not list(out.glob("checkpoint-*")) and (out / "model.safetensors").is_file()
+    scores = EVALUATE.main(["--model_name_or_path", str(out)])
+    assert scores == pytest.approx(json.loads((out / "results.json").read_text())["shipped"], abs=1e-9, nan_ok=True)
 
 
 def test_tune_builds_an_upernet_tunes_its_auxiliary_head_and_evaluate_reproduces_it(tmp_path):
     out = tmp_path / "upernet"
     argv = ["--output_dir", str(out), *TINY, "--architecture", "upernet", "--auxiliary_reward", "true"]
-    TUNE.main(argv)
+    outcome = TUNE.main(argv)
     results = json.loads((out / "results.json").read_text())
     saved = load_segmentation_model(str(out), TOY_STREETS_ID2LABEL)
     assert saved.config.model_type == "upernet" and saved.auxiliary_head is not None
-    assert saved.config.calibration["split"].startswith("train")
-    history = json.loads(sorted(out.glob("checkpoint-*/trainer_state.json"))[-1].read_text())["log_history"]
-    assert any("auxiliary_loss" in entry for entry in history)
-    scores = EVALUATE.main(["--model_name_or_path", str(out)])
-    assert scores["mean_iou"] == pytest.approx(results["reward tuning"]["calibrated"]["mean_iou"], abs=1e-6)
+    assert any("auxiliary_loss" in entry for entry in outcome.trainers["recipe"].state.log_history)
+    assert EVALUATE.main(["--model_name_or_path", str(out)]) == pytest.approx(
+        results["shipped"], abs=1e-9, nan_ok=True
+    )
 
 
 def test_pretrain_script_trains_and_saves(tmp_path):
     argv = [
         "--output_dir",
         str(tmp_path),
-        *drop(TINY, "--pretrain_steps", "--num_overlays", "--eval_steps", "--save_steps", "--calibration_images"),
+        *drop(TINY, "--pretrain_steps", "--num_overlays", "--eval_steps", "--save_steps", "--fit_images", "--tune"),
     ]
     trainer = PRETRAIN.main(argv)
     assert trainer.state.global_step == 2
@@ -221,12 +237,13 @@ def test_pretrain_script_trains_and_saves(tmp_path):
 def test_resume_reaches_the_parameters_of_an_uninterrupted_run(tmp_path, toy_start):
     """reward_scope='dataset' (the default): the running confusion matrix is restored too."""
     initial = load_segmentation_model(str(toy_start), TOY_STREETS_ID2LABEL)
-    common = quick(toy_start, "--max_steps")
+    common = [*quick(toy_start, "--max_steps"), "--metric", "miou"]  # its recipe: dataset-scope mIoU
 
     def params(trainer):
         return torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
 
     full = TUNE.main(["--output_dir", str(tmp_path / "full"), "--max_steps", "4", "--learning_rate", "1e-2", *common])
+    full = full.trainers["recipe"]
     TUNE.main(["--output_dir", str(tmp_path / "cut"), "--max_steps", "2", "--learning_rate", "1e-2", *common])
     checkpoint = tmp_path / "cut" / "checkpoint-2"
     assert (checkpoint / "model.safetensors").is_file() and not (checkpoint / "pytorch_model.bin").exists()
@@ -243,7 +260,7 @@ def test_resume_reaches_the_parameters_of_an_uninterrupted_run(tmp_path, toy_sta
             str(checkpoint),
             *common,
         ]
-    )
+    ).trainers["recipe"]
     assert resumed.state.global_step == 4
     assert not torch.equal(params(full), torch.cat([p.flatten() for p in initial.parameters()]))
     torch.testing.assert_close(params(resumed), params(full), rtol=0, atol=0)
@@ -335,30 +352,53 @@ def test_the_camvid_quick_start_commands_run_as_written_on_a_few_images(tmp_path
     commands = [line for line in header if line.startswith(launchers)]
     readme = (ROOT / "README.md").read_text()
     assert len(commands) == 3 and all(command in readme for command in commands), commands
-    out, data = tmp_path / "quick", ["--data_path", str(CAMVID)]
     shrink = {
         "tune.py": ["--pretrain_steps", "2", "--max_steps", "2", "--eval_steps", "2", "--save_steps", "2"]
-        + ["--calibration_images", "4", "--max_eval_samples", "2", "--num_overlays", "1", "--output_dir", str(out)],
-        "calibrate.py": ["--max_calibration_images", "4", "--max_eval_samples", "2"],
+        + ["--fit_images", "4", "--max_dev_samples", "3", "--max_eval_samples", "2", "--num_overlays", "1"],
         "evaluate_model.py": [],
     }
-    results = {}
+    results = []
     for command in commands:
         script, *argv = command.removeprefix(launchers[0]).removeprefix(launchers[1]).split()
-        argv = [a.replace("outputs/camvid_quick", str(out)) for a in argv]
+        argv = [a.replace("outputs/", f"{tmp_path}/") for a in argv]
+        if script.endswith("tune.py") and "--output_dir" not in argv:
+            argv += ["--output_dir", str(tmp_path / "camvid_quick")]
         name = Path(script).name
-        results[name] = load_script(name.removesuffix(".py")).main([*argv, *data, *shrink[name]])
-    assert (out / "overlays.png").is_file() and (out / "pretrained" / "model.safetensors").is_file()
-    _, calibrated = results["calibrate.py"]
-    assert results["evaluate_model.py"]["mean_iou"] == pytest.approx(calibrated["calibrated"]["mean_iou"], abs=1e-6)
+        results.append(load_script(name.removesuffix(".py")).main([*argv, "--data_path", str(CAMVID), *shrink[name]]))
+    first, boundary, evaluated = results
+    assert first.trainers == {} and set(boundary.trainers) == {"recipe", "cross-entropy"}
+    assert boundary.decision.metric == "boundary_f_2px" and (tmp_path / "camvid_quick" / "overlays.png").is_file()
+    shipped = json.loads((tmp_path / "camvid_quick" / "results.json").read_text())["shipped"]
+    assert evaluated == pytest.approx(shipped, abs=1e-9, nan_ok=True)
 
 
-def test_an_image_scope_run_reports_and_calibrates_for_its_own_objective(tmp_path, toy_start, capsys):
-    """reward miou_gt per image: the summary is mIoU^I and the offsets are fitted for the mean image reward."""
-    argv = ["--output_dir", str(tmp_path), *quick(toy_start, "--calibration_images"), "--calibrate", "true"]
-    trainer = TUNE.main([*argv, "--calibration_images", "8", "--reward", "miou_gt", "--reward_scope", "image"])
-    assert "Validation mIoU^I (%)" in capsys.readouterr().out
-    assert (
-        trainer.model.config.calibration["scope"] == "image"
-        and trainer.model.config.calibration["reward"] == "miou_gt"
+def test_the_console_script_lists_its_commands_refuses_others_and_runs_each_commands_main(tmp_path, toy_start, capsys):
+    from hf_reward import console
+
+    with pytest.raises(SystemExit) as done:
+        console.main(["--help"])
+    listing = capsys.readouterr().out
+    assert done.value.code == 0 and all(name in listing for name in console.COMMANDS)
+    with pytest.raises(SystemExit) as done:
+        console.main(["tuen"])
+    assert done.value.code == 2 and "unknown command 'tuen'" in capsys.readouterr().err
+    for name, (module, _) in console.COMMANDS.items():  # each names a module with a main, as scripts/ runs it
+        assert callable(importlib.import_module(module).main), name
+    out = tmp_path / "scores.json"
+    with pytest.raises(SystemExit) as done:  # a UsageError: one line, status 2, as the scripts do
+        console.main(["evaluate", "--model_name_or_path", str(tmp_path / "missing")])
+    assert done.value.code == 2 and capsys.readouterr().err.startswith("error: ")
+    console.main(
+        ["evaluate", "--model_name_or_path", str(toy_start), "--toy_eval_images", "2", "--output_json", str(out)]
     )
+    assert 0 <= json.loads(out.read_text())["mean_iou"] <= 1
+
+
+def test_the_metric_sets_the_recipe_as_defaults_that_flags_override():
+    *_, args, plan = TUNE.parse(["--metric", "object_f1", "--dataset", "camvid"])
+    assert plan.key == "object_f1" and args.reward == "object_f1" and args.estimator == "score"
+    assert args.reward_thing_classes == ["car", "pedestrian", "bicyclist"]  # the dataset's own
+    *_, args, plan = TUNE.parse(["--metric", "boundary_f", "--boundary_tolerance", "0.75%", "--learning_rate", "1e-5"])
+    assert plan.key == "boundary_f_0.75%" and args.lovasz_weight == 0.75 and args.learning_rate == 1e-5
+    with pytest.raises(UsageError, match="--metric: metric must be one of"):
+        TUNE.parse(["--metric", "boundary_F"])

@@ -1,5 +1,7 @@
-"""The application layer: what the commands in ``scripts/`` run, on top of the library.
+"""The application layer: what the ``hf-reward`` commands (and ``scripts/``) run, on top of the library.
 
+- :mod:`~hf_reward.cli.tune` (its job in :mod:`~hf_reward.cli.tune_job`), :mod:`~hf_reward.cli.pretrain`,
+  :mod:`~hf_reward.cli.calibrate`, :mod:`~hf_reward.cli.evaluate`: one command each, with its ``main``;
 - :mod:`~hf_reward.cli.arguments`: the shared argument dataclasses, parsing, one-line errors, threads;
 - :mod:`~hf_reward.cli.data`: the datasets a command names;
 - :mod:`~hf_reward.cli.models`: the model a command starts from;

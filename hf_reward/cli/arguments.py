@@ -30,6 +30,7 @@ import copy
 import dataclasses
 import os
 import sys
+import textwrap
 import types
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -41,10 +42,8 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.utils import logging as transformers_logging
 
-from ..data import DataError
-from ..data.camvid import DEFAULT_ROOT as CAMVID_PATH
-from ..data.cityscapes import HUB_REPO as CITYSCAPES_REPO
-from ..modeling import ARCHITECTURES
+from ..sources import CAMVID_ROOT as CAMVID_PATH
+from ..sources import CITYSCAPES_HUB_REPO as CITYSCAPES_REPO
 
 # transformers draws a bar for every weight load and save, dozens in a run, each of a fraction of a second.
 _QUIET_BARS = ("Loading weights", "Writing model shards")
@@ -132,11 +131,14 @@ def parse_config(
     defaults: dict | None = None,
     description: str | None = None,
     exclude: Collection[str] = (),
+    brief: Sequence[str] = (),
 ) -> tuple:
     """Instances of ``dataclass_types`` from ``defaults``, then ``--config <yaml>``, then flags (``argv``).
 
     ``exclude``: fields that do not apply to the script (neither options nor config keys; they keep
-    their defaults). ``--threads`` is accepted here and applied by :func:`run_script`.
+    their defaults). ``--threads`` is accepted here and applied by :func:`run_script`. ``brief``: the
+    options ``--help`` lists, one line each, for a newcomer; ``--help_all`` lists every option by group
+    (without ``brief``, ``--help`` does).
     """
     parser = _Parser(
         dataclass_types,
@@ -172,6 +174,17 @@ def parse_config(
     parser.set_defaults(
         **{f.name: field_default(f) for t in dataclass_types for f in dataclasses.fields(t) if f.name in exclude}
     )
+    if brief:  # after the defaults are set: the listing shows those of this config
+        parser.add_argument("--help_all", action="help", help="Every option, by group.")
+        asked = sys.argv[1:] if argv is None else argv
+        if "-h" in asked or "--help" in asked:
+            helps = {f.name: f.metadata.get("help", "") for t in dataclass_types for f in dataclasses.fields(t)}
+            print(_brief_help(parser, ["config", *brief, "help_all"], helps))
+            raise SystemExit(0)
+    # Flags first, on argparse alone: building the dataclasses sets up accelerate's state, seconds on a CPU.
+    _, unknown = parser.parse_known_args(argv)
+    if unknown:
+        raise UsageError(f"unknown arguments {unknown}: flags are spelled out in full (see --help)")
     try:
         *parsed, _, unknown = parser.parse_args_into_dataclasses(
             argv, look_for_args_file=False, return_remaining_strings=True
@@ -181,6 +194,23 @@ def parse_config(
     if unknown:
         raise UsageError(f"unknown arguments {unknown}: flags are spelled out in full (see --help)")
     return tuple(parsed)
+
+
+def _brief_help(parser: argparse.ArgumentParser, names: Sequence[str], helps: dict[str, str]) -> str:
+    """The usage, the description and each option in ``names``: its help's first sentence and its default.
+
+    ``helps``: the fields' own help, for the ``TrainingArguments`` fields whose help the full listing hides.
+    """
+    actions = {action.dest: action for action in parser._actions}
+    lines = [parser.format_usage().strip(), "", parser.description or "", "", "options (--help_all: all of them):"]
+    for name in names:
+        action = actions[name]
+        text = action.help if action.help not in (None, argparse.SUPPRESS) else helps.get(name, "")
+        sentence = text.replace("%%", "%").split(". ")[0].rstrip(".")
+        if action.default not in (None, argparse.SUPPRESS, False) and name != "help_all":
+            sentence += f" [{action.default}]"
+        lines += textwrap.wrap(sentence, 119, initial_indent=f"  --{name:<28}", subsequent_indent=" " * 32)
+    return "\n".join(lines)
 
 
 def field_default(f: dataclasses.Field):
@@ -215,12 +245,16 @@ def run_script(main: Callable[[], object]) -> None:
             raise UsageError(f"--threads {threads}: give at least 1")
         torch.set_num_threads(threads or default_threads())
         main()
-    except (UsageError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {_resume_hint[0]}", file=sys.stderr)
         sys.exit(130)
+    except Exception as err:
+        from ..data import DataError  # only now: the data package imports `datasets`, which --help does not need
+
+        if not isinstance(err, (UsageError, DataError)):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _arg(default, help: str, *, used_by: str = "both", **kwargs):
@@ -251,6 +285,8 @@ class ModelArguments:
     BUILT_MODEL_FIELDS = ("architecture", "hidden_sizes", "depths", "decoder_hidden_size")  # none where one is loaded
 
     def __post_init__(self):
+        from ..modeling import ARCHITECTURES  # here: the model classes cost seconds to import, --help none
+
         if self.architecture not in ARCHITECTURES:
             raise UsageError(f"--architecture {self.architecture}: give one of {', '.join(ARCHITECTURES)}")
 

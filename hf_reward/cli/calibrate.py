@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hf_reward.cli import DataArguments, ModelArguments, UsageError, parse_config, run_script
+from hf_reward.cli import DataArguments, ModelArguments, UsageError, parse_config
 from hf_reward.cli.data import load_data, metric_options
 from hf_reward.cli.evaluation import calibrate_model, evaluate
 from hf_reward.cli.models import image_processor, load_model, model_classes, pick_device
@@ -69,10 +69,14 @@ ARGUMENTS = (ModelArguments, DataArguments, CalibrateArguments)
 # Options that do not apply here: a built model's sizes, the training split's augmentation (the offsets are fitted
 # on --calibration_split as evaluation sees it).
 EXCLUDED = (*ModelArguments.BUILT_MODEL_FIELDS, "train_split", "crop_size", "scale_range", "shuffle_buffer")
+# What --help lists first (--help_all: every option).
+BRIEF = ("model_name_or_path", "dataset", "data_path", "reward", "per_image", "calibration_split", "output_dir")
 
 
 def main(argv: list[str] | None = None):
-    model_args, data_args, args = parse_config(ARGUMENTS, argv, description=__doc__.split("\n\n")[0], exclude=EXCLUDED)
+    model_args, data_args, args = parse_config(
+        ARGUMENTS, argv, description=__doc__.split("\n\n")[0], exclude=EXCLUDED, brief=BRIEF
+    )
     if not model_args.model_name_or_path:
         raise UsageError("--model_name_or_path is required: a local directory or a Hub repo id")
     if args.push_to_hub and not args.hub_model_id:
@@ -141,7 +145,3 @@ def main(argv: list[str] | None = None):
 
         upload_file(path_or_fileobj=str(out / "README.md"), path_in_repo="README.md", repo_id=args.hub_model_id)
     return model, columns
-
-
-if __name__ == "__main__":
-    run_script(main)

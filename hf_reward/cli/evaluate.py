@@ -16,10 +16,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hf_reward.cli import DataArguments, ModelArguments, UsageError, parse_config, run_script
+from hf_reward.cli import DataArguments, ModelArguments, UsageError, parse_config
 from hf_reward.cli.data import load_data, metric_options
 from hf_reward.cli.evaluation import evaluate
 from hf_reward.cli.models import load_model, model_config, pick_device
+from hf_reward.decoders import recorded_decoder
 from hf_reward.metrics import EXTRA_METRICS
 
 # The metrics beyond the dataset level, by key prefix: per image, boundaries, objects.
@@ -34,11 +35,12 @@ class EvaluateArguments:
     ignore_index: int = field(default=255, metadata={"help": "Label value of void pixels."})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, ... ; auto picks cuda when available."})
     output_json: str | None = field(default=None, metadata={"help": "Also write the metrics to this JSON file."})
-    decoder: str = field(
-        default="argmax",
+    decoder: str | None = field(
+        default=None,
         metadata={
-            "help": "'argmax', or 'rankseg': each image decoded for its own expected IoU (the rankseg extra). "
-            "Offsets are folded into the model by scripts/calibrate.py."
+            "help": "'argmax', or 'rankseg': each image decoded for its own expected IoU (RankSEG). "
+            "Default: the decoder the model records (config.json's hf_reward_decoder, written by scripts/tune.py; "
+            "offsets are folded into the model), else the argmax."
         },
     )
 
@@ -46,6 +48,8 @@ class EvaluateArguments:
 ARGUMENTS = (ModelArguments, DataArguments, EvaluateArguments)
 # Options that do not apply here: the sizes of a built model, the shaping of a training split.
 EXCLUDED = (*ModelArguments.BUILT_MODEL_FIELDS, *DataArguments.training_only())
+# What --help lists first (--help_all: every option).
+BRIEF = ("model_name_or_path", "dataset", "data_path", "eval_split", "eval_size", "decoder", "output_json")
 
 
 def format_table(scores: dict, computed: dict, id2label: dict[int, str]) -> str:
@@ -68,7 +72,9 @@ def format_table(scores: dict, computed: dict, id2label: dict[int, str]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     description = __doc__.split("\n\n")[0]
-    model_args, data_args, eval_args = parse_config(ARGUMENTS, argv, description=description, exclude=EXCLUDED)
+    model_args, data_args, eval_args = parse_config(
+        ARGUMENTS, argv, description=description, exclude=EXCLUDED, brief=BRIEF
+    )
     if not model_args.model_name_or_path:
         raise UsageError("--model_name_or_path is required: a local directory or a Hub repo id")
     config = model_config(model_args)
@@ -88,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         batch_size=eval_args.batch_size,
         ignore_index=eval_args.ignore_index,
         metric_options=metric_options(data_args),
-        decoder=eval_args.decoder,
+        decoder=eval_args.decoder or recorded_decoder(config),
         desc=f"{data_args.dataset}/{data_args.eval_split}",
     )
     result = metric.compute()
@@ -96,7 +102,3 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if eval_args.output_json:
         Path(eval_args.output_json).write_text(json.dumps(result, indent=2))
     return result
-
-
-if __name__ == "__main__":
-    run_script(main)

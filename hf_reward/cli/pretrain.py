@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hf_reward.cli import DataArguments, ModelArguments, parse_config, run_script
+from hf_reward.cli import DataArguments, ModelArguments, parse_config
 from hf_reward.cli.data import load_data
 from hf_reward.cli.models import image_processor, load_model, model_classes
 from hf_reward.cli.runs import PretrainConfig, prepare_output_dir, segmentation_trainer
@@ -35,10 +35,14 @@ class PretrainArguments:
 
 
 ARGUMENTS = (ModelArguments, DataArguments, PretrainArguments, PretrainConfig)
+# What --help lists first (--help_all: every option).
+BRIEF = ("model_name_or_path", "new_head", "dataset", "data_path", "output_dir", "max_steps", "learning_rate", "seed")
 
 
 def main(argv: list[str] | None = None):
-    model_args, data_args, pretrain_args, args = parse_config(ARGUMENTS, argv, description=__doc__.split("\n\n")[0])
+    model_args, data_args, pretrain_args, args = parse_config(
+        ARGUMENTS, argv, description=__doc__.split("\n\n")[0], brief=BRIEF
+    )
     run = {
         "model": dataclasses.asdict(model_args),
         "data": data_args.settings("train"),
@@ -64,7 +68,3 @@ def main(argv: list[str] | None = None):
     if args.push_to_hub:
         trainer.push_to_hub(commit_message="Cross-entropy training with hf-reward")
     return trainer
-
-
-if __name__ == "__main__":
-    run_script(main)

@@ -18,15 +18,16 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import TrainingArguments
 
 from ..config import RewardSegConfig
-from ..data.transforms import collate_segmentation
-from ..metrics import StreamingMeanIoU
-from ..trainer import RewardSegTrainer
 from .arguments import UsageError, field_default
+
+if TYPE_CHECKING:
+    from ..trainer import RewardSegTrainer
 
 
 def segmentation_trainer(
@@ -35,6 +36,11 @@ def segmentation_trainer(
     """A :class:`RewardSegTrainer` with the library's collator and streaming metrics, which report the reward
     ``args`` name (class weights and all) as ``reward`` beside mIoU and the other metrics; ``metric_options``
     go to :class:`StreamingMeanIoU` (``per_image``, ``boundary_tolerances``, ``thing_classes``)."""
+    # Here: Trainer costs seconds to import, and the commands' --help and flag errors need none of it.
+    from ..data.transforms import collate_segmentation
+    from ..metrics import StreamingMeanIoU
+    from ..trainer import RewardSegTrainer
+
     metrics = StreamingMeanIoU(
         len(id2label), id2label, args.ignore_index, reward=args.count_reward(), **(metric_options or {})
     )

@@ -25,10 +25,11 @@ from pathlib import Path
 import datasets
 import pyarrow.parquet as pq
 
+from ..sources import CAMVID_ROOT
 from .labels import DataError
 from .loading import SegmentationDataset, prepare_segmentation_dataset
 
-DEFAULT_ROOT = "../shared/datasets/camvid"  # where the project machines hold CamVid, from the repository root
+DEFAULT_ROOT = CAMVID_ROOT
 # The classes whose connected components are objects (hf_reward.mask_scores): Cityscapes' things in CamVid.
 THING_CLASSES = ("car", "pedestrian", "bicyclist")
 DAY_SEQUENCES = ("0006R0", "0016E5")

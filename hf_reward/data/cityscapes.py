@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import datasets
 
+from ..sources import CITYSCAPES_HUB_REPO
 from .loading import SegmentationDataset, load_segmentation_dataset
 
-HUB_REPO = "Chris1/cityscapes"  # the Hub parquet mirror: columns image and semantic_segmentation
+HUB_REPO = CITYSCAPES_HUB_REPO
 
 
 def _official_labels() -> list:

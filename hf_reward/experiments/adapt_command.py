@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hf_reward.cli import UsageError, parse_config, run_script
+from hf_reward.cli import UsageError, parse_config
 from hf_reward.cli.arguments import no_such_directory
 from hf_reward.experiments.adaptation_benchmark import AdaptConfig, report, run_all
 
@@ -43,7 +43,3 @@ def main(argv: list[str] | None = None):
     if workflows is None and cli.only_seeds is None:
         (Path(cfg.output_dir) / "results.md").write_text(table + "\n")
     print(f"{table}\n\n{(time.perf_counter() - started) / 60:.1f} min")
-
-
-if __name__ == "__main__":
-    run_script(main)

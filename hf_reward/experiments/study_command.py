@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from hf_reward.cli import UsageError, parse_config, run_script, set_resume_hint
+from hf_reward.cli import UsageError, parse_config, set_resume_hint
 from hf_reward.cli.arguments import no_such_directory
 from hf_reward.experiments.study import (
     StudyConfig,
@@ -103,7 +103,3 @@ def run_stage(cfg: StudyConfig, runs, jobs: int):
 
 def _minutes(started: float) -> float:
     return (time.perf_counter() - started) / 60
-
-
-if __name__ == "__main__":
-    run_script(main)
