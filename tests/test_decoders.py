@@ -86,3 +86,24 @@ def test_every_decoder_is_scored_on_every_split_and_argmax_is_the_model():
     plain = evaluate(model, val, ID2LABEL, batch_size=4, reward=miou, metric_options=options, progress=False).compute()
     for key in ("mean_iou", "image_miou", "boundary_f_1px", "object_f1"):
         assert scores["validation"]["argmax"][key] == pytest.approx(plain[key], abs=1e-3), key
+
+
+@pytest.mark.slow
+def test_the_rankseg_benchmark_runs_and_the_library_decodes_as_its_chosen_setting(tmp_path):
+    """scripts/bench_rankseg.py on two CamVid images; the library's decoder is its scale 0.25, pruning 0 setting."""
+    from conftest import CAMVID, load_script
+
+    from hf_reward.data.camvid import camvid_id2label
+    from hf_reward.modeling import build_segformer
+
+    id2label, _ = camvid_id2label(CAMVID)
+    build_segformer(
+        id2label, hidden_sizes=(8, 16, 32, 64), depths=(1, 1, 1, 1), decoder_hidden_size=16
+    ).save_pretrained(tmp_path)
+    bench = load_script("bench_rankseg")
+    rows = bench.main(["--checkpoint", str(tmp_path), "--camvid_root", str(CAMVID), "--max_images", "2"])
+    assert len(rows) == len(bench.SETTINGS) and rows[0].startswith("| 1 | 0.5 |") and "(+0.00)" in rows[0]
+    logits = torch.randn(2, C, 30, 40) * 3
+    assert torch.equal(decode("rankseg", logits, (360, 480), {}), bench.decode(logits, (360, 480), 0.25, 0.0))
+    logits = torch.randn(2, C, 16, 16) * 3  # small labels keep their size: 90 pixels at least
+    assert torch.equal(decode("rankseg", logits, (64, 64), {}), bench.decode(logits, (64, 64), 1.0, 0.0))
