@@ -38,7 +38,10 @@ def test_two_processes_split_the_data_share_one_dataset_scope_and_stay_in_sync(t
         *argv,
     ]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-4000:]
+    # A crash in one process makes the other fail at its next collective: show the first process's own error.
+    first = next((r for r in ("[rank1]", "[rank0]") if f"{r}: Traceback" in run.stderr), None)
+    shown = "\n".join(line for line in run.stderr.splitlines() if first and line.startswith(first))
+    assert run.returncode == 0, (shown or run.stderr)[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
 
     assert all(r["world_size"] == 2 for r in ranks)

@@ -47,6 +47,7 @@ import datasets
 import numpy as np
 import PIL.Image
 import torch
+from datasets.iterable_dataset import ExamplesIterable
 
 from .labels import DataError, identity_label_map, label_lookup, map_mask
 from .transforms import eval_transform
@@ -182,9 +183,10 @@ def prepare_segmentation_dataset(
         if isinstance(raw, datasets.IterableDataset):
             # One stream in stored order: a shuffle reorders a stream's shards and numbers each shard's rows
             # from 0, so a filter by index would pick other rows every epoch.
-            raw = datasets.IterableDataset.from_generator(
-                _held_rows, gen_kwargs={"raw": raw, "holdout": holdout}, features=raw.features
-            )
+            # Built directly, not by from_generator: its builder creates a cache directory under a lock, and two
+            # processes of a launch creating the same one at once can crash.
+            rows = ExamplesIterable(_held_rows, {"raw": raw, "holdout": holdout})
+            raw = datasets.IterableDataset(rows, info=datasets.DatasetInfo(features=raw.features), split=raw.split)
         else:
             raw = raw.select([row for row in range(len(raw)) if holdout.keeps(row)])
     if isinstance(raw, datasets.IterableDataset):
@@ -240,7 +242,8 @@ class Holdout:
 
 
 def _held_rows(raw: datasets.IterableDataset, holdout: Holdout):
-    yield from (example for row, example in enumerate(raw) if holdout.keeps(row))
+    """``(row, example)`` for the rows ``holdout`` keeps, in stored order."""
+    yield from ((row, example) for row, example in enumerate(raw) if holdout.keeps(row))
 
 
 class EpochDataset(torch.utils.data.Dataset):
