@@ -2,7 +2,7 @@
 winner with its decoder.
 
     accelerate launch scripts/tune.py                                    # the embedded demonstration (toy streets)
-    accelerate launch scripts/tune.py --config configs/camvid_decide.yaml --metric boundary_f
+    accelerate launch scripts/tune.py --config configs/camvid_quick.yaml --metric boundary_f
     accelerate launch scripts/tune.py --model_name_or_path nvidia/segformer-b0-finetuned-cityscapes-512-1024 \
         --dataset cityscapes --metric image_miou --push_to_hub --hub_model_id me/b0-image-miou
 
