@@ -46,9 +46,9 @@ def metric_scores(records: Records, metric: str, weights: torch.Tensor, reward: 
     if metric == "reward":
         if reward is None:
             raise ValueError("metric 'reward' needs the reward of the counts to score")
-        tp, gt, pd = records["counts"].double().unbind(1)
+        tp, gt, pd = records["counts"].double().unbind(1)  # (N, C) each
         w = weights.double() * counted_images(records).double()
-        return torch.stack([reward(*(row @ c for c in (tp, gt, pd))) for row in w]).double()
+        return reward(w @ tp, w @ gt, w @ pd).double()  # rewards take counts (..., C): one call for every row
     scores = resampled_scores(records, weights)
     if metric not in scores:
         raise ValueError(f"the records score {sorted(scores)}, not {metric!r}")
@@ -144,7 +144,7 @@ def choose(
         model: {d: float(metric_scores(r, metric, once, reward)[0]) for d, r in decoded.items()}
         for model, decoded in dev.items()
     }
-    best = {model: max(s, key=lambda d, s=s: (s[d], -list(s).index(d))) for model, s in scores.items()}
+    best = {model: max(s, key=s.get) for model, s in scores.items()}  # the first listed of tied decoders
     rng = np.random.default_rng(seed)
     weights = bootstrap_weights([once.shape[1]], samples, rng)
     reference = [dev[baseline][best[baseline]]]

@@ -15,7 +15,7 @@ from transformers import PreTrainedModel
 
 from ..calibrate import fold_offsets
 from ..data.cityscapes import HUB_REPO as CITYSCAPES_REPO
-from ..decoders import record_decoder, recorded_decoder, score_decoders
+from ..decoders import record_decoder, recorded_decoder, score_decoders, segment
 from ..hub import decision_card, decision_table, describe_recipe, push_to_hub
 from ..recipes import MetricPlan
 from ..rewards import get_reward
@@ -314,7 +314,6 @@ def write_outputs(out: Path, plan, table: str, decision, scores: dict, shipped: 
 
 
 def _plot(out: Path, shown, start_masks, shipped, decision, histories, validation, plan, id2label, args) -> list:
-    from ..decoders import segment
     from ..plots import plot_candidates, plot_overlays
 
     written = []

@@ -38,6 +38,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import io
 import random
 from collections.abc import Callable, Mapping
@@ -235,9 +236,13 @@ class Holdout:
         if self.part not in ("held_out", "rest"):
             raise ValueError(f"holdout part must be 'held_out' or 'rest', got {self.part!r}")
 
-    def keeps(self, row: int) -> bool:
+    @functools.cached_property
+    def _period_and_offset(self) -> tuple[int, int]:  # once, not for every row of a stream
         period = max(self.block + 1, round(self.block / self.fraction))
-        offset = random.Random(self.seed).randrange(period)
+        return period, random.Random(self.seed).randrange(period)
+
+    def keeps(self, row: int) -> bool:
+        period, offset = self._period_and_offset
         return ((row + offset) % period < self.block) == (self.part == "held_out")
 
 
