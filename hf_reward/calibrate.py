@@ -168,12 +168,108 @@ def collect_logits(
     return cache
 
 
+def bilinear_at(logits: torch.Tensor, size: tuple[int, int], points: torch.Tensor) -> torch.Tensor:
+    """``logits (C, h, w)`` resized bilinearly to ``size = (H, W)``, at ``points (N,)`` only: ``(C, N)`` float32.
+
+    ``points`` are flat indices into ``H x W``. The same values as ``F.interpolate(..., mode="bilinear",
+    align_corners=False)`` (:func:`~hf_reward.decisions.upsample_logits`) at those pixels, up to float
+    rounding, from a gather of each point's 4 neighbours instead of the full ``(C, H, W)`` resize.
+    """
+    (height, width), (_, h, w) = size, logits.shape
+    rows, cols = points // width, points % width
+    weights, corners = [], []
+    for dst, out_size, in_size in ((rows, height, h), (cols, width, w)):
+        # align_corners=False: source coordinate (dst + 0.5) * in / out - 0.5, clamped at 0
+        src = ((dst.double() + 0.5) * (in_size / out_size) - 0.5).clamp_(min=0).float()
+        low = src.long().clamp_(max=in_size - 1)
+        high = (low + 1).clamp_(max=in_size - 1)
+        frac = src - low
+        weights.append((1 - frac, frac))
+        corners.append((low, high))
+    flat = logits.float().reshape(len(logits), -1)
+    (r0, r1), (c0, c1) = corners
+    (wr0, wr1), (wc0, wc1) = weights
+    top = wc0 * flat[:, r0 * w + c0] + wc1 * flat[:, r0 * w + c1]
+    bottom = wc0 * flat[:, r1 * w + c0] + wc1 * flat[:, r1 * w + c1]
+    return wr0 * top + wr1 * bottom
+
+
+def sampled_points(size: tuple[int, int], pixels_per_image: int, seed: int, image: int) -> torch.Tensor:
+    """The flat indices ``(n,)`` (sorted) of image ``image``'s pixel sample: ``n = min(pixels_per_image, H * W)``
+    distinct pixels drawn uniformly, the same for the same ``(seed, image)``; every pixel once if n = H * W."""
+    total = size[0] * size[1]
+    if pixels_per_image >= total:
+        return torch.arange(total)
+    rng = np.random.default_rng([seed, image])
+    return torch.from_numpy(np.sort(rng.choice(total, pixels_per_image, replace=False)))
+
+
+class PixelSample:
+    """A seeded random subset of every image's label pixels, with the logits bilinearly interpolated there.
+
+    Built once from a :class:`LogitCache` (or any re-iterable of ``(logits (B, C, h, w), labels (B, H, W))``),
+    then read by :func:`fit_offsets` on every pass instead of the full-size data: each sampled pixel costs
+    ``2 C + 1`` bytes (its logits in fp16, minus their maximum as :class:`LogitCache` stores them, and its
+    label), and a pass handles ``pixels_per_image`` pixels per image instead of ``H x W``. Iterating yields
+    ``(logits (B, C, 1, n) float16, labels (B, 1, n))`` for groups of images with the same ``n``;
+    :attr:`weights` gives each group's images ``H W / n``, the pixels each sampled one stands for, so that the
+    sampled confusion counts estimate the full split's (exactly them when ``n = H W``).
+
+    Example::
+
+        sample = PixelSample(cache, pixels_per_image=16384, seed=0)
+        fit_offsets(sample, "miou").offsets, fit_offsets(sample, "miou_gt", per_image=True).offsets
+    """
+
+    def __init__(self, data: Iterable[Batch], pixels_per_image: int, *, seed: int = 0, progress: bool = False):
+        if pixels_per_image < 1:
+            raise ValueError(f"pixels_per_image must be at least 1, got {pixels_per_image}")
+        self.pixels_per_image, self.seed = pixels_per_image, seed
+        self._groups: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.weights: list[torch.Tensor] = []
+        pending: list[tuple[torch.Tensor, torch.Tensor, float]] = []
+        images = 0
+        total = len(data) if hasattr(data, "__len__") else None
+        for logits, labels in tqdm(data, total=total, desc="sample pixels", disable=not progress):
+            size = tuple(labels.shape[-2:])
+            for z, y in zip(logits, labels):
+                points = sampled_points(size, pixels_per_image, seed, images)
+                images += 1
+                values = bilinear_at(z, size, points)
+                values = (values - values.amax(0, keepdim=True)).half()
+                if pending and (len(pending) * len(points) >= 2**20 or pending[-1][0].shape[1] != len(points)):
+                    self._flush(pending)
+                pending.append((values, y.reshape(-1)[points], size[0] * size[1] / len(points)))
+        self._flush(pending)
+        if not images:
+            raise ValueError("data is empty")
+        self.images = images
+
+    def _flush(self, pending: list) -> None:
+        if pending:
+            self._groups.append(
+                (
+                    torch.stack([v for v, _, _ in pending]).unsqueeze(2),
+                    torch.stack([y for _, y, _ in pending]).unsqueeze(1),
+                )
+            )
+            self.weights.append(torch.tensor([w for _, _, w in pending], dtype=torch.float64))
+            pending.clear()
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+    def __iter__(self):
+        return iter(self._groups)
+
+
 @dataclass
 class Calibration:
     """What :func:`fit_offsets` found.
 
     ``offsets`` (C,) float32, grid values; ``history``: the metric after each sweep; confusion
-    matrices (C, C) long ``cm[target, pred]`` over the split, without and with the offsets.
+    matrices (C, C) long ``cm[target, pred]`` over the split, without and with the offsets (float64
+    estimates of them when fitted on a pixel sample).
     ``per_image``: the metric is the mean over images of each image's reward.
     """
 
@@ -254,12 +350,14 @@ def _switch_histogram(
     grid: torch.Tensor,
     ignore_index: int,
     per_image: bool = False,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Pixel counts ``(C, C, K + 1)`` [target, runner-up a, first grid index at which the pixel predicts c].
 
     ``logits (B, C, h, w)``, ``labels (B, H, W)``, ``offsets (C,)`` float32, ``grid (K,)`` float32, on
     one device. Index K: the pixel never predicts c on the grid. Pixels that do not count are dropped.
-    ``per_image``: one histogram per image, ``(B, C, C, K + 1)``.
+    ``per_image``: one histogram per image, ``(B, C, C, K + 1)``. ``weights (B,)`` float64: each of an
+    image's pixels counts that much (a :class:`PixelSample`'s), and the counts are float64.
     """
     num_classes, k_max = logits.shape[1], len(grid)
     y = upsample_logits(logits.float(), tuple(labels.shape[-2:]))
@@ -279,7 +377,9 @@ def _switch_histogram(
     index = torch.where(counted, (t * num_classes + a) * (k_max + 1) + k, bins)
     images = len(index) if per_image else 1
     index = index + torch.arange(images, device=index.device).view(-1, 1) * (bins + 1)
-    hist = torch.bincount(index.reshape(-1), minlength=images * (bins + 1)).view(images, bins + 1)[:, :bins]
+    if weights is not None:
+        weights = weights.to(index.device).view(-1, 1).expand(index.shape).reshape(-1)
+    hist = torch.bincount(index.reshape(-1), weights, minlength=images * (bins + 1)).view(images, bins + 1)[:, :bins]
     hist = hist.view(images, num_classes, num_classes, k_max + 1)
     return hist if per_image else hist[0]
 
@@ -303,6 +403,8 @@ def fit_offsets(
     max_offset: float = 5.0,
     max_sweeps: int = 5,
     per_image: bool = False,
+    pixels_per_image: int | None = None,
+    seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> Calibration:
@@ -316,11 +418,21 @@ def fit_offsets(
     (those with a counted pixel) of each image's reward, e.g. ``"miou_gt"`` for mIoU^I, from one
     histogram per image. ``device``: where the passes compute; each item is moved there as it is
     read (``"cuda"``: the model's GPU, for a large split).
+
+    ``pixels_per_image``: fit on a seeded random subset of that many label pixels per image
+    (:class:`PixelSample`, drawn with ``seed``; ``data`` may also be a ``PixelSample`` already) instead
+    of every pixel: the passes then read a few bytes per sampled pixel and never resize a full-size
+    tensor. The offsets are exact for the sample; the confusion matrices reported estimate the full
+    split's counts (each sampled pixel weighs ``H W / n``), and ``metric_before`` / ``metric_after`` are
+    the sample's. ``scripts/bench_calibrate.py`` measures what that loses on the full split.
     """
     if max_sweeps < 1 or step <= 0 or max_offset < step:
         raise ValueError(f"need max_sweeps >= 1 and 0 < step <= max_offset, got {max_sweeps}, {step}, {max_offset}")
     if iter(data) is data:
         raise TypeError("data is read once per class and sweep: pass a LogitCache or a list, not an iterator")
+    if pixels_per_image is not None and not isinstance(data, PixelSample):
+        data = PixelSample(data, pixels_per_image, seed=seed, progress=progress)
+    item_weights = data.weights if isinstance(data, PixelSample) else None
     name = reward if isinstance(reward, str) else _reward_name(reward)
     reward = get_reward(reward) if isinstance(reward, str) else reward
     first = next(iter(data), None)
@@ -356,11 +468,14 @@ def fit_offsets(
                 continue
             offsets = grid[current].to(device)
             hist, total, images = 0, 0, 0
-            for logits, labels in data:
+            for i, (logits, labels) in enumerate(data):
                 logits, labels = logits.to(device), labels.to(device)
                 if not logits.isfinite().all():
                     raise ValueError("logits are not finite")
-                hist_item = _switch_histogram(logits, labels, offsets, c, grid_on_device, ignore_index, per_image)
+                weights = None if item_weights is None or (item_weights[i] == 1).all() else item_weights[i]
+                hist_item = _switch_histogram(
+                    logits, labels, offsets, c, grid_on_device, ignore_index, per_image, weights
+                )
                 if per_image:  # (B, C, C, K + 1): each image's reward at every candidate, summed over images
                     counts = class_counts(_candidate_confusions(hist_item, c))  # (B, K, C) each
                     counted = counts[1][:, 0].sum(-1) > 0

@@ -9,10 +9,12 @@ from transformers import SegformerForSemanticSegmentation
 from hf_reward.calibrate import (
     Calibration,
     LogitCache,
+    PixelSample,
     _candidate_confusions,
     _first_winning_index,
     _grid,
     _switch_histogram,
+    bilinear_at,
     collect_logits,
     fit_offsets,
     fold_offsets,
@@ -295,3 +297,56 @@ def test_a_fit_over_no_counted_pixel_is_refused_not_scored_zero(per_image):
     void = torch.full((2, 4, 4), 255)
     with pytest.raises(ValueError, match="no counted pixel: every label is ignore_index \\(255\\)"):
         fit_offsets([(logits, void)], "miou_gt" if per_image else "miou", per_image=per_image, progress=False)
+
+
+@pytest.mark.parametrize("size", [(16, 20), (13, 29), (4, 5), (3, 2)])
+def test_the_pointwise_bilinear_gather_equals_interpolate_at_the_sampled_points(size):
+    logits = torch.randn(C, 4, 5, generator=torch.Generator().manual_seed(1))
+    full = upsample_logits(logits[None], size)[0].flatten(1)  # (C, H W)
+    points = torch.randperm(size[0] * size[1], generator=torch.Generator().manual_seed(2))[:37]
+    assert torch.allclose(bilinear_at(logits, size, points), full[:, points], atol=1e-6, rtol=0)
+
+
+def cached(batches) -> LogitCache:
+    cache = LogitCache(C)
+    for z, y in batches:
+        for zi, yi in zip(z, y):
+            cache.append(zi, torch.where((yi < 0) | (yi >= C), 255, yi))
+    return cache
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_a_sample_of_every_pixel_gives_the_exact_fit(per_image):
+    g = torch.Generator().manual_seed(3)
+    same_size = [(torch.randn(2, C, 16, 20, generator=g), y) for _, y in random_case(False, seed=4)]
+    exact = cached(same_size)
+    reward = "miou_gt" if per_image else "miou"
+    a = fit_offsets(exact, reward, per_image=per_image, progress=False)
+    b = fit_offsets(exact, reward, per_image=per_image, pixels_per_image=16 * 20, progress=False)
+    assert torch.equal(a.offsets, b.offsets) and a.history == b.history
+    assert torch.equal(a.confusion_after, b.confusion_after) and not torch.equal(a.offsets, torch.zeros(C))
+    # with the quarter-size logits resized: the same offsets (values equal up to fp16 rounding of the sample)
+    resized = cached(random_case(False, seed=4))
+    a = fit_offsets(resized, reward, per_image=per_image, progress=False)
+    b = fit_offsets(resized, reward, per_image=per_image, pixels_per_image=10**6, progress=False)
+    assert torch.equal(a.offsets, b.offsets)
+
+
+def test_the_pixel_sample_is_seeded_and_weighs_each_pixel_by_what_it_stands_for():
+    cache = cached(random_case(False, seed=5))
+    cache.append(torch.randn(C, 2, 3), torch.randint(0, C, (8, 10)))  # 80 < 100 pixels: all, in a group of its own
+    a, b, other = (PixelSample(cache, 100, seed=s) for s in (0, 0, 1))
+    assert len(a) == 2 and a.images == 7
+    for (z, y), (z2, y2) in zip(a, b):
+        assert torch.equal(z, z2) and torch.equal(y, y2)
+    assert not torch.equal(next(iter(a))[1], next(iter(other))[1])
+    (z, y), (z_last, y_last) = a
+    assert z.dtype == torch.float16 and tuple(z.shape) == (6, C, 1, 100) and tuple(y_last.shape) == (1, 1, 80)
+    assert a.weights[0].tolist() == [16 * 20 / 100] * 6 and a.weights[1].tolist() == [1.0]
+    # the weighted sample's counts estimate the split's: within 10% of its counted pixels here
+    fit = fit_offsets(a, "miou", max_sweeps=1, progress=False)
+    counted = sum(int((y < C).sum()) for _, y in cache)
+    assert fit.confusion_before.dtype == torch.float64
+    assert abs(float(fit.confusion_before.sum()) / counted - 1) < 0.1
+    with pytest.raises(ValueError, match="pixels_per_image must be at least 1, got 0"):
+        PixelSample(cache, 0)
