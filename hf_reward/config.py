@@ -46,8 +46,8 @@ class RewardSegConfig(TrainingArguments):
         default="miou",
         metadata={
             "help": f"Metric to maximise: a reward of the counts, one of {tuple(REWARDS)}, or of whole masks, one of "
-            f"{MASK_REWARDS} (estimator='score', reward_scope='image'); custom ones: reward_fn= or mask_reward_fn= "
-            "of RewardSegTrainer."
+            f"{MASK_REWARDS} (reward_scope='image'; estimator='score', or 'local' for boundary_f); custom ones: "
+            "reward_fn= or mask_reward_fn= of RewardSegTrainer."
         },
     )
     boundary_tolerance: str = field(
@@ -108,6 +108,25 @@ class RewardSegConfig(TrainingArguments):
         },
     )
     ema_decay: float = field(default=0.9, metadata={"help": "Decay of the running-mean reward of baseline='ema'."})
+    tail_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "q < 1 (reward_scope='image'): maximise the mean reward of the images in the lowest q by their "
+            "decoded (argmax) reward, a CVaR over images (e.g. 0.1 with reward='miou_gt' for the worst 10%%); "
+            "the threshold is the q-quantile of the last tail_window images' decoded rewards. 1: every image."
+        },
+    )
+    tail_window: int = field(
+        default=512, metadata={"help": "tail_fraction < 1: the recent images whose decoded rewards set the threshold."}
+    )
+    switch_around: str = field(
+        default="sample",
+        metadata={
+            "help": "estimator='local', reward_scope='image': credit each pixel with its switched rewards around "
+            "'sample' (unbiased for the expected reward) or 'decoded', the argmax mask evaluation scores (a "
+            "surrogate: each pixel's expected reward with the others at the decoded mask)."
+        },
+    )
     reward_weight: float = field(default=1.0, metadata={"help": "Weight of the reward loss (0: no sampling at all)."})
     ce_weight: float = field(default=1.0, metadata={"help": "Weight of pixel cross-entropy on the ground truth."})
     lovasz_weight: float = field(
@@ -157,6 +176,7 @@ class RewardSegConfig(TrainingArguments):
             self.dataloader_pin_memory = False
         for name in (
             "reward_beta",
+            "tail_fraction",
             "dataset_confusion_decay",
             "ema_decay",
             "reward_weight",
@@ -214,6 +234,9 @@ class RewardSegConfig(TrainingArguments):
             dataset_confusion_decay=self.dataset_confusion_decay,
             ema_decay=self.ema_decay,
             mask_reward=mask_reward,
+            tail_fraction=self.tail_fraction,
+            tail_window=self.tail_window,
+            switch_around=self.switch_around,
         )
 
     def _mask_reward(self, id2label: dict[int, str] | None) -> MaskReward:

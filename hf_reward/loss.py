@@ -76,6 +76,13 @@ class LossSettings:
     ignore_index: label of void pixels.
     dataset_confusion_decay: of the dataset scope's running matrix, per optimizer step.
     ema_decay: of the ``ema`` baseline's running mean reward.
+    tail_fraction: q < 1 (image scope): maximise the mean expected reward of the images whose decoded
+    (argmax) reward lies in the lowest q, a CVaR over images: each image's gradient is weighted by
+    1{greedy reward <= v} / q, v the q-quantile of the decoded rewards of the last ``tail_window``
+    images (this process's, kept in :class:`RewardState`). 1: every image (the plain mean).
+    switch_around: ``"sample"``, or ``"decoded"`` (local estimator, image scope): credit each pixel with
+    R(decoded mask with it switched to c) - sum_c' p(c') R(...), the rewards around the argmax mask
+    that evaluation scores instead of around a sample (see :func:`local_weights`).
     mask_reward: a reward of whole masks ``(pred (N, h, w), target (N, h, w)) -> (N,)`` at the
     sampling resolution (:mod:`hf_reward.mask_scores`: boundary F, object F1, or your own) in place of
     ``reward``; the score estimator, per image, is the one that takes it. Void pixels get no
@@ -93,15 +100,20 @@ class LossSettings:
     dataset_confusion_decay: float = 0.9
     ema_decay: float = 0.9
     mask_reward: MaskReward | None = None
+    tail_fraction: float = 1.0
+    tail_window: int = 512
+    switch_around: str = "sample"
 
     def __post_init__(self):
         if self.mask_reward is not None:
             if self.reward is not None or not callable(self.mask_reward):
                 raise ValueError("give either reward (of the counts) or mask_reward (of whole masks), not both")
-            if self.estimator != "score" or self.reward_scope != "image":
+            local_ok = hasattr(self.mask_reward, "switched")
+            if (self.estimator != "score" and not local_ok) or self.reward_scope != "image":
                 raise ValueError(
-                    "a reward of whole masks needs estimator='score' and reward_scope='image': the local estimator "
-                    "needs a reward of the counts"
+                    "a reward of whole masks needs estimator='score' and reward_scope='image' (the local estimator "
+                    "takes a reward of the counts, or boundary F, whose switched rewards it computes), got "
+                    f"estimator={self.estimator!r}, reward_scope={self.reward_scope!r}"
                 )
         elif not callable(self.reward):
             raise ValueError(f"reward must be a function of (tp, gt, pd), got {self.reward!r}")
@@ -117,6 +129,18 @@ class LossSettings:
             raise ValueError(f"num_samples must be an integer >= 1, got {self.num_samples!r}")
         if not (self.temperature > 0 and self.temperature < float("inf")):  # also rejects NaN
             raise ValueError(f"temperature must be finite and > 0, got {self.temperature}")
+        if not 0 < self.tail_fraction <= 1 or self.tail_window < 1:
+            raise ValueError(
+                f"need 0 < tail_fraction <= 1 and tail_window >= 1, got {self.tail_fraction}, {self.tail_window}"
+            )
+        if self.tail_fraction < 1 and self.reward_scope != "image":
+            raise ValueError(
+                f"tail_fraction < 1 weighs images: it needs reward_scope='image', got {self.reward_scope!r}"
+            )
+        if self.switch_around not in ("sample", "decoded"):
+            raise ValueError(f"switch_around must be 'sample' or 'decoded', got {self.switch_around!r}")
+        if self.switch_around == "decoded" and (self.estimator != "local" or self.reward_scope != "image"):
+            raise ValueError("switch_around='decoded' needs estimator='local' and reward_scope='image'")
         if self.estimator == "score":
             if self.reward_scope != "image":
                 raise ValueError(
@@ -132,12 +156,14 @@ class RewardState:
     step: ``(C, C)`` float64, the sampled counts of the optimizer step's earlier micro-batches
     (batch and dataset scopes). running: ``(C, C)`` float64, the dataset scope's decayed counts of
     past optimizer steps. ema: scalar, the ``ema`` baseline's running mean reward (NaN until an
-    image with a valid pixel was seen).
+    image with a valid pixel was seen). tail: ``(n,)`` the decoded rewards of the last images seen
+    (``tail_fraction < 1``), whose quantile is the tail's threshold.
     """
 
     step: torch.Tensor | None = None
     running: torch.Tensor | None = None
     ema: torch.Tensor | None = None
+    tail: torch.Tensor | None = None
 
     def context(self, reward_scope: str) -> torch.Tensor | None:
         """The counts that join a micro-batch's own in its scope's matrix (``None``: none)."""
@@ -151,6 +177,8 @@ class RewardState:
         """Take in one call's output; ``step_ends``: it was the optimizer step's last micro-batch."""
         if settings.estimator == "score" and settings.baseline == "ema":
             self.ema = baselines.update_ema(self.ema, out.rewards, out.valid_images, settings.ema_decay)
+        if settings.tail_fraction < 1:
+            self.tail = recent_rewards(self.tail, out.greedy_rewards[out.valid_images], settings.tail_window)
         if settings.reward_scope == "image":
             return
         counts = out.sample_confusion
@@ -162,10 +190,27 @@ class RewardState:
             self.step = None
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {name: value for name in ("step", "running", "ema") if (value := getattr(self, name)) is not None}
+        return {name: value for name in STATE_NAMES if (value := getattr(self, name)) is not None}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.step, self.running, self.ema = (state.get(name) for name in ("step", "running", "ema"))
+        self.step, self.running, self.ema, self.tail = (state.get(name) for name in STATE_NAMES)
+
+
+STATE_NAMES = ("step", "running", "ema", "tail")
+
+
+def recent_rewards(window: torch.Tensor | None, rewards: torch.Tensor, size: int) -> torch.Tensor:
+    """The last ``size`` of ``window`` followed by ``rewards`` (float32, detached)."""
+    rewards = rewards.detach().float()
+    return (rewards if window is None else torch.cat([window.to(rewards), rewards]))[-size:]
+
+
+def tail_weights(greedy: torch.Tensor, valid_images: torch.Tensor, window: torch.Tensor | None, q: float):
+    """``(weights (B,), threshold)``: 1/q for the valid images whose decoded reward is at most the q-quantile of
+    ``window`` and this batch's, else 0."""
+    recent = recent_rewards(window, greedy[valid_images], 1 << 30)
+    threshold = torch.quantile(recent, q) if len(recent) else greedy.new_tensor(torch.nan)
+    return ((greedy <= threshold) & valid_images).float() / q, threshold
 
 
 @dataclass
@@ -200,7 +245,8 @@ class RewardLossOutput:
     of each sample's scope matrix for the batch and dataset scopes, else ``None``. weight_abs,
     frac_zero_weight: ``(B,)`` for the local estimator, else ``None``: per image, the mean over valid
     pixels of sum_c |weight_ic| (the size of the credit each pixel gets), and the share of valid
-    pixels whose weights are all 0 (no switch of theirs changes the reward).
+    pixels whose weights are all 0 (no switch of theirs changes the reward). tail_threshold: with
+    ``tail_fraction < 1``, the decoded reward at or below which an image is in the tail.
     """
 
     loss: torch.Tensor
@@ -215,6 +261,7 @@ class RewardLossOutput:
     scope_rewards: torch.Tensor | None = None
     weight_abs: torch.Tensor | None = None
     frac_zero_weight: torch.Tensor | None = None
+    tail_threshold: torch.Tensor | None = None
 
     @property
     def valid_images(self) -> torch.Tensor:
@@ -284,24 +331,42 @@ def score_function_weights(
     return weight * samples.valid.unsqueeze(1), adv, carries.unsqueeze(1) & valid_images
 
 
-def local_weights(samples: Samples, reward: Reward, scope: torch.Tensor | None, ignore_index: int) -> torch.Tensor:
+def local_weights(
+    samples: Samples,
+    reward: Reward | MaskReward,
+    scope: torch.Tensor | None,
+    ignore_index: int,
+    around_decoded: bool = False,
+) -> torch.Tensor:
     """Step 3, local expectation: ``weight (B, C, h, w)`` on p, the mean over samples of the
     per-pixel advantages A_ic = R_ic - sum_c' p_i(c') R_ic'.
 
     ``scope`` ``(K, C, C)``: each sample's pooled matrix (batch and dataset scopes), whose reward
     all of the batch's pixels are credited against, scaled by n_scope / n_batch (see the module
     docstring); ``None`` for the image scope, where each image is its own group, averaged over
-    the images with a valid pixel.
+    the images with a valid pixel. ``reward``: of the counts, or of whole masks with a ``switched``
+    method (:class:`hf_reward.mask_scores.BoundaryFReward`; image scope) that gives R_ic - R directly.
+
+    ``around_decoded`` (image scope): R_ic around the argmax mask instead of a sample. The weights are
+    then the gradient of sum_i sum_c p_i(c) R(decoded with pixel i set to c): each pixel's expected reward
+    with the others held at the decoded mask, a surrogate of the decoded mask's reward, not an unbiased
+    estimate of the gradient of E[R] (it is exact for a reward that is a sum over pixels).
     """
     masks, labels = samples.masks, samples.labels
+    confusion = samples.confusion
+    if around_decoded:  # the argmax mask in place of the samples
+        masks = samples.log_probs.detach().argmax(1).unsqueeze(0)
+        confusion = confusion_matrix(masks[0], labels, confusion.shape[-1], ignore_index).unsqueeze(0)
     k, batch, h, w = masks.shape
     probs = samples.log_probs.detach().exp()
     weight = torch.zeros_like(probs)
     n_batch = samples.valid.sum().clamp(min=1)
     n_images = samples.valid.flatten(1).any(1).sum().clamp(min=1)
     for i in range(k):  # K is small (1 by default); each iteration is batched over pixels and classes
-        if scope is None:
-            table = local.switch_table(reward, samples.confusion[i])  # (B, 3, C, C)
+        if hasattr(reward, "switched"):
+            deltas = reward.switched(masks[i], labels) / n_images
+        elif scope is None:
+            table = local.switch_table(reward, confusion[i])  # (B, 3, C, C)
             deltas = local.switched_reward_deltas(masks[i].flatten(1), labels.flatten(1), table, ignore_index)
             deltas = deltas.view(batch, -1, h, w) / n_images
         else:
@@ -364,8 +429,12 @@ def reward_loss(
         entropy = policy.entropy(samples.log_probs.exp(), samples.log_probs, samples.valid)
         advantages = carried = scope_rewards = None
         diagnostics = {}
+        image_weights = valid_images.float()
+        if s.tail_fraction < 1:
+            image_weights, tail_threshold = tail_weights(greedy.float(), valid_images, state.tail, s.tail_fraction)
+            diagnostics["tail_threshold"] = tail_threshold
         if s.reward_scope == "image":
-            objective = (rewards * valid_images).sum(1).mean() / valid_images.sum().clamp(min=1)
+            objective = (rewards * image_weights).sum(1).mean() / valid_images.sum().clamp(min=1)
             scope, own = None, samples.confusion.sum(1).double()
         else:
             scope, own = scope_confusion(samples.confusion, state.context(s.reward_scope), reduce_counts)
@@ -376,8 +445,12 @@ def reward_loss(
                 samples, rewards, valid_images, s.baseline, greedy.float(), state.ema
             )
         else:
-            weight = local_weights(samples, s.reward, scope, s.ignore_index)
-            diagnostics = local_diagnostics(weight, samples.valid)
+            weight = local_weights(
+                samples, s.mask_reward or s.reward, scope, s.ignore_index, s.switch_around == "decoded"
+            )
+            diagnostics |= local_diagnostics(weight, samples.valid)
+        if s.tail_fraction < 1:  # the tail's images count 1/q each, the others 0
+            weight = weight * image_weights.view(-1, 1, 1, 1)
     # REINFORCE weights log p; the local estimator weights p itself.
     surrogate = (weight * (samples.log_probs if s.estimator == "score" else samples.log_probs.exp())).sum()
     return RewardLossOutput(

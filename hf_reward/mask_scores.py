@@ -47,6 +47,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.ndimage
@@ -146,6 +147,26 @@ def boundary_f(
     return torch.where(counted.any(1), mean, 1.0)
 
 
+@dataclass(frozen=True)
+class BoundaryFReward:
+    """Each image's boundary F at ``tolerance`` as a reward of masks ``(N, H, W) -> (N,)``, with the switched
+    rewards the local estimator needs (:func:`hf_reward.local_boundary.switched_boundary_f`)."""
+
+    num_classes: int
+    tolerance: str = "2px"
+    ignore_index: int = 255
+
+    def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return boundary_f(pred, target, self.num_classes, self.tolerance, self.ignore_index)
+
+    def switched(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``R(pred with pixel i switched to c) - R(pred)`` for every image, class and pixel: ``(N, C, H, W)``."""
+        from .local_boundary import switched_boundary_f  # it builds on this module's boundaries
+
+        radius = tolerance_pixels(self.tolerance, tuple(target.shape[-2:]))
+        return switched_boundary_f(pred, target, self.num_classes, radius, self.ignore_index)
+
+
 def object_counts(
     pred: torch.Tensor, target: torch.Tensor, thing_ids: Sequence[int], ignore_index: int = 255, min_iou: float = 0.5
 ) -> torch.Tensor:
@@ -209,7 +230,7 @@ def get_mask_reward(
     """
     if name == "boundary_f":
         tolerance_pixels(tolerance, (1, 1))
-        return functools.partial(boundary_f, num_classes=num_classes, tolerance=tolerance, ignore_index=ignore_index)
+        return BoundaryFReward(num_classes, tolerance, ignore_index)
     if name == "object_f1":
         if not thing_ids:
             raise ValueError("reward 'object_f1' needs thing classes (RewardSegConfig.reward_thing_classes)")

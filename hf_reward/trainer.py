@@ -261,6 +261,8 @@ class RewardSegTrainer(Trainer):
         if out.weight_abs is not None:
             self._add_metric("weight_abs", (out.weight_abs * valid).sum(), valid.sum())
             self._add_metric("frac_zero_weight", (out.frac_zero_weight * valid).sum(), valid.sum())
+        if out.tail_threshold is not None and out.tail_threshold.isfinite():
+            self._add_metric("tail_threshold", out.tail_threshold, 1)
 
     def _init_training_state(
         self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial

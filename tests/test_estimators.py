@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from hf_reward import LossSettings, RewardState, reward_loss
+from hf_reward.loss import tail_weights
 from hf_reward.mask_scores import get_mask_reward
 from hf_reward.rewards import (
     REWARDS,
@@ -133,10 +134,33 @@ def test_score_unbiased_for_rewards_of_whole_masks(name, baseline, k):
     assert mean[0, :, 1, 1].abs().max() == 0  # the ignored pixel gets no gradient
 
 
+@pytest.mark.parametrize("name", ["boundary_f", "boundary_f_0px"])
+def test_local_unbiased_for_boundary_f(name):
+    loss_settings = settings(reward=None, mask_reward=MASK_REWARD_FNS[name], estimator="local", num_samples=2)
+    mean, se, target = image_scope_gradient(loss_settings, draws=10, copies=128)
+    check_unbiased(mean, se, target, 1e-5, 0.97)
+    assert mean[0, :, 1, 1].abs().max() == 0  # the ignored pixel gets no gradient
+
+
+def test_local_boundary_f_has_lower_variance_than_score():
+    """The spread of one call's gradient (one image, fresh samples): local K=1 against REINFORCE K=4 with loo."""
+    torch.manual_seed(0)
+    theta = (1.5 * torch.randn(1, C, 2, 3)).requires_grad_()
+    reward = MASK_REWARD_FNS["boundary_f"]
+
+    def spread(**kwargs):
+        _, se = estimate_gradient(theta, LABELS, 200, settings(reward=None, mask_reward=reward, **kwargs))
+        return float(se.pow(2).sum())
+
+    assert spread(estimator="local", num_samples=1) * 4 < spread(estimator="score", num_samples=4, baseline="loo")
+
+
 def test_rewards_of_whole_masks_need_the_score_estimator_per_image():
     reward = MASK_REWARD_FNS["custom"]
     with pytest.raises(ValueError, match="needs estimator='score' and reward_scope='image'"):
         settings(reward=None, mask_reward=reward, estimator="local")
+    with pytest.raises(ValueError, match="needs estimator='score' and reward_scope='image'"):
+        settings(reward=None, mask_reward=MASK_REWARD_FNS["boundary_f"], estimator="local", reward_scope="batch")
     with pytest.raises(ValueError, match="either reward"):
         settings(mask_reward=reward)
 
@@ -300,6 +324,10 @@ def test_custom_reward_works_with_both_estimators():
         (dict(temperature=float("inf")), "temperature"),
         (dict(sample_resolution="full"), "sample_resolution"),
         (dict(reward="miou"), "function of"),
+        (dict(tail_fraction=0.0), "tail_fraction"),
+        (dict(tail_fraction=0.5, estimator="local", reward_scope="batch"), "needs reward_scope='image'"),
+        (dict(switch_around="argmax"), "switch_around must be"),
+        (dict(switch_around="decoded"), "needs estimator='local' and reward_scope='image'"),
     ],
 )
 def test_settings_reject_impossible_values(knobs, message):
@@ -348,3 +376,67 @@ def test_counts_are_summed_over_processes_before_they_join_the_scope():
     )
     assert calls == [(2, 3, 3)]
     torch.testing.assert_close(out.sample_confusion, 2 * single.sample_confusion)
+
+
+TWO_IMAGES = torch.tensor([[[0, 1, 1]], [[2, IGNORE, 0]]])  # two 1 x 3 images
+
+
+@pytest.mark.parametrize("estimator,baseline,k", [("local", "none", 2), ("score", "loo", 4)])
+def test_tail_objective_is_the_mean_over_the_decoded_worst_images(estimator, baseline, k):
+    """q = 0.5 of two images: the gradient is that of E[R] of the image whose decoded reward is lower, and 0 for
+    the other (the threshold, from many copies of both, is their midpoint)."""
+    torch.manual_seed(3)
+    theta = torch.randn(2, C, 1, 3)
+    greedy = reward_of_masks(miou, theta.argmax(1), TWO_IMAGES, C, IGNORE)
+    assert greedy[0] != greedy[1]
+    worst = int(greedy.argmin())
+    exact = torch.zeros_like(theta)
+    one = theta[worst : worst + 1].clone().requires_grad_()
+    exact[worst] = torch.autograd.grad(exact_objective(one, TWO_IMAGES[worst : worst + 1]), one)[0][0]
+    copies = 128
+    batch_theta = theta.repeat(copies, 1, 1, 1).requires_grad_()
+    loss_settings = settings(estimator=estimator, baseline=baseline, num_samples=k, tail_fraction=0.5)
+    mean, se = estimate_gradient(batch_theta, TWO_IMAGES.repeat(copies, 1, 1), 10, loss_settings)
+    mean = mean.view(copies, 2, C, 1, 3).sum(0)
+    se = se.view(copies, 2, C, 1, 3).pow(2).sum(0).sqrt()
+    # the loss averages over 2 * copies images with weight 1/q = 2 on the tail's: d/dtheta of E[R_worst] / 2 * 2
+    check_unbiased(mean, se, -exact, 1e-4, 0.95)
+    assert mean[1 - worst].abs().max() == 0
+
+
+def test_tail_threshold_comes_from_the_recent_window_and_is_kept():
+    weights, threshold = tail_weights(
+        torch.tensor([0.2, 0.9, 0.5]), torch.tensor([True, True, False]), torch.tensor([0.1, 0.3, 0.6, 0.8]), 0.5
+    )
+    assert float(threshold) == pytest.approx(0.45)  # the median of 0.1, 0.3, 0.6, 0.8, 0.2, 0.9
+    assert weights.tolist() == [2.0, 0.0, 0.0]  # the invalid image never counts
+    state, loss_settings = RewardState(), settings(estimator="local", num_samples=1, tail_fraction=0.1, tail_window=5)
+    for seed in range(3):
+        logits = torch.randn(2, C, 2, 3, generator=torch.Generator().manual_seed(seed))
+        out = reward_loss(logits, LABELS.expand(2, -1, -1), loss_settings, state=state)
+        state.update(out, loss_settings, step_ends=True)
+    assert len(state.tail) == 5 and torch.equal(state.tail[-2:], out.greedy_rewards)
+    assert set(state.state_dict()) == {"tail"}
+    restored = RewardState()
+    restored.load_state_dict(state.state_dict())
+    assert torch.equal(restored.tail, state.tail)
+
+
+def test_rewards_around_the_decoded_mask_are_exact_for_a_sum_over_pixels_and_need_no_sample():
+    """Pixel accuracy is a sum over pixels: the decoded surrogate's gradient is the exact one, whatever is sampled."""
+    torch.manual_seed(4)
+    theta = (1.5 * torch.randn(1, C, 2, 3)).requires_grad_()
+    exact = torch.autograd.grad(exact_objective(theta, LABELS, pixel_accuracy), theta)[0]
+    loss_settings = settings(reward=pixel_accuracy, estimator="local", num_samples=1, switch_around="decoded")
+    grads = []
+    for seed in range(2):
+        theta.grad = None
+        reward_loss(theta, LABELS, loss_settings, generator=torch.Generator().manual_seed(seed)).loss.backward()
+        grads.append(theta.grad.clone())
+    assert torch.allclose(grads[0], -exact, atol=1e-6) and torch.equal(grads[0], grads[1])
+    boundary = settings(reward=None, mask_reward=MASK_REWARD_FNS["boundary_f"], estimator="local", num_samples=1)
+    decoded = LossSettings(**{**boundary.__dict__, "switch_around": "decoded"})
+    for s in (boundary, decoded):
+        theta.grad = None
+        reward_loss(theta, LABELS, s).loss.backward()
+        assert theta.grad.isfinite().all() and theta.grad[0, :, 1, 1].abs().max() == 0
