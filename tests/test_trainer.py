@@ -70,6 +70,12 @@ REWARD_METRICS = {"reward", "greedy_reward", "entropy"}
             ),
             {"advantage_std"},
         ),
+        (dict(reward="boundary_f", reward_scope="image", sample_resolution="labels"), {"weight_abs"}),
+        (
+            dict(reward="boundary_f", reward_scope="image", switch_around="decoded", tail_fraction=0.5),
+            {"weight_abs", "tail_threshold"},
+        ),
+        (dict(reward="miou_gt", reward_scope="image", tail_fraction=0.1, tail_window=4), {"tail_threshold"}),
         (
             dict(
                 reward="object_f1",

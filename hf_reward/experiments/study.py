@@ -210,19 +210,24 @@ class StudyConfig:
         fields = {**self.tune, **self.arms[arm].fields, **horizon_fields}
         return study_args(output_dir, fields, learning_rate=lr, seed=seed)
 
-    def runs(self, arms: list[str] | None = None, seeds: list[int] | None = None) -> list[Run]:
-        """Every arm x horizon x learning rate x seed, of ``arms`` (the control always) and ``seeds``."""
+    def runs(
+        self, arms: list[str] | None = None, seeds: list[int] | None = None, horizons: list[str] | None = None
+    ) -> list[Run]:
+        """Every arm x horizon x learning rate x seed, of ``arms`` (the control always), ``seeds`` and ``horizons``."""
         arms = list(self.arms) if arms is None else [self.control] + [a for a in arms if a != self.control]
         unknown = [a for a in arms if a not in self.arms]
         if unknown:
             raise ValueError(f"unknown arm(s) {unknown}; the config has {list(self.arms)}")
+        unknown = [h for h in horizons or [] if h not in self.horizons]
+        if unknown:
+            raise ValueError(f"unknown horizon(s) {unknown}; the config has {list(self.horizons)}")
         return [
             Run(arm, horizon, lr, seed)
             for arm in arms
             for horizon, rates in self.arms[arm].learning_rates.items()
             for lr in rates
             for seed in self.horizons[horizon].get("seeds", self.seeds)
-            if seeds is None or seed in seeds
+            if (seeds is None or seed in seeds) and (horizons is None or horizon in horizons)
         ]
 
 

@@ -46,6 +46,9 @@ class StudyArguments:
         default=None, metadata={"help": "Comma-separated subset of the config's arms (the control always runs)."}
     )
     only_seeds: str | None = field(default=None, metadata={"help": "Comma-separated subset of the config's seeds."})
+    only_horizons: str | None = field(
+        default=None, metadata={"help": "Comma-separated subset of the config's horizons."}
+    )
     jobs: int | None = field(default=None, metadata={"help": "Parallel runs (default: 2 on CPU, 1 on a GPU)."})
     full_resolution: bool = field(
         default=False,
@@ -69,6 +72,7 @@ def main(argv: list[str] | None = None):
         runs = cfg.runs(
             cli.only_arms.split(",") if cli.only_arms else None,
             [int(s) for s in cli.only_seeds.split(",")] if cli.only_seeds else None,
+            cli.only_horizons.split(",") if cli.only_horizons else None,
         )
     except ValueError as err:
         raise UsageError(str(err)) from err
