@@ -80,6 +80,12 @@ from .rewards import Reward, check_labels, check_reward, class_counts, counted_l
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # logits (B, C, h, w), labels (B, H, W)
 
+# The pixel sample's size where a split is too large for the exact fit to be quick: it lost at most 0.05 points of
+# the exact fit's full-resolution score in scripts/bench_calibrate.py (docs/benchmarks.md); EXACT_MAX_PIXELS: the
+# label pixels of a split up to which the exact fit stays the default (CamVid train at 360 x 480: 63M).
+DEFAULT_PIXELS_PER_IMAGE = 65536
+EXACT_MAX_PIXELS = 100_000_000
+
 
 class LogitCache:
     """Per-image logits (C, h, w) in fp16 and labels (H, W), in RAM or, with ``directory``, on disk.
@@ -129,6 +135,11 @@ class LogitCache:
 
     def __len__(self) -> int:
         return len(self._shapes)
+
+    @property
+    def label_pixels(self) -> int:
+        """The label pixels of every image, void included."""
+        return sum(int(np.prod(label_shape)) for _, label_shape in self._shapes)
 
     def __iter__(self):
         if self._dir is None:
@@ -263,6 +274,12 @@ class PixelSample:
         return iter(self._groups)
 
 
+def default_pixel_sample(cache: LogitCache) -> int | None:
+    """:data:`DEFAULT_PIXELS_PER_IMAGE` where ``cache`` holds more than :data:`EXACT_MAX_PIXELS` label pixels,
+    else ``None`` (the exact fit)."""
+    return DEFAULT_PIXELS_PER_IMAGE if cache.label_pixels > EXACT_MAX_PIXELS else None
+
+
 @dataclass
 class Calibration:
     """What :func:`fit_offsets` found.
@@ -270,7 +287,8 @@ class Calibration:
     ``offsets`` (C,) float32, grid values; ``history``: the metric after each sweep; confusion
     matrices (C, C) long ``cm[target, pred]`` over the split, without and with the offsets (float64
     estimates of them when fitted on a pixel sample).
-    ``per_image``: the metric is the mean over images of each image's reward.
+    ``per_image``: the metric is the mean over images of each image's reward. ``pixels_per_image``:
+    the size of the pixel sample it was fitted on (``None``: every pixel).
     """
 
     offsets: torch.Tensor
@@ -284,6 +302,7 @@ class Calibration:
     step: float
     max_offset: float
     per_image: bool = False
+    pixels_per_image: int | None = None
 
     @property
     def iou_before(self) -> np.ndarray:
@@ -533,6 +552,7 @@ def fit_offsets(
         step,
         max_offset,
         per_image,
+        data.pixels_per_image if isinstance(data, PixelSample) else None,
     )
 
 
@@ -565,6 +585,7 @@ def fold_offsets(
             "sweeps": len(calibration.history),
             "converged": calibration.converged,
             "grid": {"step": calibration.step, "max_offset": calibration.max_offset},
+            "pixels_per_image": calibration.pixels_per_image or "all",
         }
     else:
         record["method"] = method

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .calibrate import LogitCache, collect_logits, fit_offsets
+from .calibrate import LogitCache, PixelSample, collect_logits, default_pixel_sample, fit_offsets
 from .data.transforms import collate_segmentation
 from .decisions import decide, upsample_logits
 from .metrics import StreamingMeanIoU
@@ -124,11 +124,20 @@ def fit_decoders(
     reward: Reward,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    pixels_per_image: int | None = None,
 ) -> dict:
-    """The parameters of each decoder in ``decoders`` that has some, fitted on ``cache`` (computed on ``device``)."""
+    """The parameters of each decoder in ``decoders`` that has some, fitted on ``cache`` (computed on ``device``).
+
+    ``pixels_per_image``: the offsets are fitted on one sample of that many label pixels per image (0: every
+    pixel; ``None``: every pixel unless the split is large, :func:`hf_reward.calibrate.default_pixel_sample`).
+    """
     unknown = [d for d in decoders if d not in DECODERS]
     if unknown:
         raise ValueError(f"decoders must come from {DECODERS}, got {unknown}")
+    if pixels_per_image is None:
+        pixels_per_image = default_pixel_sample(cache)
+    if pixels_per_image and {"offsets", "image_offsets"} & set(decoders):
+        cache = PixelSample(cache, pixels_per_image, progress=progress)
     fitted = {}
     if "offsets" in decoders:
         fitted["offsets"] = fit_offsets(cache, reward, device=device, progress=progress).offsets
@@ -156,6 +165,7 @@ def score_decoders(
     ignore_index: int = 255,
     image_records: bool = False,
     progress: bool = False,
+    pixels_per_image: int | None = None,
     **metric_options,
 ) -> dict:
     """``{split: {decoder: metrics}, "fitted": {decoder: parameters}}`` for ``model`` on each of ``splits``.
@@ -165,10 +175,13 @@ def score_decoders(
     ``boundary_tolerances``, ``thing_classes``). ``image_records``: also ``"images": {split:
     {decoder: records}}``, each metric's per-image records (:meth:`StreamingMeanIoU.image_records`),
     for a bootstrap over images. ``progress``: bars over the model's passes, the fits and the decoding.
+    ``pixels_per_image``: of the offsets' fits, as :func:`fit_decoders`.
     """
     device = next(model.parameters()).device
     fitted = (
-        fit_decoders(_cache(model, fit_split, batch_size, progress), decoders, reward, device, progress)
+        fit_decoders(
+            _cache(model, fit_split, batch_size, progress), decoders, reward, device, progress, pixels_per_image
+        )
         if set(decoders) - {"argmax"}
         else {}
     )

@@ -16,6 +16,7 @@ from hf_reward.calibrate import (
     _switch_histogram,
     bilinear_at,
     collect_logits,
+    default_pixel_sample,
     fit_offsets,
     fold_offsets,
 )
@@ -350,3 +351,19 @@ def test_the_pixel_sample_is_seeded_and_weighs_each_pixel_by_what_it_stands_for(
     assert abs(float(fit.confusion_before.sum()) / counted - 1) < 0.1
     with pytest.raises(ValueError, match="pixels_per_image must be at least 1, got 0"):
         PixelSample(cache, 0)
+
+
+def test_large_splits_default_to_a_pixel_sample_and_decoders_use_it(monkeypatch):
+    import hf_reward.calibrate as calibrate
+    from hf_reward.decoders import fit_decoders
+
+    cache = cached(random_case(False, seed=6))  # 6 images of 16 x 20
+    assert cache.label_pixels == 6 * 320 and default_pixel_sample(cache) is None
+    exact = fit_decoders(cache, ["offsets"], get_reward("miou"))["offsets"]
+    assert torch.equal(exact, fit_offsets(cache, "miou", progress=False).offsets)
+    monkeypatch.setattr(calibrate, "EXACT_MAX_PIXELS", 1000)
+    assert default_pixel_sample(cache) == calibrate.DEFAULT_PIXELS_PER_IMAGE
+    monkeypatch.setattr(calibrate, "DEFAULT_PIXELS_PER_IMAGE", 50)
+    sampled = fit_decoders(cache, ["offsets", "image_offsets"], get_reward("miou"))
+    assert torch.equal(sampled["offsets"], fit_offsets(PixelSample(cache, 50), "miou", progress=False).offsets)
+    assert torch.equal(fit_decoders(cache, ["offsets"], get_reward("miou"), pixels_per_image=0)["offsets"], exact)

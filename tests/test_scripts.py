@@ -319,7 +319,7 @@ def test_calibrate_script_folds_offsets_into_a_plain_segformer_and_evaluate_repr
         and record["reward"] == "miou"
         and set(record["offsets"]) == set(TOY_STREETS_ID2LABEL.values())
     )
-    assert record["metric_after"] >= record["metric_before"]
+    assert record["metric_after"] >= record["metric_before"] and record["pixels_per_image"] == "all"  # a small split
     start = load_segmentation_model(str(toy_start), TOY_STREETS_ID2LABEL)
     offsets = torch.tensor([record["offsets"][name] for name in TOY_STREETS_ID2LABEL.values()])
     torch.testing.assert_close(plain.decode_head.classifier.bias, start.decode_head.classifier.bias + offsets)
@@ -338,8 +338,9 @@ def test_calibrate_script_fits_per_image_offsets(tmp_path, toy_start, capsys):
     out = tmp_path / "calibrated"
     data = ["--toy_size", "32", "--toy_train_images", "16", "--toy_eval_images", "8"]
     argv = ["--model_name_or_path", str(toy_start), "--output_dir", str(out), "--reward", "miou_gt", "--per_image"]
-    model, columns = load_script("calibrate").main([*argv, "true", *data])
+    model, columns = load_script("calibrate").main([*argv, "true", "--pixels_per_image", "200", *data])
     assert model.config.calibration["scope"] == "image" and model.config.calibration["reward"] == "miou_gt"
+    assert model.config.calibration["pixels_per_image"] == 200
     assert "miou_gt (mean over images) on validation" in capsys.readouterr().out
     assert {"image_miou", "image_reward", "boundary_f_2px"} <= set(columns["calibrated"])
 

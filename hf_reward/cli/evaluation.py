@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from ..calibrate import Calibration, collect_logits, fit_offsets, fold_offsets
+from ..calibrate import Calibration, collect_logits, default_pixel_sample, fit_offsets, fold_offsets
 from ..data.transforms import collate_segmentation
 from ..decoders import decode
 from ..metrics import StreamingMeanIoU
@@ -70,12 +70,15 @@ def calibrate_model(
     cache_dir: str | None = None,
     progress: bool = True,
     num_images: int | None = None,
+    pixels_per_image: int | None = None,
     **fit_kwargs,
 ) -> Calibration:
     """Fit exact per-class offsets for ``reward`` on ``dataset`` (as evaluation sees it) and fold them into ``model``.
 
     ``split`` names the data in the model's calibration record; ``num_images``: how many a stream holds
-    (for the progress bar; a map-style dataset knows). ``fit_kwargs`` go to
+    (for the progress bar; a map-style dataset knows). ``pixels_per_image``: fit on a sample of that many
+    label pixels per image; 0: on every pixel; ``None``: every pixel unless the split is large
+    (:func:`hf_reward.calibrate.default_pixel_sample`). ``fit_kwargs`` go to
     :func:`hf_reward.calibrate.fit_offsets` (``step``, ``max_offset``, ``max_sweeps``); the fit runs on the
     model's device unless ``device`` says otherwise.
     """
@@ -89,6 +92,15 @@ def calibrate_model(
     if len(cache) == 0:
         raise UsageError(f"the calibration split {split!r} yields no image (check its name and the data's source)")
     fit_kwargs.setdefault("device", next(model.parameters()).device)
-    calibration = fit_offsets(cache, reward, ignore_index=ignore_index, progress=progress, **fit_kwargs)
+    if pixels_per_image is None:
+        pixels_per_image = default_pixel_sample(cache)
+    calibration = fit_offsets(
+        cache,
+        reward,
+        ignore_index=ignore_index,
+        progress=progress,
+        pixels_per_image=pixels_per_image or None,
+        **fit_kwargs,
+    )
     fold_offsets(model, calibration, split=f"{split} ({len(cache)} images)")
     return calibration

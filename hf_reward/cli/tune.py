@@ -81,6 +81,13 @@ class TuneArguments:
         default=256,
         metadata={"help": "Training images (no augmentation) each decoder's offsets are fitted on."},
     )
+    pixels_per_image: int | None = field(
+        default=None,
+        metadata={
+            "help": "Fit the offsets on a seeded sample of N label pixels per image (0: every pixel). Default: every "
+            "pixel, or a sample where the fit split is large (hf_reward.calibrate.default_pixel_sample)."
+        },
+    )
     pretrain_steps: int = field(
         default=600,
         metadata={
@@ -96,6 +103,8 @@ class TuneArguments:
             raise UsageError(f"--dev_fraction {self.dev_fraction}: give a share in (0, 1)")
         if self.fit_images < 1:
             raise UsageError(f"--fit_images {self.fit_images}: give at least 1")
+        if self.pixels_per_image is not None and self.pixels_per_image < 0:
+            raise UsageError(f"--pixels_per_image {self.pixels_per_image}: give N >= 1, or 0 for every pixel")
 
 
 ARGUMENTS = (ModelArguments, DataArguments, TuneArguments, TuneConfig)

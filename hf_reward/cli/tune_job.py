@@ -186,6 +186,7 @@ def run(
             ignore_index=args.ignore_index,
             image_records=True,
             progress=not args.disable_tqdm,
+            pixels_per_image=tune_args.pixels_per_image,
             **options,
         )
 
