@@ -8,8 +8,9 @@ It runs these commands one after the other, each in its own process:
    scaler): a MiT-b0-sized SegFormer, C = 19, batch 8 at 512 x 512;
 2. a 50-step bf16 tune of the embedded default through ``accelerate launch --mixed_precision bf16``
    (pretraining, tuning, the cross-entropy control and calibration, on the GPU);
-3. ``scripts/bench_calibrate.py --device cuda``: the calibration fit on the GPU, on CamVid train and on
-   the synthetic Cityscapes split (19 x 256 x 512 logits, 1024 x 2048 labels);
+3. ``scripts/bench_calibrate.py --device cuda``: the calibration fits on the GPU, exact and on a pixel
+   sample, on 20 synthetic Cityscapes images (19 x 256 x 512 logits, 1024 x 2048 labels), each scored at
+   full resolution, then the sampled fit of 200 such images;
 4. the short arms of ``configs/study_camvid.yaml`` at CamVid's full 360 x 480, seed 0.
 
 It writes one markdown table (check, command, seconds, result) to ``<output_dir>/gpu_check.md`` and
@@ -55,11 +56,12 @@ def tune_result(stdout: str, out: Path) -> str:
 
 
 def calibrate_result(stdout: str, out: Path) -> str:
-    """bench_calibrate's cost per image and pass, and what a 500-image sweep takes."""
+    """bench_calibrate's pixel-sample table: each fit's seconds and loss against the exact fit, and the sweeps."""
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in stdout.splitlines() if line.startswith("| ")]
-    rows = [r for r in rows if r[0] not in ("case", "---")]
-    summary = [line for line in stdout.splitlines() if line.startswith("Synthetic:")]
-    return "; ".join(f"{r[0]}, {r[1]} images: {r[7]} ms per image-pass" for r in rows) + "; " + " ".join(summary)
+    rows = [r for r in rows if r[0] not in ("fitted on", "---")]
+    fits = [f"{r[1]}, {r[2]} pixels: fit {r[4]} s, loss {r[7]}" for r in rows]
+    sweeps = [line.strip("- ") for line in stdout.splitlines() if line.startswith("- ")]
+    return "; ".join(fits + sweeps)
 
 
 def study_result(stdout: str, out: Path) -> str:
@@ -113,9 +115,10 @@ def main(argv: list[str] | None = None):
             tune_result,
         ),
         (
-            "calibration fit on CUDA",
-            [*python, "scripts/bench_calibrate.py", "--device", "cuda"],
-            240,
+            "calibration fits on CUDA, exact and sampled",
+            [*python, "scripts/bench_calibrate.py", "--device", "cuda", "--cases", "synthetic", "scale"]
+            + ["--images", "20", "--sample_sizes", "65536", "--scale_images", "200"],
+            300,
             out,
             calibrate_result,
         ),

@@ -19,7 +19,8 @@ def test_a_mixed_precision_step_trains_every_variant_with_a_finite_loss(precisio
     bench_step.main(["--precision", precision, "--classes", "19", "--batch", "1", "--size", "64", "--rounds", "1"])
     stdout = capsys.readouterr().out
     cells = gpu_check.bench_step_result(stdout, None).split("; ")
-    assert [c.split(" ")[0] for c in cells] == ["mle", "local", "local", "score"] and f"cpu, {precision}" in stdout
+    assert len(cells) == len(bench_step.VARIANTS) and f"cpu, {precision}" in stdout
+    assert cells[0].startswith("cross-entropy (the model's own loss)") and "Lovász" in cells[-1]
     assert all(math.isfinite(float(c.split(" s ")[0].split(" ")[-1])) for c in cells)
 
 
@@ -31,7 +32,10 @@ def test_a_mixed_precision_step_computes_the_fp32_loss_and_gradient(precision):
 
     pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     labels = torch.randint(0, 4, (2, 32, 32), generator=torch.Generator().manual_seed(1))
-    for knobs in (None, bench_step.VARIANTS["local + ce (the recipe)"]):
+    for knobs in (
+        bench_step.VARIANTS["mle"],
+        bench_step.VARIANTS["local, dataset-scope mIoU + ce (the default recipe)"],
+    ):
         results = []
         for p in ("fp32", precision):
             model = tiny_segformer(4)
@@ -68,3 +72,17 @@ def test_the_tune_cell_reads_each_models_raw_and_calibrated_miou(tmp_path):
         json.dumps({"start": scores, "tuned": scores, "control": {"raw": {"mean_iou": 0.25}}})
     )
     assert gpu_check.tune_result("", tmp_path) == "start 50.0 / 55.0; tuned 50.0 / 55.0; control 25.0"
+
+
+def test_the_calibration_cell_reads_the_pixel_sample_table():
+    stdout = (
+        "| fitted on | metric | pixels per image | sample (s) | fit (s) | sweeps | full-resolution score | loss |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+        "| 20 synthetic Cityscapes | dataset mIoU | all | 0.0 | 12.0 | 3 | fit split 31.90 | fit split +0.00 |\n"
+        "| 20 synthetic Cityscapes | dataset mIoU | 65536 | 0.5 | 1.0 | 3 | fit split 31.88 | fit split +0.02 |\n"
+        "\n- dataset mIoU: one sweep 4 s (25.00 -> 31.00 on the sample)\n"
+    )
+    assert gpu_check.calibrate_result(stdout, None) == (
+        "dataset mIoU, all pixels: fit 12.0 s, loss fit split +0.00; dataset mIoU, 65536 pixels: fit 1.0 s, loss "
+        "fit split +0.02; dataset mIoU: one sweep 4 s (25.00 -> 31.00 on the sample)"
+    )
