@@ -55,11 +55,14 @@ def disk(radius: float) -> list[tuple[int, int]]:
 
 
 def _f_scores(n_p, tp_p, n_g, m):
-    """Per-class F and whether the class counts (a boundary in either map), as ``boundary_f_per_class``."""
-    precision = tp_p / n_p.clamp(min=1)
-    recall = m / n_g.clamp(min=1)
-    total = precision + recall
-    f = torch.where(total > 0, 2 * precision * recall / total.clamp(min=1e-300), 0.0)
+    """Per-class F, 0 where the class does not count (no boundary in either map), and whether it counts.
+
+    F = 2 P R / (P + R) with P = tp_p / n_p and R = m / n_g is 2 tp_p m / (tp_p n_g + m n_p), 0 where
+    that denominator is (an empty set of either side makes P or R, and the numerator, 0); the counts are
+    integers, so a positive denominator is at least 1.
+    """
+    denominator = tp_p * n_g + m * n_p
+    f = torch.where(denominator > 0, 2 * tp_p * m / denominator.clamp(min=1), 0.0)
     return f, (n_g + n_p) > 0
 
 
@@ -86,17 +89,21 @@ def switched_boundary_f(
     cnt = sum((shifted(boundary_p, dy, dx, False) & (shifted(p, dy, dx, -1) == t)).int() for dy, dx in disk(radius))
 
     def by_class(mask):
-        return (mask.unsqueeze(1) & (p.unsqueeze(1) == classes)).sum((-2, -1)).double()
+        return (mask.unsqueeze(1) & (p.unsqueeze(1) == classes)).sum((-2, -1)).float()
 
-    base = torch.stack([by_class(boundary_p), by_class(boundary_p) * 0, g_k.sum((-2, -1)).double(), 0 * by_class(p)])
-    base[1] = (boundary_p.unsqueeze(1) & (p.unsqueeze(1) == classes) & near_g).sum((-2, -1))
-    base[3] = (g_k & (cnt > 0).unsqueeze(1)).sum((-2, -1))
-    base = base.view(4, n, num_classes, 1, 1)  # n_p, tp_p, n_g, m of each image and class
+    base = torch.stack(
+        [
+            by_class(boundary_p),
+            (boundary_p.unsqueeze(1) & (p.unsqueeze(1) == classes) & near_g).sum((-2, -1)).float(),
+            g_k.sum((-2, -1)).float(),
+            (g_k & (cnt > 0).unsqueeze(1)).sum((-2, -1)).float(),
+        ]
+    ).view(4, n, num_classes, 1, 1)  # n_p, tp_p, n_g, m of each image and class (float32: exact integers)
 
     # After switching i to c (i valid), the count changes of class k are x1[k] + [c == k] x2[k]: i leaves
     # P_a and joins P_c if a valid neighbour is predicted other than c; a neighbour j = i + e keeps its class
     # and is in P if one of its other neighbours differs (``others``) or c differs from its class.
-    x1 = torch.zeros(4, n, num_classes, h, w, dtype=torch.float64, device=pred.device)
+    x1 = torch.zeros(4, n, num_classes, h, w, device=pred.device)
     x2 = torch.zeros_like(x1)
     new_i = torch.zeros(n, num_classes, h, w, dtype=torch.bool, device=pred.device)
     for e in NEIGHBOURS:
@@ -104,10 +111,10 @@ def switched_boundary_f(
     new_i &= valid.unsqueeze(1)
 
     def add(x, quantity, index, value):
-        x[quantity].scatter_add_(1, index.unsqueeze(1), value.double().unsqueeze(1))
+        x[quantity].scatter_add_(1, index.unsqueeze(1), value.float().unsqueeze(1))
 
-    add(x1, 0, p, -boundary_p.double())
-    add(x1, 1, p, -(boundary_p & near_own).double())
+    add(x1, 0, p, -boundary_p.float())
+    add(x1, 1, p, -(boundary_p & near_own).float())
     x2[0] += new_i
     x2[1] += new_i & near_g
     differs = {e: valid & shifted(valid, *e, False) & (shifted(p, *e, -1) != p) for e in NEIGHBOURS}
@@ -120,13 +127,14 @@ def switched_boundary_f(
         class_j, valid_j = shifted(p, *e, 0), shifted(valid, *e, False)
         before_j, kept_j, near_j = (shifted(x, *e, False) for x in (boundary_p, valid & others, near_own))
         cross[e] = (class_j, valid_j, before_j, kept_j)
-        for quantity, weight in ((0, 1.0), (1, near_j.double())):
-            add(x1, quantity, class_j, (valid_j.double() - before_j.double()) * weight)
-            add(x2, quantity, class_j, (kept_j.double() - valid_j.double()) * weight)
+        for quantity, weight in ((0, 1.0), (1, near_j.float())):
+            add(x1, quantity, class_j, (valid_j.float() - before_j.float()) * weight)
+            add(x2, quantity, class_j, (kept_j.float() - valid_j.float()) * weight)
 
     # Recall: m moves where a target boundary pixel g = i + o, within r of a cross pixel, gains its first
     # predicted boundary pixel of its class within r or loses its last; c matters only as "c is g's class".
     reach = disk(radius)
+    classes_o, flips_other, flips_own = [], [], []  # per offset, scattered into x1[3] and x2[3] at once
     for oy, ox in sorted({(ey + dy, ex + dx) for ey, ex in CROSS for dy, dx in reach}):
         g_o = shifted(boundary_g, oy, ox, False)
         if not g_o.any():
@@ -150,21 +158,30 @@ def switched_boundary_f(
         matched = (cnt_o > 0).int()
         flip_other = ((cnt_o + change_other > 0).int() - matched) * g_o
         flip_own = ((cnt_o + change_own > 0).int() - matched) * g_o
-        add(x1, 3, k_o, flip_other)
-        add(x2, 3, k_o, flip_own - flip_other)
+        classes_o.append(k_o)
+        flips_other.append(flip_other)
+        flips_own.append(flip_own - flip_other)
+    if classes_o:
+        index = torch.stack(classes_o, 1)
+        x1[3].scatter_add_(1, index, torch.stack(flips_other, 1).float())
+        x2[3].scatter_add_(1, index, torch.stack(flips_own, 1).float())
 
-    # S (the sum of F over the classes that count) and their number, after the switch: every class at
-    # base + x1, except class c at base + x1 + x2.
-    f_base, counts_base = _f_scores(*base)
-    f_base = f_base * counts_base
-    f_a, counts_a = _f_scores(*(base + x1))
-    f_b, counts_b = _f_scores(*(base + x1 + x2))
-    f_a, f_b = f_a * counts_a, f_b * counts_b
-    sum_base, count_base = f_base.sum(1), counts_base.sum(1).double()  # (N, 1, 1)
-    sum_new = sum_base.unsqueeze(1) + (f_a - f_base).sum(1, keepdim=True) + (f_b - f_a)
-    count_new = count_base.unsqueeze(1) + (counts_a.double() - counts_base.double()).sum(1, keepdim=True)
-    count_new = count_new + counts_b.double() - counts_a.double()
-    r_base = torch.where(count_base > 0, sum_base / count_base.clamp(min=1), 1.0).unsqueeze(1)
-    r_new = torch.where(count_new > 0, sum_new / count_new.clamp(min=1), 1.0)
+    # S (the sum of F over the classes that count) and their number n, after the switch: every class at
+    # base + x1, except class c at base + x1 + x2. The change of the mean is formed from the changes dS, dn
+    # (S'/n' - S/n = (dS n - S dn) / (n n')), so that float32 keeps the precision of a one-pixel change.
+    n_p, tp_p, n_g, m = base
+    f_base, counts_base = _f_scores(n_p, tp_p, n_g, m)
+    f_a, counts_a = _f_scores(n_p + x1[0], tp_p + x1[1], n_g, m + x1[3])
+    f_b, counts_b = _f_scores(n_p + x1[0] + x2[0], tp_p + x1[1] + x2[1], n_g, m + x1[3] + x2[3])
+    counts_base, counts_a, counts_b = counts_base.float(), counts_a.float(), counts_b.float()
+    d_sum = (f_a - f_base).sum(1, keepdim=True) + (f_b - f_a)  # the F of classes that do not count is 0
+    d_count = (counts_a - counts_base).sum(1, keepdim=True) + (counts_b - counts_a)
+    sum_base, count_base = f_base.sum(1, keepdim=True), counts_base.sum(1, keepdim=True)  # (N, 1, 1, 1)
+    count_new = count_base + d_count
+    delta = (d_sum * count_base - sum_base * d_count) / (count_base * count_new).clamp(min=1)
+    delta = torch.where(
+        count_base == 0, torch.where(count_new > 0, sum_base + d_sum, 1) / count_new.clamp(min=1) - 1, delta
+    )
+    delta = torch.where((count_new == 0) & (count_base > 0), 1 - sum_base / count_base.clamp(min=1), delta)
     keep = valid.unsqueeze(1) & (p.unsqueeze(1) != classes)
-    return torch.where(keep, r_new - r_base, 0.0).float()
+    return torch.where(keep, delta, 0.0)
