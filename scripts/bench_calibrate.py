@@ -79,16 +79,17 @@ class CountingReads:
             yield item
 
 
-def rss_mb() -> float:
+def status_mb(key: str = "VmRSS") -> float:
+    """A memory line of /proc/self/status in MB: ``VmRSS`` (resident now) or ``VmHWM`` (its peak)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{key}:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no {key} in /proc/self/status")
 
 
 def fit(cache: LogitCache, device: str, **kwargs) -> dict:
     data = CountingReads(cache)
-    rss_before = rss_mb()
+    rss_before = status_mb()
     start = time.perf_counter()
     result = fit_offsets(data, "miou", progress=False, device=device, **kwargs)
     seconds = time.perf_counter() - start
@@ -163,40 +164,18 @@ def sample_losses(name: str, fit_cache: LogitCache, score_caches: dict, args) ->
     """One row per scope and N (exact first): fit seconds, sweeps, full-resolution scores, loss against exact."""
     rows = []
     for scope, kwargs in SCOPES.items():
-        exact, exact_s = timed_fit(fit_cache, args.device, **kwargs)
-        reference = {split: full_resolution_scores(c, exact.offsets)[scope] for split, c in score_caches.items()}
-        rows.append(
-            dict(
-                case=name,
-                scope=scope,
-                pixels="all",
-                sample_s=0.0,
-                fit_s=exact_s,
-                sweeps=len(exact.history),
-                scores=reference,
-                loss={k: 0.0 for k in reference},
-            )
-        )
-        print(f"{name} {scope} exact: {rows[-1]}", file=sys.stderr, flush=True)
-        for n in args.sample_sizes:
+        reference = {}  # the exact fit's scores, the first row's
+        for n in [None, *args.sample_sizes]:
             start = time.perf_counter()
-            sample = PixelSample(fit_cache, n, seed=0)
+            data = fit_cache if n is None else PixelSample(fit_cache, n, seed=0)
             sample_s = time.perf_counter() - start
-            fit, fit_s = timed_fit(sample, args.device, **kwargs)
+            fit, fit_s = timed_fit(data, args.device, **kwargs)
             scores = {split: full_resolution_scores(c, fit.offsets)[scope] for split, c in score_caches.items()}
-            rows.append(
-                dict(
-                    case=name,
-                    scope=scope,
-                    pixels=n,
-                    sample_s=sample_s,
-                    fit_s=fit_s,
-                    sweeps=len(fit.history),
-                    scores=scores,
-                    loss={k: reference[k] - v for k, v in scores.items()},
-                )
-            )
-            print(f"{name} {scope} {n}: {rows[-1]}", file=sys.stderr, flush=True)
+            reference = reference or scores
+            row = dict(case=name, scope=scope, pixels=n or "all", sample_s=sample_s, fit_s=fit_s)
+            row |= dict(sweeps=len(fit.history), scores=scores, loss={k: reference[k] - v for k, v in scores.items()})
+            rows.append(row)
+            print(f"{name} {scope} {n or 'exact'}: {row}", file=sys.stderr, flush=True)
     return rows
 
 
@@ -219,13 +198,6 @@ def synthetic_cache(images: int, directory: str) -> LogitCache:
     return cache
 
 
-def resident_peak_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 def sampled_scale(args) -> dict:
     """The sampled fit of ``--scale_images`` synthetic images: sampling, seconds per sweep, peak memory."""
     with tempfile.TemporaryDirectory(dir=args.cache_dir) as directory:
@@ -233,7 +205,7 @@ def sampled_scale(args) -> dict:
         cache = synthetic_cache(args.scale_images, directory)
         collect_s = time.perf_counter() - start
         Path("/proc/self/clear_refs").write_text("5")  # the peak from here on
-        rss_before = rss_mb()
+        rss_before = status_mb()
         start = time.perf_counter()
         sample = PixelSample(cache, args.pixels_per_image, seed=0)
         sample_s = time.perf_counter() - start
@@ -241,7 +213,7 @@ def sampled_scale(args) -> dict:
         for scope, kwargs in SCOPES.items():
             fit, fit_s = timed_fit(sample, args.device, max_sweeps=1, **kwargs)
             out[scope] = dict(sweep_s=fit_s, before=100 * fit.metric_before, after=100 * fit.metric_after)
-        out["rss_growth_mb"] = resident_peak_mb() - rss_before
+        out["rss_growth_mb"] = status_mb("VmHWM") - rss_before
         del cache
     return out
 
