@@ -51,7 +51,14 @@ from pathlib import Path
 
 import torch
 
-from hf_reward.calibrate import LogitCache, PixelSample, collect_logits, fit_offsets, fold_offsets
+from hf_reward.calibrate import (
+    DEFAULT_PIXELS_PER_IMAGE,
+    LogitCache,
+    PixelSample,
+    collect_logits,
+    fit_offsets,
+    fold_offsets,
+)
 from hf_reward.cli import parse_config, run_script
 from hf_reward.data import collate_segmentation, eval_transform, load_camvid
 from hf_reward.data.camvid import DEFAULT_ROOT
@@ -286,9 +293,11 @@ class BenchArguments:
         default_factory=lambda: ["camvid", "synthetic", "scale"], metadata={"help": "sampled: the cases to run."}
     )
     sample_sizes: list[int] = field(
-        default_factory=lambda: [1024, 4096, 16384, 65536], metadata={"help": "sampled: the N to compare."}
+        default_factory=lambda: [4096, 16384, 65536, 262144], metadata={"help": "sampled: the N to compare."}
     )
-    pixels_per_image: int = field(default=16384, metadata={"help": "sampled, scale: N for the 500-image fit."})
+    pixels_per_image: int = field(
+        default=DEFAULT_PIXELS_PER_IMAGE, metadata={"help": "sampled, scale: N for the 500-image fit (the default's)."}
+    )
     scale_images: int = field(default=500, metadata={"help": "sampled, scale: synthetic images."})
     camvid_model: str = field(
         default="outputs/camvid_quick/pretrained", metadata={"help": "sampled, camvid: the model (see above)."}

@@ -1,6 +1,6 @@
 """Cost of every recommended recipe's training step, as a ratio to the cross-entropy step.
 
-    python scripts/bench_step.py                           # CPU: C = 19, batch 8, 512 x 512 (~10 min)
+    python scripts/bench_step.py                           # CPU: C = 19, batch 8, 512 x 512 (~20 min, 1 thread)
     python scripts/bench_step.py --device cuda --rounds 20 # where a GPU is present
     python scripts/bench_step.py --device cuda --precision bf16   # autocast; fp16 adds a gradient scaler
 
