@@ -22,6 +22,11 @@ is the greedy one of 72 other training images (what decay 0.9 holds after ~9 bat
 rows have no common reference with the others; their signal is their own mean, with the noise
 of the mean subtracted (||mean||^2 - trace Cov / draws).
 
+Boundary F (``--boundary``, the default): the same per-image measures for boundary F at 2 px, T = 0.5,
+masks at label resolution, against the mean of ``--reference-draws`` of local K=4; the last row, the
+local estimator around the argmax mask (``switch_around="decoded"``), is biased for that gradient, and
+its cosine says how far from it it points.
+
 Results: docs/estimators.md, "Gradient noise of the estimators".
 """
 
@@ -38,6 +43,7 @@ from hf_reward.cli import parse_config, run_script
 from hf_reward.data import collate_segmentation, load_camvid
 from hf_reward.data.camvid import DEFAULT_ROOT
 from hf_reward.data.in_memory import InMemorySegmentation, materialise_split
+from hf_reward.mask_scores import BoundaryFReward
 from hf_reward.policy import align_to_resolution
 from hf_reward.rewards import miou
 
@@ -49,9 +55,10 @@ def settings(
     scope: str = "image",
     temperature: float = 1.0,
     resolution: str = "logits",
+    **fields,
 ) -> LossSettings:
     return LossSettings(
-        reward=miou,
+        **{"reward": miou, **fields},
         estimator=estimator,
         reward_scope=scope,
         num_samples=num_samples,
@@ -81,6 +88,19 @@ DATASET = {  # the recipe's objective: dataset-scope mIoU at temperature 0.5
         "local", 1, scope="dataset", temperature=0.5, resolution="labels"
     ),
 }
+
+
+def boundary_estimators(num_classes: int) -> dict[str, LossSettings]:
+    """Per-image boundary F at 2 px, T = 0.5, masks at label resolution (the rewards study's boundary arms).
+    Every row but the last is unbiased for g* = -grad E[mean boundary F]."""
+    fields = dict(temperature=0.5, resolution="labels", reward=None, mask_reward=BoundaryFReward(num_classes, "2px"))
+    return {
+        "score loo K=4": settings("score", 4, "loo", **fields),
+        "score loo K=8": settings("score", 8, "loo", **fields),
+        "local K=1": settings("local", 1, **fields),
+        "local K=4": settings("local", 4, **fields),
+        "local K=1 around the decoded mask (biased)": settings("local", 1, **fields, switch_around="decoded"),
+    }
 
 
 class GradientStats:
@@ -142,6 +162,7 @@ class VarianceArguments:
     size: list[int] = field(default_factory=lambda: [128, 176], metadata={"help": "Image size (height, width)."})
     draws: int = field(default=32, metadata={"help": "Estimates per estimator."})
     reference_draws: int = field(default=128, metadata={"help": "Estimates of local K=4 averaged as the reference."})
+    boundary: bool = field(default=True, metadata={"help": "Also the boundary-F table (~5 min more)."})
 
 
 def main(argv: list[str] | None = None):
@@ -184,6 +205,26 @@ def main(argv: list[str] | None = None):
         stats = GradientStats()
         draw(logits, labels, params, stats, args.draws, 0, loss_settings, state=RewardState(running=running))
         print(stats.row(name + " (T=0.5, own mean)"), flush=True)
+    if args.boundary:
+        boundary_table(logits, labels, params, args)
+
+
+def boundary_table(logits, labels, params, args) -> None:
+    """The boundary-F rows: one estimate's SNR and cosine to the mean of local K=4, as the mIoU^I table."""
+    estimators = boundary_estimators(logits.shape[1])
+    reference_stats = GradientStats()
+    draw(logits, labels, params, reference_stats, args.reference_draws, 10_000, estimators["local K=4"])
+    reference = reference_stats.mean()
+    print(
+        f"\nBoundary F at 2 px per image, T = 0.5, masks at {tuple(labels.shape[-2:])}; reference: "
+        f"{args.reference_draws} draws of local K=4\n"
+    )
+    print("| estimator | SNR of one estimate | cos(one estimate, reference) | draws for cos 0.9 | ms per estimate |")
+    print("|---|---|---|---|---|")
+    for name, loss_settings in estimators.items():
+        stats = GradientStats(reference)
+        draw(logits, labels, params, stats, args.draws, 0, loss_settings)
+        print(stats.row(name), flush=True)
 
 
 if __name__ == "__main__":

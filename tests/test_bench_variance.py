@@ -21,3 +21,19 @@ def test_gradient_stats_recover_the_snr_of_known_gaussian_draws():
         assert float(row[4]) == pytest.approx(0.81 / 0.19, rel=0.15)  # draws for cosine 0.9
         if reference is not None:  # one estimate: signal 2 against noise of norm ~2 in 100 dimensions
             assert float(row[3]) == pytest.approx(2 / (4 + 4) ** 0.5, abs=0.03)
+
+
+def test_boundary_estimators_run_on_a_small_batch_with_the_settings_they_name():
+    from hf_reward import reward_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 6, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 8, 12))
+    estimators = bench_variance.boundary_estimators(3)
+    for name, settings in estimators.items():
+        assert settings.estimator == name.split()[0]
+        assert settings.num_samples == int(name.split("K=")[1][0])
+        assert settings.switch_around == ("decoded" if "decoded" in name else "sample")
+        out = reward_loss(logits, labels, settings, generator=torch.Generator().manual_seed(0))
+        (grad,) = torch.autograd.grad(out.loss, logits)
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0, name
