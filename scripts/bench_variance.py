@@ -1,6 +1,6 @@
 """Gradient noise of each estimator on real data: one batch, fixed parameters, fresh samples.
 
-    python scripts/bench_variance.py                   # ~3 min on 2 cores, after scripts/study.py
+    python scripts/bench_variance.py                   # ~10 min on one thread, after scripts/study.py
 
 Loads a pretrained checkpoint (by default the CamVid study's, ``scripts/study.py``) and CamVid's
 training split at the study's size through :func:`hf_reward.data.in_memory.materialise_split`
