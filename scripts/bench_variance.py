@@ -150,6 +150,12 @@ def draw(
         stats.add(g, time.perf_counter() - start)
 
 
+TABLE_HEAD = (
+    "| estimator | SNR of one estimate | cos(one estimate, reference) | draws for cos 0.9 | ms per estimate |\n"
+    "|---|---|---|---|---|"
+)
+
+
 @dataclass
 class VarianceArguments:
     """the checkpoint, the data and the number of draws"""
@@ -185,9 +191,7 @@ def main(argv: list[str] | None = None):
     logits = model(pixel_values=images[:8]).logits
     labels = labels[:8]
 
-    reference_stats = GradientStats()
-    draw(logits, labels, params, reference_stats, args.reference_draws, 10_000, PER_IMAGE["local K=4"])
-    reference = reference_stats.mean()
+    reference = reference_gradient(logits, labels, params, args, PER_IMAGE["local K=4"])
     with torch.no_grad():  # a converged running mean: the expected per-image reward under the policy
         ema_value = reward_loss(logits, labels, settings("score", 64)).rewards.mean()
 
@@ -195,36 +199,38 @@ def main(argv: list[str] | None = None):
         f"{args.draws} draws per estimator; one batch of 8 CamVid training images at {tuple(labels.shape[-2:])}; "
         f"{reference.numel()} parameters; reference: {args.reference_draws} draws of local K=4\n"
     )
-    print("| estimator | SNR of one estimate | cos(one estimate, reference) | draws for cos 0.9 | ms per estimate |")
-    print("|---|---|---|---|---|")
-    for name, loss_settings in PER_IMAGE.items():
-        stats = GradientStats(reference)
-        draw(logits, labels, params, stats, args.draws, 0, loss_settings, state=RewardState(ema=ema_value))
-        print(stats.row(name), flush=True)
-    for name, loss_settings in DATASET.items():
-        stats = GradientStats()
-        draw(logits, labels, params, stats, args.draws, 0, loss_settings, state=RewardState(running=running))
-        print(stats.row(name + " (T=0.5, own mean)"), flush=True)
+    print(TABLE_HEAD)
+    print_rows(PER_IMAGE, reference, logits, labels, params, args.draws, state=RewardState(ema=ema_value))
+    print_rows(DATASET, None, logits, labels, params, args.draws, " (T=0.5, own mean)", RewardState(running=running))
     if args.boundary:
         boundary_table(logits, labels, params, args)
+
+
+def print_rows(estimators, reference, logits, labels, params, draws: int, suffix: str = "", state=None) -> None:
+    """One table row per estimator: ``draws`` estimates against ``reference`` (None: their own mean)."""
+    for name, loss_settings in estimators.items():
+        stats = GradientStats(reference)
+        draw(logits, labels, params, stats, draws, 0, loss_settings, state=state)
+        print(stats.row(name + suffix), flush=True)
+
+
+def reference_gradient(logits, labels, params, args, loss_settings: LossSettings) -> torch.Tensor:
+    """The mean of ``--reference_draws`` estimates (seeds apart from the compared draws')."""
+    stats = GradientStats()
+    draw(logits, labels, params, stats, args.reference_draws, 10_000, loss_settings)
+    return stats.mean()
 
 
 def boundary_table(logits, labels, params, args) -> None:
     """The boundary-F rows: one estimate's SNR and cosine to the mean of local K=4, as the mIoU^I table."""
     estimators = boundary_estimators(logits.shape[1])
-    reference_stats = GradientStats()
-    draw(logits, labels, params, reference_stats, args.reference_draws, 10_000, estimators["local K=4"])
-    reference = reference_stats.mean()
+    reference = reference_gradient(logits, labels, params, args, estimators["local K=4"])
     print(
         f"\nBoundary F at 2 px per image, T = 0.5, masks at {tuple(labels.shape[-2:])}; reference: "
         f"{args.reference_draws} draws of local K=4\n"
     )
-    print("| estimator | SNR of one estimate | cos(one estimate, reference) | draws for cos 0.9 | ms per estimate |")
-    print("|---|---|---|---|---|")
-    for name, loss_settings in estimators.items():
-        stats = GradientStats(reference)
-        draw(logits, labels, params, stats, args.draws, 0, loss_settings)
-        print(stats.row(name), flush=True)
+    print(TABLE_HEAD)
+    print_rows(estimators, reference, logits, labels, params, args.draws)
 
 
 if __name__ == "__main__":
