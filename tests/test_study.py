@@ -9,8 +9,22 @@ import yaml
 from conftest import CAMVID, ROOT, load_script
 
 from hf_reward.cli import parse_config
+from hf_reward.decoders import _cache, fit_decoders
 from hf_reward.experiments import study_report as REPORT
-from hf_reward.experiments.study import StudyConfig, dev_rows, image_records, run_dir, run_key
+from hf_reward.experiments.study import (
+    Arm,
+    Run,
+    StudyConfig,
+    dev_rows,
+    image_records,
+    load_study_data,
+    pretrained_checkpoint,
+    run_dir,
+    run_key,
+    train_run,
+)
+from hf_reward.modeling import load_segmentation_model
+from hf_reward.rewards import get_reward
 
 STUDY = load_script("study")
 ID2LABEL = {0: "road", 1: "car"}
@@ -193,8 +207,8 @@ def tiny_fold_config(tmp_path, **changes) -> dict:
                 "horizons": ["short"],
             },
         },
-        **changes,
     )
+    cfg.update(changes)
     path = tmp_path / "folds.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -222,3 +236,33 @@ def test_a_tiny_fold_study_holds_each_sequence_out_and_pools_the_folds(tmp_path)
     assert row.count("[") == 6 and row.endswith("| no |")  # Δ over the start and over ce: each fold, pooled
     assert next(line for line in text.splitlines() if line.startswith("| start |")).count("[") == 0
     assert "(fold, metric, horizon) cases" in text and (out / "fold_0001TP" / "results.md").is_file()
+
+
+def test_calibrate_first_names_the_offsets_and_rejects_anything_else():
+    spec = {"learning_rates": [1e-4], "horizons": ["short"]}
+    assert Arm.from_dict("a", {**spec, "calibrate_first": "image_offsets"}).calibrate_first == "image_offsets"
+    assert Arm.from_dict("a", spec).calibrate_first is False
+    with pytest.raises(ValueError, match="arm 'a': calibrate_first must be one of"):
+        Arm.from_dict("a", {**spec, "calibrate_first": True})
+
+
+@pytest.mark.slow
+def test_an_arm_calibrated_first_tunes_from_the_image_offsets_decision(tmp_path):
+    """calibrate_first: image_offsets folds the image_offsets decoder's offsets (fitted on the decoders' split)
+    into the start's bias before tuning: at learning rate 0 the saved model is the start plus those offsets."""
+    arm = {"reward_weight": 0.0, "ce_weight": 1.0, "learning_rates": [0.0], "horizons": ["short"]}
+    path = tiny_fold_config(
+        tmp_path, folds=["0001TP"], arms={"ce": arm, "cal": {**arm, "calibrate_first": "image_offsets"}}
+    )
+    (cfg,) = parse_config([StudyConfig], ["--config", str(path)])
+    cfg = cfg.fold("0001TP")
+    data, id2label = load_study_data(cfg)
+    start = pretrained_checkpoint(cfg, data, id2label)
+    tuned_dir = train_run(cfg, Run("cal", "short", 0.0, 0), start, data, id2label)
+    tuned = load_segmentation_model(str(tuned_dir), id2label)
+    model = load_segmentation_model(str(start), id2label)
+    fitted = fit_decoders(_cache(model, data["train_unflipped"], 16, False), ["image_offsets"], get_reward("miou"))
+    bias = model.decode_head.classifier.bias
+    offsets = tuned.decode_head.classifier.bias - bias
+    assert offsets.abs().max() > 0
+    assert torch.allclose(offsets, torch.as_tensor(fitted["image_offsets"], dtype=bias.dtype), atol=1e-6)

@@ -21,7 +21,9 @@ Protocol (:class:`StudyConfig` holds every setting; ``scripts/study.py`` parses 
    (:func:`hf_reward.cli.runs.pretrain`), unless ``pretrained`` names another study's checkpoint.
 3. Runs: every arm x horizon x learning rate x seed starts from that checkpoint. An arm is a set
    of :class:`hf_reward.RewardSegConfig` fields (the cross-entropy and Lovász controls included);
-   ``calibrate_first`` tunes from the calibrated start; a horizon sets the steps and schedule.
+   ``calibrate_first`` tunes from the start with a decoder's offsets folded into its classifier bias
+   (``offsets``: the count reward's, or dataset mIoU's; ``image_offsets``: mIoU^I's, per image), so that
+   its argmax is that decoder's mask; a horizon sets the steps and schedule.
 4. Scores: each run, and the start, is scored on dev and validation for every metric in
    ``metrics``, by every decoder in ``decoders`` (:mod:`hf_reward.decoders`), each fitted on the
    training images.
@@ -74,15 +76,16 @@ from .harness import (
 )
 
 ARM_KEYS = ("learning_rates", "horizons", "calibrate_first")  # an arm's keys that are not RewardSegConfig fields
+CALIBRATIONS = (False, "offsets", "image_offsets")  # calibrate_first: the offsets folded in before tuning
 
 
 @dataclass
 class Arm:
-    """One arm: RewardSegConfig ``fields``, ``learning_rates`` per horizon, whether it tunes the calibrated start."""
+    """One arm: RewardSegConfig ``fields``, ``learning_rates`` per horizon, the offsets folded in before tuning."""
 
     fields: dict
     learning_rates: dict[str, list[float]]
-    calibrate_first: bool = False
+    calibrate_first: bool | str = False
 
     @classmethod
     def from_dict(cls, name: str, spec: dict) -> Arm:
@@ -91,7 +94,10 @@ class Arm:
             raise ValueError(f"arm {name!r} needs learning_rates and horizons")
         rates = {h: rates[h] if isinstance(rates, dict) else rates for h in horizons}
         fields = {k: v for k, v in spec.items() if k not in ARM_KEYS}
-        return cls(fields, rates, bool(spec.get("calibrate_first", False)))
+        calibration = spec.get("calibrate_first", False)
+        if calibration not in CALIBRATIONS:
+            raise ValueError(f"arm {name!r}: calibrate_first must be one of {CALIBRATIONS}, got {calibration!r}")
+        return cls(fields, rates, calibration)
 
 
 @dataclass
@@ -352,9 +358,14 @@ def train_run(cfg: StudyConfig, run: Run, start: Path, data, id2label) -> Path:
         return out
     args = cfg.run_args(*run, output_dir=out / "trainer")
     model = load_segmentation_model(str(start), id2label)
-    if cfg.arms[run.arm].calibrate_first:  # tune from the calibrated start: the bias holds the offsets
-        reward = args.count_reward() or "miou"
-        calibrate_model(model, data["train_unflipped"], reward, split="train", batch_size=16, progress=False)
+    calibration = cfg.arms[run.arm].calibrate_first
+    if calibration:  # tune from the calibrated start: the bias holds the offsets, the argmax is their decision
+        reward, per_image = (
+            ("miou_gt", True) if calibration == "image_offsets" else (args.count_reward() or "miou", False)
+        )
+        calibrate_model(
+            model, data["train_unflipped"], reward, split="train", batch_size=16, progress=False, per_image=per_image
+        )
     evals = {"dev": data["dev"], cfg.report_split: data[cfg.report_split]}
     trainer = quiet(segmentation_trainer(model, args, data["train"], evals, id2label, cfg.metric_options()))
     started = time.perf_counter()
