@@ -139,12 +139,19 @@ def fit_decoders(
     if pixels_per_image and {"offsets", "image_offsets"} & set(decoders):
         cache = PixelSample(cache, pixels_per_image, progress=progress)
     fitted = {}
-    if "offsets" in decoders:
-        fitted["offsets"] = fit_offsets(cache, reward, device=device, progress=progress).offsets
-    if "image_offsets" in decoders:
-        fit = fit_offsets(cache, "miou_gt", per_image=True, device=device, progress=progress)
-        fitted["image_offsets"] = fit.offsets
+    for name in ("offsets", "image_offsets"):
+        if name in decoders:
+            objective, per_image = offsets_objective(name, reward)
+            fitted[name] = fit_offsets(cache, objective, per_image=per_image, device=device, progress=progress).offsets
     return fitted
+
+
+def offsets_objective(name: str, reward: str | Reward) -> tuple[str | Reward, bool]:
+    """What decoder ``name``'s offsets maximise: ``(reward, per_image)`` for :func:`~hf_reward.calibrate.fit_offsets`.
+
+    ``offsets``: ``reward`` of the split's confusion matrix; ``image_offsets``: the mean over images of mIoU^I.
+    """
+    return ("miou_gt", True) if name == "image_offsets" else (reward, False)
 
 
 def _cache(model, dataset, batch_size: int, progress: bool) -> LogitCache:

@@ -63,7 +63,7 @@ from ..data.camvid import DEFAULT_ROOT as CAMVID_PATH
 from ..data.camvid import camvid_frames
 from ..data.in_memory import InMemorySegmentation, materialise_split
 from ..data.labels import DataError
-from ..decoders import DECODERS, score_decoders
+from ..decoders import DECODERS, offsets_objective, score_decoders
 from ..modeling import build_model, load_segmentation_model
 from .harness import (
     STUDY_MODEL,
@@ -360,9 +360,7 @@ def train_run(cfg: StudyConfig, run: Run, start: Path, data, id2label) -> Path:
     model = load_segmentation_model(str(start), id2label)
     calibration = cfg.arms[run.arm].calibrate_first
     if calibration:  # tune from the calibrated start: the bias holds the offsets, the argmax is their decision
-        reward, per_image = (
-            ("miou_gt", True) if calibration == "image_offsets" else (args.count_reward() or "miou", False)
-        )
+        reward, per_image = offsets_objective(calibration, args.count_reward() or "miou")
         calibrate_model(
             model, data["train_unflipped"], reward, split="train", batch_size=16, progress=False, per_image=per_image
         )
